@@ -1,0 +1,19 @@
+# Sourced by scripts/demo and scripts/test: create or refresh .venv, then activate it.
+# Re-installs only when setup.cfg or constraints.txt changed since the last install.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$root/.venv"
+python="${PYTHON:-python3}"
+stamp="$venv/.haqc-installed"
+want="$(cat "$root/setup.cfg" "$root/constraints.txt" | sha256sum | cut -d' ' -f1)"
+if [ ! -x "$venv/bin/python" ]; then
+    "$python" -m venv "$venv"
+fi
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "haqc: installing into $venv (first run takes a few minutes)" >&2
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -c "$root/constraints.txt" -e "$root[dev]" >&2
+    echo "$want" > "$stamp"
+fi
+# shellcheck disable=SC1091
+source "$venv/bin/activate"
+cd "$root"
