@@ -1,2 +1,65 @@
-"""``haqc inspect``: placeholder until the extract pass lands (replaced in this session)."""
+"""``haqc inspect``: the quantizable layers of a model, their shapes, MACs and HAQ state."""
 from __future__ import annotations
+
+import json
+
+import click
+
+from haqc.cli import main
+from haqc.passes.load import parse_input_shape
+from haqc.pipeline import inspect_summary, prepare
+
+
+def input_shape_option(func):
+    """``--input-shape NAME=1x3x224x224`` (repeatable), shared by every command that loads a model."""
+    return click.option(
+        "--input-shape",
+        "input_shapes",
+        multiple=True,
+        metavar="NAME=DIMS",
+        help="Fix an input's dynamic dims, e.g. input=1x3x224x224 (repeatable).",
+    )(func)
+
+
+def parse_input_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    return dict(parse_input_shape(v) for v in values)
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=str))
+@input_shape_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def inspect(model: str, input_shapes: tuple[str, ...], as_json: bool) -> None:
+    """List MODEL's quantizable layers with their shapes, MACs and HAQ state."""
+    summary = inspect_summary(prepare(model, parse_input_shapes(input_shapes)))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(_table(summary))
+
+
+def _table(summary: dict) -> str:
+    head = ("#", "layer", "kind", "c_in", "c_out", "kernel", "stride", "groups", "feature", "params", "MACs")
+    rows = [
+        (
+            str(i),
+            r["name"],
+            r["kind"],
+            str(r["c_in"]),
+            str(r["c_out"]),
+            "x".join(map(str, r["kernel"])),
+            str(r["stride"][0]),
+            str(r["groups"]),
+            str(r["feature_size"]),
+            f"{r['params']:,}",
+            f"{r['macs']:,}",
+        )
+        for i, r in enumerate(summary["layers"])
+    ]
+    t = summary["totals"]
+    rows.append(("", "total", "", "", "", "", "", "", "", f"{t['params']:,}", f"{t['macs']:,}"))
+    widths = [max(len(r[c]) for r in (head, *rows)) for c in range(len(head))]
+    lines = [f"{summary['model']}: {t['layers']} quantizable layers (opset {summary['opset']})"]
+    for r in (head, *rows):
+        lines.append("  ".join(v.ljust(w) if c < 3 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths))))
+    return "\n".join(lines)

@@ -1,0 +1,246 @@
+"""Canonicalize: one opset, constants folded, BatchNorm/affine folded into layers, shapes known.
+
+After ``canonicalize`` every quantizable weight is an initializer (real models
+compute weights with Constant / ConstantOfShape nodes), every node has a
+unique name, and every tensor has an inferred shape, so the extract and
+quantize passes can work on plain data. Numerics are preserved (tested
+against ONNX Runtime within 1e-4 relative).
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.logger import G_LOGGER
+from onnx import helper, version_converter
+
+from haqc.errors import InputError
+from haqc.passes.base import Pass
+
+logger = logging.getLogger(__name__)
+
+# Opset 25 is the first where QuantizeLinear/DequantizeLinear take INT2/UINT2
+# (INT4 needs 21); ONNX Runtime 1.32 runs all of them. See docs/design.md.
+CANONICAL_OPSET = 25
+
+G_LOGGER.severity = G_LOGGER.ERROR  # its size warnings are noise for weight folding
+
+
+class ConvertOpset(Pass[onnx.ModelProto]):
+    """Upgrade the default domain to CANONICAL_OPSET (models from opset 7 up)."""
+
+    def __init__(self, opset: int = CANONICAL_OPSET) -> None:
+        self.opset = opset
+
+    def requires(self, model: onnx.ModelProto) -> None:
+        version = opset_version(model)
+        if version < 7:
+            raise InputError(f"model uses opset {version}; haqc converts opset 7 and newer, re-export it")
+        if version > self.opset:
+            raise InputError(f"model uses opset {version}, newer than haqc's {self.opset}")
+
+    def call(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        if opset_version(model) == self.opset:
+            return _copy(model)
+        try:
+            converted = version_converter.convert_version(model, self.opset)
+        except Exception as err:  # the converter raises bare RuntimeError/ValueError subclasses
+            raise InputError(
+                f"cannot convert the model from opset {opset_version(model)} to {self.opset}: "
+                f"{str(err).splitlines()[0]}"
+            ) from None
+        converted.ir_version = max(converted.ir_version, helper.find_min_ir_version_for(list(converted.opset_import)))
+        return converted
+
+
+class FoldConstants(Pass[onnx.ModelProto]):
+    """Evaluate constant subgraphs, then fold BatchNorm and per-channel Mul/Add into layers."""
+
+    def call(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        graph = gs.import_onnx(model)
+        graph.fold_constants()
+        graph.cleanup()
+        while _fold_affine_once(graph):
+            pass
+        graph.cleanup().toposort()
+        return _with_metadata(gs.export_onnx(graph), model)
+
+
+class NameNodes(Pass[onnx.ModelProto]):
+    """Give every node a unique, readable name (its first output's name when unnamed)."""
+
+    def call(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        out = _copy(model)
+        seen: set[str] = set()
+        for i, node in enumerate(out.graph.node):
+            name = node.name or (node.output[0] if node.output else f"{node.op_type}_{i}")
+            base, k = name, 1
+            while name in seen:
+                name, k = f"{base}_{k}", k + 1
+            node.name = name
+            seen.add(name)
+        return out
+
+
+class InferShapes(Pass[onnx.ModelProto]):
+    """Strict shape inference so every layer's input and output shapes are known."""
+
+    def call(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        try:  # returns a new model; the input is not modified
+            return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+        except onnx.shape_inference.InferenceError as err:
+            raise InputError(f"shape inference failed: {str(err).splitlines()[0]}") from None
+
+
+def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Run the canonical pass pipeline; the result passes the ONNX checker."""
+    for pass_ in (ConvertOpset(), NameNodes(), FoldConstants(), InferShapes()):
+        model = pass_(model)
+    onnx.checker.check_model(model)
+    return model
+
+
+def opset_version(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def _with_metadata(out: onnx.ModelProto, src: onnx.ModelProto) -> onnx.ModelProto:
+    """gs.export_onnx drops model-level fields; keep the source's."""
+    out.ir_version = src.ir_version
+    del out.opset_import[:]
+    out.opset_import.extend(src.opset_import)
+    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(out, field, getattr(src, field))
+    del out.metadata_props[:]
+    out.metadata_props.extend(src.metadata_props)
+    return out
+
+
+# --- BatchNorm / affine folding -------------------------------------------------
+
+_FOLD_INTO = ("Conv", "ConvTranspose", "Gemm")
+
+
+def _fold_affine_once(graph: gs.Graph) -> bool:
+    """Fold one BatchNormalization, Mul or Add that follows a layer; True if anything changed."""
+    for node in graph.nodes:
+        if node.op not in ("BatchNormalization", "Mul", "Add"):
+            continue
+        layer = _producing_layer(node, graph)
+        if layer is None:
+            continue
+        channels = _out_channels(layer)
+        affine = _as_channel_affine(node, channels, _out_rank(layer))
+        bias = _layer_bias(layer, channels)
+        if affine is None or bias is None:
+            continue
+        scale, shift = affine
+        _apply_affine(layer, scale, bias * scale + shift)
+        # Bypass `node`: the layer now writes the node's output tensor.
+        out = node.outputs[0]
+        node.outputs.clear()
+        layer.outputs[0] = out
+        return True
+    return False
+
+
+def _producing_layer(node: gs.Node, graph: gs.Graph) -> gs.Node | None:
+    """The Conv/ConvTranspose/Gemm feeding ``node``, if it has constant weights and no other user."""
+    data = [t for t in node.inputs if not isinstance(t, gs.Constant)]
+    if len(data) != 1 or not data[0].inputs:
+        return None
+    layer = data[0].inputs[0]
+    if layer.op not in _FOLD_INTO or len(data[0].outputs) != 1 or data[0] in graph.outputs:
+        return None
+    if not all(isinstance(t, gs.Constant) for t in layer.inputs[1:]):
+        return None
+    if layer.op == "ConvTranspose" and layer.attrs.get("group", 1) != 1:
+        return None
+    return layer
+
+
+def _out_channels(layer: gs.Node) -> int:
+    w = layer.inputs[1].values
+    if layer.op == "Conv":
+        return w.shape[0]
+    if layer.op == "ConvTranspose":
+        return w.shape[1]
+    return w.shape[0] if layer.attrs.get("transB", 0) else w.shape[1]
+
+
+def _out_rank(layer: gs.Node) -> int:
+    return 2 if layer.op == "Gemm" else layer.inputs[1].values.ndim
+
+
+def _as_channel_affine(node: gs.Node, channels: int, rank: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(scale, shift) per output channel equivalent to ``node``, or None if not per-channel."""
+    if node.op == "BatchNormalization":
+        if len(node.outputs) != 1 or node.attrs.get("training_mode", 0):
+            return None
+        if not all(isinstance(t, gs.Constant) for t in node.inputs[1:5]):
+            return None
+        gamma, beta, mean, var = (t.values.astype(np.float64) for t in node.inputs[1:5])
+        scale = gamma / np.sqrt(var + float(node.attrs.get("epsilon", 1e-5)))
+        return scale, beta - mean * scale
+    const = [t for t in node.inputs if isinstance(t, gs.Constant)]
+    if len(const) != 1 or const[0].values.dtype != np.float32:
+        return None
+    per_channel = _channel_vector(const[0].values, channels, rank)
+    if per_channel is None:
+        return None
+    ones, zeros = np.ones(channels), np.zeros(channels)
+    return (per_channel, zeros) if node.op == "Mul" else (ones, per_channel)
+
+
+def _channel_vector(values: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
+    """A constant that broadcasts along the channel axis (1) of a rank-``rank`` output only."""
+    if values.size == 1 and values.ndim <= rank:
+        return np.full(channels, float(values.reshape(())), dtype=np.float64)
+    if values.ndim > rank:
+        return None
+    shape = (1,) * (rank - values.ndim) + values.shape  # right-aligned broadcast
+    if shape[1] != channels or any(d != 1 for i, d in enumerate(shape) if i != 1):
+        return None
+    return values.reshape(channels).astype(np.float64)
+
+
+def _apply_affine(layer: gs.Node, scale: np.ndarray, new_bias: np.ndarray) -> None:
+    """Rewrite layer so that layer'(x) = layer(x) * scale + shift (new_bias = bias * scale + shift)."""
+    w = layer.inputs[1].values.astype(np.float64)
+    if layer.op == "Conv":
+        w = w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
+    elif layer.op == "ConvTranspose":
+        w = w * scale.reshape((1, -1) + (1,) * (w.ndim - 2))
+    elif layer.attrs.get("transB", 0):
+        w = w * scale[:, None]
+    else:
+        w = w * scale[None, :]
+    name = layer.inputs[1].name + "_folded"
+    layer.inputs[1] = gs.Constant(name, w.astype(np.float32))
+    bias_const = gs.Constant(name + "_bias", new_bias.astype(np.float32))
+    if len(layer.inputs) > 2:
+        layer.inputs[2] = bias_const
+    else:
+        layer.inputs.append(bias_const)
+    if layer.op == "Gemm":
+        layer.attrs["beta"] = 1.0
+
+
+def _layer_bias(layer: gs.Node, channels: int) -> np.ndarray | None:
+    """The layer's bias as a per-channel vector (Gemm's beta folded in); None if not per-channel."""
+    if len(layer.inputs) < 3 or not layer.inputs[2].name:
+        return np.zeros(channels)
+    c = layer.inputs[2].values.astype(np.float64)
+    if layer.op == "Gemm":
+        c = float(layer.attrs.get("beta", 1.0)) * c
+    if c.size not in (1, channels) or (c.ndim == 2 and c.shape[0] != 1):
+        return None
+    return np.broadcast_to(c.reshape(-1), (channels,)).copy()

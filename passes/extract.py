@@ -1,0 +1,166 @@
+"""Extract (analysis only): the quantizable layers of a canonical model, as plain records.
+
+Quantizable: Conv (incl. grouped / depthwise), ConvTranspose, Gemm, and MatMul
+whose second operand is a 2-D constant (x @ W). Layers come in execution
+order. Their shapes, MACs and HAQ state features are what hardware targets
+and the search see; they never look at the protobuf.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import networkx as nx
+import numpy as np
+import onnx
+
+from haqc.errors import InputError
+from haqc.layers import Layer
+from haqc.passes.base import Pass
+
+logger = logging.getLogger(__name__)
+
+QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """The layers, their min-max normalized HAQ state matrix, and the model's dataflow graph."""
+
+    layers: list[Layer]
+    state_matrix: np.ndarray  # (n_layers, len(STATE_FEATURES)), float32
+    graph: nx.DiGraph  # nodes: ONNX node names (attr op, layer index or None); edges: tensors
+
+
+class ExtractLayers(Pass[Extraction]):
+    """Find quantizable layers; requires a canonical model (weights as initializers, shapes inferred)."""
+
+    def call(self, model: onnx.ModelProto) -> Extraction:
+        shapes = _tensor_shapes(model)
+        inits = {t.name: t for t in model.graph.initializer}
+        layers: list[Layer] = []
+        skipped: list[str] = []
+        for node in model.graph.node:
+            if node.op_type not in QUANTIZABLE_OPS:
+                continue
+            weight = node.input[1] if len(node.input) > 1 else ""
+            if node.op_type == "Gemm" and _attr(node, "transA", 0):
+                skipped.append(f"{node.name} (transposed input)")
+                continue
+            if weight not in inits or (node.op_type == "MatMul" and len(inits[weight].dims) != 2):
+                skipped.append(node.name)
+                continue
+            layers.append(_make_layer(len(layers), node, tuple(inits[weight].dims), shapes))
+        if not layers:
+            detail = f"; these layers have non-constant weights: {', '.join(skipped[:5])}" if skipped else ""
+            raise InputError(
+                "the model has no quantizable layer (Conv, ConvTranspose, Gemm or MatMul with a constant "
+                f"weight){detail}; haqc needs at least one"
+            )
+        if skipped:
+            logger.info("not quantizable (weights not constant): %s", ", ".join(skipped))
+        return Extraction(layers, normalized_state(layers), _dataflow_graph(model, layers))
+
+
+def extract_layers(model: onnx.ModelProto) -> Extraction:
+    return ExtractLayers()(model)
+
+
+def normalized_state(layers: list[Layer]) -> np.ndarray:
+    """Min-max normalize each state column over all layers; a constant column stays as is (as HAQ does)."""
+    raw = np.array([layer.state for layer in layers], dtype=np.float64)
+    lo, hi = raw.min(axis=0), raw.max(axis=0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    return np.where(hi > lo, (raw - lo) / span, raw).astype(np.float32)
+
+
+def _make_layer(index: int, node: onnx.NodeProto, w: tuple[int, ...], shapes: dict[str, tuple[int, ...]]) -> Layer:
+    x_shape = _shape(node.input[0], shapes, node)
+    y_shape = _shape(node.output[0], shapes, node)
+    in_elems, out_elems = math.prod(x_shape[1:]), math.prod(y_shape[1:])
+    params = math.prod(w)
+    if node.op_type in ("Conv", "ConvTranspose"):
+        groups = _attr(node, "group", 1)
+        k = w[2:]
+        kernel = (k[0], k[1] if len(k) > 1 else 1) if k else (1, 1)
+        strides = _attr(node, "strides", [1] * len(k)) or [1]
+        stride = (strides[0], strides[1] if len(strides) > 1 else strides[0])
+        c_in = x_shape[1]
+        feature, out_feature = math.prod(x_shape[2:]), math.prod(y_shape[2:])
+        if node.op_type == "Conv":
+            c_out = w[0]
+            rows, reduction = out_feature, w[1] * math.prod(k)
+        else:  # each input pixel scatters a (c_out/g * k) patch: rows count pixel x tap pairs
+            c_out = w[1] * groups
+            rows, reduction = feature * math.prod(k), w[0] // groups
+        kind = "depthwise" if groups > 1 and groups == c_in and reduction == math.prod(k) else "conv"
+    else:
+        trans_b = node.op_type == "Gemm" and _attr(node, "transB", 0)
+        c_in, c_out = (w[1], w[0]) if trans_b else (w[0], w[1])
+        kernel, stride, groups = (1, 1), (1, 1), 1
+        feature = out_feature = 1
+        rows = math.prod(x_shape[1:-1]) if len(x_shape) > 2 else 1
+        reduction = c_in
+        kind = "fc" if node.op_type == "Gemm" else "matmul"
+    return Layer(
+        index=index,
+        name=node.name,
+        op=node.op_type,
+        kind=kind,
+        c_in=int(c_in),
+        c_out=int(c_out),
+        kernel=(int(kernel[0]), int(kernel[1])),
+        stride=(int(stride[0]), int(stride[1])),
+        groups=int(groups),
+        feature_size=int(feature),
+        out_feature_size=int(out_feature),
+        rows=int(rows),
+        reduction=int(reduction),
+        params=int(params),
+        macs=int(rows * c_out * reduction),
+        input_elems=int(in_elems),
+        output_elems=int(out_elems),
+        weight=node.input[1],
+        input=node.input[0],
+    )
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _tensor_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Static shapes of every tensor; a dynamic dim (the batch) counts as 1 sample."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for vi in (*model.graph.input, *model.graph.value_info, *model.graph.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else 1 for d in t.shape.dim)
+    for init in model.graph.initializer:
+        shapes[init.name] = tuple(init.dims)
+    return shapes
+
+
+def _shape(name: str, shapes: dict[str, tuple[int, ...]], node: onnx.NodeProto) -> tuple[int, ...]:
+    if name not in shapes:
+        raise InputError(f"the shape of {name!r} (at layer {node.name!r}) is unknown; run canonicalize first")
+    return shapes[name]
+
+
+def _dataflow_graph(model: onnx.ModelProto, layers: list[Layer]) -> nx.DiGraph:
+    layer_of = {layer.name: layer.index for layer in layers}
+    graph = nx.DiGraph()
+    producer: dict[str, str] = {}
+    for node in model.graph.node:
+        graph.add_node(node.name, op=node.op_type, layer=layer_of.get(node.name))
+        for out in node.output:
+            producer[out] = node.name
+    for node in model.graph.node:
+        for tensor in node.input:
+            if tensor in producer:
+                graph.add_edge(producer[tensor], node.name, tensor=tensor)
+    return graph
