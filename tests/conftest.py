@@ -1,0 +1,78 @@
+"""Shared fixtures: the bundled example, the onnx package's light model zoo, ORT helpers."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper, numpy_helper
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "mnist" / "mnist_mbv2.onnx"
+LIGHT_DIR = Path(os.path.dirname(onnx.__file__)) / "backend" / "test" / "data" / "light"
+# name -> expected number of quantizable layers (issue 2)
+LIGHT_MODELS = {
+    "bvlc_alexnet": 8,
+    "densenet121": 121,
+    "inception_v1": 58,
+    "inception_v2": 70,
+    "resnet50": 54,
+    "shufflenet": 50,
+    "squeezenet": 26,
+    "vgg19": 19,
+    "zfnet512": 8,
+}
+# Their weights run to hundreds of MB once folded; the rest are quick.
+HEAVY_LIGHT_MODELS = {"bvlc_alexnet", "vgg19", "zfnet512"}
+
+ort.set_default_logger_severity(3)
+
+
+def light_path(name: str) -> Path:
+    return LIGHT_DIR / f"light_{name}.onnx"
+
+
+def light_params():
+    """Parametrize over the light models, the heavy ones marked slow."""
+    return [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY_LIGHT_MODELS else n for n in LIGHT_MODELS]
+
+
+def randomize_constant_of_shape(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
+    """Replace each weight-producing ConstantOfShape by a random Constant of the same shape.
+
+    The light models fill every weight with one value, which makes any parity
+    check trivial; random He-scaled weights (positive 1-D vectors, so BatchNorm
+    variances stay valid) keep the graph's structure but make outputs informative.
+    """
+    rng = np.random.default_rng(seed)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    shapes = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    nodes = []
+    for node in out.graph.node:
+        if node.op_type == "ConstantOfShape" and node.input[0] in shapes:
+            shape = tuple(int(d) for d in shapes[node.input[0]])
+            if len(shape) == 1:
+                value = rng.uniform(0.5, 1.5, shape)
+            else:
+                value = rng.standard_normal(shape) * np.sqrt(2.0 / max(1, int(np.prod(shape[1:]))))
+            node = helper.make_node("Constant", [], list(node.output), value=numpy_helper.from_array(value.astype(np.float32)))
+        nodes.append(node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
+
+
+def run_ort(model: onnx.ModelProto | str | Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def assert_close_rel(actual: np.ndarray, expected: np.ndarray, rel: float = 1e-4) -> None:
+    """|a - b| <= rel * max(1, max|b|): relative to the output's scale."""
+    scale = max(1.0, float(np.max(np.abs(expected))))
+    err = float(np.max(np.abs(actual - expected)))
+    assert err <= rel * scale, f"max abs error {err:.3g} exceeds {rel:g} x {scale:.3g}"

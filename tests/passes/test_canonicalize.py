@@ -1,0 +1,160 @@
+"""Canonicalize: opset conversion, constant/BN/affine folding, naming; numerics preserved."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import assert_close_rel, light_params, light_path, randomize_constant_of_shape, run_ort
+from haqc.errors import InputError
+from haqc.passes.canonicalize import CANONICAL_OPSET, ConvertOpset, FoldConstants, canonicalize, opset_version
+from haqc.passes.load import load_model
+
+RNG = np.random.default_rng(0)
+
+
+def _const(name: str, array: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(array.astype(np.float32), name)
+
+
+def _model(nodes, inits, x_shape, y_shape, opset: int = 13) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _check_preserved(model: onnx.ModelProto, x_shape) -> onnx.ModelProto:
+    canon = canonicalize(model)
+    x = RNG.standard_normal(x_shape).astype(np.float32)
+    assert_close_rel(run_ort(canon, {"x": x})[0], run_ort(model, {"x": x})[0])
+    return canon
+
+
+def _ops(model: onnx.ModelProto) -> list[str]:
+    return [n.op_type for n in model.graph.node]
+
+
+def test_conv_batchnorm_mul_add_fold_into_conv():
+    w = RNG.standard_normal((8, 4, 3, 3))
+    bn = [RNG.uniform(0.5, 1.5, 8) for _ in range(4)]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["bn"], epsilon=1e-3),
+        helper.make_node("Mul", ["bn", "s"], ["mul"]),
+        helper.make_node("Add", ["t", "mul"], ["add"]),  # constant on the left
+        helper.make_node("Relu", ["add"], ["y"]),
+    ]
+    inits = [_const("w", w)] + [_const(n, a) for n, a in zip("gbmv", bn)]
+    inits += [_const("s", RNG.uniform(0.5, 2, (8, 1, 1))), _const("t", RNG.standard_normal((1, 8, 1, 1)))]
+    canon = _check_preserved(_model(nodes, inits, [2, 4, 6, 6], [2, 8, 6, 6]), (2, 4, 6, 6))
+    assert _ops(canon) == ["Conv", "Relu"]
+
+
+def test_gemm_batchnorm_fold_with_transposed_weight_and_beta():
+    nodes = [
+        helper.make_node("Gemm", ["x", "w", "c"], ["g"], transB=1, beta=0.5),
+        helper.make_node("BatchNormalization", ["g", "s", "b", "m", "v"], ["y"]),
+    ]
+    inits = [_const("w", RNG.standard_normal((5, 3))), _const("c", RNG.standard_normal(5))]
+    inits += [_const(n, RNG.uniform(0.5, 1.5, 5)) for n in "sbmv"]
+    canon = _check_preserved(_model(nodes, inits, [4, 3], [4, 5]), (4, 3))
+    assert _ops(canon) == ["Gemm"]
+
+
+def test_mul_by_non_channel_constant_is_not_folded():
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        helper.make_node("Mul", ["c", "s"], ["y"]),
+    ]
+    inits = [_const("w", RNG.standard_normal((3, 2, 1, 1))), _const("s", RNG.standard_normal((1, 1, 4, 1)))]
+    canon = _check_preserved(_model(nodes, inits, [1, 2, 4, 4], [1, 3, 4, 4]), (1, 2, 4, 4))
+    assert _ops(canon) == ["Conv", "Mul"]
+
+
+def test_shared_conv_output_is_not_folded():
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        helper.make_node("Mul", ["c", "s"], ["m"]),
+        helper.make_node("Add", ["c", "m"], ["y"]),
+    ]
+    inits = [_const("w", RNG.standard_normal((3, 2, 1, 1))), _const("s", np.array(2.0))]
+    canon = _check_preserved(_model(nodes, inits, [1, 2, 4, 4], [1, 3, 4, 4]), (1, 2, 4, 4))
+    assert "Mul" in _ops(canon)
+
+
+def test_weights_from_constant_nodes_become_initializers():
+    nodes = [
+        helper.make_node("Constant", [], ["shape"], value=numpy_helper.from_array(np.array([4, 3, 1, 1], np.int64))),
+        helper.make_node("ConstantOfShape", ["shape"], ["w"], value=numpy_helper.from_array(np.array([0.5], np.float32))),
+        helper.make_node("Conv", ["x", "w"], ["y"]),
+    ]
+    canon = _check_preserved(_model(nodes, [], [1, 3, 5, 5], [1, 4, 5, 5]), (1, 3, 5, 5))
+    assert _ops(canon) == ["Conv"]
+    assert canon.graph.node[0].input[1] in {t.name for t in canon.graph.initializer}
+
+
+@pytest.mark.parametrize("opset", [7, 9, 11, 13, 17, 21, 25])
+def test_opsets_convert_to_canonical(opset):
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["y"])]
+    model = _model(nodes, [_const("w", RNG.standard_normal((2, 3, 1, 1)))], [1, 3, 4, 4], [1, 2, 4, 4], opset)
+    if opset < 9:  # IR 3: initializers must be listed as graph inputs
+        model.ir_version = 3
+        model.graph.input.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, [2, 3, 1, 1]))
+    canon = _check_preserved(load_model_from(model), (1, 3, 4, 4))
+    assert opset_version(canon) == CANONICAL_OPSET
+
+
+def load_model_from(model: onnx.ModelProto, tmp=None) -> onnx.ModelProto:
+    """What load_model does to a file, minus the file: strip initializer inputs."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "m.onnx"
+        onnx.save(model, path)
+        return load_model(path)
+
+
+def test_opset_below_7_is_rejected():
+    model = _model([helper.make_node("Relu", ["x"], ["y"])], [], [1], [1], opset=6)
+    with pytest.raises(InputError, match="opset 6"):
+        ConvertOpset()(model)
+
+
+def test_passes_do_not_modify_their_input():
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        helper.make_node("Mul", ["c", "s"], ["y"]),
+    ]
+    model = _model(nodes, [_const("w", np.ones((3, 2, 1, 1))), _const("s", np.array(2.0))], [1, 2, 4, 4], [1, 3, 4, 4])
+    before = model.SerializeToString()
+    canonicalize(model)
+    FoldConstants()(model)
+    assert model.SerializeToString() == before
+
+
+def test_dynamic_batch_stays_dynamic():
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"])]
+    model = _model(nodes, [_const("w", RNG.standard_normal((2, 3, 1, 1)))], ["N", 3, 4, 4], ["N", 2, 4, 4])
+    canon = canonicalize(model)
+    for batch in (1, 5):
+        x = RNG.standard_normal((batch, 3, 4, 4)).astype(np.float32)
+        assert run_ort(canon, {"x": x})[0].shape == (batch, 2, 4, 4)
+
+
+@pytest.mark.parametrize("name", light_params())
+def test_light_models_preserve_numerics(name):
+    raw = randomize_constant_of_shape(onnx.load(light_path(name)))
+    canon = canonicalize(load_model_from(raw))
+    x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    feed = canon.graph.input[0].name
+    expected = run_ort(raw, {feed: x})[0]
+    assert np.std(expected) > 0, "the randomized model should not give a constant output"
+    assert_close_rel(run_ort(canon, {feed: x})[0], expected)
+    assert not [n for n in canon.graph.node if n.op_type in ("Constant", "ConstantOfShape")]

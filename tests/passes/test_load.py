@@ -1,0 +1,113 @@
+"""Load: validation, external data, input shapes; every bad input is one InputError."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from haqc.errors import InputError
+from haqc.passes.load import load_model, parse_input_shape
+
+
+def _conv_model(x_shape) -> onnx.ModelProto:
+    w = numpy_helper.from_array(np.ones((2, 3, 1, 1), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [x_shape[0], 2] + list(x_shape[2:]))],
+        [w],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def _dims(model: onnx.ModelProto) -> list:
+    return [d.dim_value or d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
+
+
+@pytest.fixture
+def saved(tmp_path):
+    def save(model: onnx.ModelProto, **kwargs):
+        path = tmp_path / "m.onnx"
+        onnx.save(model, path, **kwargs)
+        return path
+
+    return save
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        load_model(tmp_path / "nope.onnx")
+
+
+def test_directory(tmp_path):
+    with pytest.raises(InputError, match="directory"):
+        load_model(tmp_path)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00\x01garbage" * 10, b"hello world, not a protobuf"])
+def test_not_onnx(tmp_path, content):
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match="not (a valid )?(an )?ONNX model"):
+        load_model(path)
+
+
+def test_truncated(saved):
+    path = saved(_conv_model([1, 3, 4, 4]))
+    path.write_bytes(path.read_bytes()[:-7])
+    with pytest.raises(InputError):
+        load_model(path)
+
+
+def test_external_data_loaded(saved):
+    path = saved(_conv_model([1, 3, 4, 4]), save_as_external_data=True, all_tensors_to_one_file=True,
+                 location="weights.bin", size_threshold=0)
+    model = load_model(path)
+    assert numpy_helper.to_array(model.graph.initializer[0]).sum() == 6
+
+
+def test_external_data_missing(saved):
+    path = saved(_conv_model([1, 3, 4, 4]), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    (path.parent / "weights.bin").unlink()
+    with pytest.raises(InputError, match="weights.bin.*not found"):
+        load_model(path)
+
+
+def test_dynamic_batch_alone_is_kept(saved):
+    assert _dims(load_model(saved(_conv_model(["N", 3, 4, 4])))) == ["N", 3, 4, 4]
+
+
+def test_other_dynamic_dims_need_input_shape(saved):
+    path = saved(_conv_model(["N", 3, "H", "W"]))
+    with pytest.raises(InputError, match=r"--input-shape x=1x3x1x1"):
+        load_model(path)
+    assert _dims(load_model(path, {"x": (2, 3, 8, 8)})) == [2, 3, 8, 8]
+
+
+def test_input_shape_errors(saved):
+    path = saved(_conv_model([1, 3, 4, 4]))
+    with pytest.raises(InputError, match="unknown input 'image'.*x"):
+        load_model(path, {"image": (1, 3, 4, 4)})
+    with pytest.raises(InputError, match="has 3 dims"):
+        load_model(path, {"x": (1, 3, 4)})
+    with pytest.raises(InputError, match="contradicts"):
+        load_model(path, {"x": (1, 3, 5, 5)})
+
+
+@pytest.mark.parametrize("text", ["x", "x=", "x=1x", "x=1xax3", "=1x2", "x=0x3", "x=1,3"])
+def test_malformed_input_shape(text):
+    with pytest.raises(InputError, match="malformed --input-shape"):
+        parse_input_shape(text)
+
+
+def test_parse_input_shape_with_slash_name():
+    assert parse_input_shape("gpu_0/data_0=1x3x224x224") == ("gpu_0/data_0", (1, 3, 224, 224))
+
+
+def test_input_file_is_not_modified(saved):
+    path = saved(_conv_model(["N", 3, 4, 4]))
+    before = path.read_bytes()
+    load_model(path, {"x": (1, 3, 4, 4)})
+    assert path.read_bytes() == before
