@@ -53,6 +53,7 @@ class Layer:
     output_elems: int  # activation elements written per sample
     weight: str  # initializer name of the weight
     input: str  # tensor name of the quantized activation input
+    weight_axis: int = 0  # the weight's output-channel axis (per-channel quantization)
 
     @property
     def state(self) -> list[float]:

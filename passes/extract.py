@@ -89,15 +89,16 @@ def _make_layer(index: int, node: onnx.NodeProto, w: tuple[int, ...], shapes: di
         c_in = x_shape[1]
         feature, out_feature = math.prod(x_shape[2:]), math.prod(y_shape[2:])
         if node.op_type == "Conv":
-            c_out = w[0]
+            c_out, axis = w[0], 0
             rows, reduction = out_feature, w[1] * math.prod(k)
         else:  # each input pixel scatters a (c_out/g * k) patch: rows count pixel x tap pairs
-            c_out = w[1] * groups
+            c_out, axis = w[1] * groups, 1
             rows, reduction = feature * math.prod(k), w[0] // groups
         kind = "depthwise" if groups > 1 and groups == c_in and reduction == math.prod(k) else "conv"
     else:
         trans_b = node.op_type == "Gemm" and _attr(node, "transB", 0)
         c_in, c_out = (w[1], w[0]) if trans_b else (w[0], w[1])
+        axis = 0 if trans_b else 1
         kernel, stride, groups = (1, 1), (1, 1), 1
         feature = out_feature = 1
         rows = math.prod(x_shape[1:-1]) if len(x_shape) > 2 else 1
@@ -122,6 +123,7 @@ def _make_layer(index: int, node: onnx.NodeProto, w: tuple[int, ...], shapes: di
         input_elems=int(in_elems),
         output_elems=int(out_elems),
         weight=node.input[1],
+        weight_axis=axis,
         input=node.input[0],
     )
 

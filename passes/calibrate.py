@@ -1,0 +1,172 @@
+"""Calibration: activation histograms from one pass of data, and clip values chosen from them.
+
+One ONNX Runtime run over the calibration set exposes every quantizable
+layer's input; each tensor keeps a histogram of |x| (range doubled and bins
+merged as larger values appear, so one pass suffices). A clip is then chosen
+per (tensor, bits, method) and cached: the search asks for the same clips
+hundreds of times.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Iterable, Literal
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from haqc.layers import Layer
+
+logger = logging.getLogger(__name__)
+
+ClipMethod = Literal["kl", "max", "percentile", "mse"]
+CLIP_METHODS: tuple[str, ...] = ("kl", "max", "percentile", "mse")
+BINS = 2048
+PERCENTILE = 99.99
+
+
+@dataclass
+class TensorStats:
+    """Running statistics of one tensor: min, |x| max and a histogram of |x| over [0, hist_range]."""
+
+    minimum: float = np.inf
+    absmax: float = 0.0
+    hist_range: float = 0.0
+    hist: np.ndarray = field(default_factory=lambda: np.zeros(BINS, np.int64))
+
+    @property
+    def signed(self) -> bool:
+        return self.minimum < 0
+
+    def update(self, x: np.ndarray) -> None:
+        a = np.abs(x.ravel())
+        if a.size == 0:
+            return
+        self.minimum = min(self.minimum, float(x.min()))
+        top = float(a.max())
+        self.absmax = max(self.absmax, top)
+        if self.hist_range == 0.0:
+            self.hist_range = top if top > 0 else 1.0
+        while top > self.hist_range:  # double the range: merge bin pairs into the lower half
+            merged = self.hist.reshape(-1, 2).sum(axis=1)
+            self.hist = np.concatenate([merged, np.zeros(BINS // 2, np.int64)])
+            self.hist_range *= 2
+        self.hist += np.histogram(a, bins=BINS, range=(0.0, self.hist_range))[0]
+
+
+class Calibration:
+    """Per-tensor statistics and the clip cache; ``clip(tensor, bits)`` is what quantizers ask."""
+
+    def __init__(self, stats: dict[str, TensorStats], method: ClipMethod = "kl") -> None:
+        if method not in CLIP_METHODS:
+            raise ValueError(f"unknown clip method {method!r}")
+        self.stats = stats
+        self.method = method
+        self._cache: dict[tuple[str, int, str], float] = {}
+
+    def signed(self, tensor: str) -> bool:
+        return self.stats[tensor].signed
+
+    def clip(self, tensor: str, bits: int, method: ClipMethod | None = None) -> float:
+        """The clip c for ``tensor`` at ``bits`` (values outside [-c, c] or [0, c] saturate)."""
+        method = method or self.method
+        key = (tensor, bits, method)
+        if key not in self._cache:
+            s = self.stats[tensor]
+            levels = 2 ** (bits - 1) - 1 if s.signed else 2**bits - 1
+            self._cache[key] = choose_clip(s.hist, s.hist_range, s.absmax, levels, method)
+        return self._cache[key]
+
+
+def calibrate(
+    model: onnx.ModelProto,
+    layers: list[Layer],
+    feeds: Iterable[dict[str, np.ndarray]],
+    method: ClipMethod = "kl",
+) -> Calibration:
+    """Run ``feeds`` through ONNX Runtime once, collecting statistics of every layer input."""
+    tensors = list(dict.fromkeys(layer.input for layer in layers))
+    session = ort.InferenceSession(_expose(model, tensors).SerializeToString(), _quiet_options(), providers=["CPUExecutionProvider"])
+    stats = {t: TensorStats() for t in tensors}
+    for feed in feeds:
+        for name, value in zip(tensors, session.run(tensors, feed)):
+            stats[name].update(value)
+    return Calibration(stats, method)
+
+
+def _quiet_options() -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return options
+
+
+def _expose(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose outputs include ``tensors``."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    have = {o.name for o in out.graph.output}
+    infos = {vi.name: vi for vi in (*out.graph.value_info, *out.graph.input)}
+    for name in tensors:
+        if name not in have:
+            out.graph.output.append(infos[name] if name in infos else onnx.ValueInfoProto(name=name))
+    return out
+
+
+def choose_clip(hist: np.ndarray, hist_range: float, absmax: float, levels: int, method: ClipMethod) -> float:
+    """Pick the clip c from a histogram of |x| for a quantizer with ``levels`` positive steps."""
+    if absmax <= 0:
+        return 1.0  # an all-zero tensor: any positive clip represents it exactly
+    if method == "max":
+        return absmax
+    width = hist_range / len(hist)
+    if method == "percentile":
+        cdf = np.cumsum(hist) / hist.sum()
+        return float(min(absmax, (np.searchsorted(cdf, PERCENTILE / 100.0) + 1) * width))
+    if method == "mse":
+        return _mse_clip(hist, width, absmax, levels)
+    return _kl_clip(hist, width, absmax, levels)
+
+
+def _candidates(hist: np.ndarray, absmax: float, width: float) -> np.ndarray:
+    """Candidate clips: bin edges from a small fraction of the range up to |x|max."""
+    top = min(len(hist), int(np.ceil(absmax / width)))
+    return np.unique(np.linspace(max(1, top // 64), top, num=min(top, 128)).astype(int))
+
+
+def _mse_clip(hist: np.ndarray, width: float, absmax: float, levels: int) -> float:
+    """Minimize the expected squared error: rounding noise inside [0, c], saturation outside."""
+    centers = (np.arange(len(hist)) + 0.5) * width
+    best, best_err = absmax, np.inf
+    for edge in _candidates(hist, absmax, width):
+        c = edge * width
+        step = c / levels
+        inside = centers <= c
+        err = np.sum(hist[inside]) * step * step / 12.0 + np.sum(hist[~inside] * (centers[~inside] - c) ** 2)
+        if err < best_err:
+            best, best_err = c, err
+    return float(best)
+
+
+def _kl_clip(hist: np.ndarray, width: float, absmax: float, levels: int) -> float:
+    """HAQ / TensorRT entropy calibration: the clip whose quantized histogram is closest in KL."""
+    best, best_kl = absmax, np.inf
+    for edge in _candidates(hist, absmax, width):
+        if edge < levels:
+            continue
+        p = hist[:edge].astype(np.float64)
+        p[-1] += hist[edge:].sum()  # saturated mass lands in the last bin
+        if p.sum() == 0:
+            continue
+        # Quantize p into `levels` buckets, spread each bucket's mass over its non-empty bins.
+        bucket = (np.arange(edge) * levels // edge).astype(int)
+        nonzero = p > 0
+        mass = np.bincount(bucket, weights=p, minlength=levels)
+        count = np.bincount(bucket, weights=nonzero, minlength=levels)
+        q = np.where(nonzero, mass[bucket] / np.maximum(count[bucket], 1), 0.0)
+        p /= p.sum()
+        q /= q.sum()
+        kl = float(np.sum(p[nonzero] * np.log(p[nonzero] / np.maximum(q[nonzero], 1e-12))))
+        if kl < best_kl:
+            best, best_kl = (edge + 0.5) * width, kl
+    return float(min(best, absmax))

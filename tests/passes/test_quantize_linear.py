@@ -1,0 +1,118 @@
+"""Linear QDQ export: per-bitwidth parity with a numpy reference, storage types, validity."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import run_ort
+from haqc.errors import InputError
+from haqc.passes.calibrate import calibrate
+from haqc.passes.canonicalize import canonicalize
+from haqc.passes.extract import extract_layers
+from haqc.passes.quantize_linear import LinearQuantize, container_type, dequantize, linear_quantize, quantize_weight, weight_levels
+from haqc.policy import LayerBits
+
+RNG = np.random.default_rng(0)
+
+
+def _tiny_conv(relu_input: bool):
+    """x -> [Relu] -> Conv(3->4, 3x3, bias) -> y; returns canonical model and its layers."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"])] if relu_input else []
+    nodes.append(helper.make_node("Conv", ["r" if relu_input else "x", "w", "b"], ["y"], pads=[1, 1, 1, 1], name="conv"))
+    inits = [
+        numpy_helper.from_array(RNG.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(RNG.standard_normal(4).astype(np.float32), "b"),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 6, 6])], inits)
+    model = canonicalize(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    return model, extract_layers(model).layers
+
+
+def _reference(model, layer, calibration, x, w_bits, a_bits):
+    """numpy fake-quant + torch conv in float64: what the exported QDQ model must compute."""
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    w = dequantize(quantize_weight(inits[layer.weight], w_bits, axis=0)).astype(np.float64)
+    xin = np.maximum(x, 0) if layer.input == "r" else x
+    st = calibration.stats[layer.input]
+    c = calibration.clip(layer.input, a_bits)
+    levels = weight_levels(a_bits) if st.signed else 2**a_bits - 1
+    s = np.float32(c / levels)
+    lo = -levels if st.signed else 0
+    xq = np.clip(np.round(np.clip(xin, lo * s, levels * s) / s), lo, levels) * s
+    bias = inits[[n for n in model.graph.node if n.name == layer.name][0].input[2]]
+    y = torch.nn.functional.conv2d(torch.from_numpy(xq.astype(np.float64)), torch.from_numpy(w), torch.from_numpy(bias.astype(np.float64)), padding=1)
+    return y.numpy()
+
+
+@pytest.mark.parametrize("relu_input", [True, False], ids=["unsigned", "signed"])
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7, 8])
+def test_bitwidth_matches_numpy_reference(bits, relu_input):
+    model, layers = _tiny_conv(relu_input)
+    x = RNG.standard_normal((16, 3, 6, 6)).astype(np.float32) * 2
+    calibration = calibrate(model, layers, [{"x": x}], method="kl")
+    q = linear_quantize(model, layers, calibration, {"conv": LayerBits(bits, bits)})
+    onnx.checker.check_model(q, full_check=True)
+    got = run_ort(q, {"x": x})[0]
+    want = _reference(model, layers[0], calibration, x, bits, bits)
+    assert np.max(np.abs(got - want)) <= 1e-4 * max(1.0, np.abs(want).max())
+    # Activations really take at most 2^b values (odd widths included).
+    act = [n for n in q.graph.node if n.op_type == "DequantizeLinear" and "/a" in n.name][0]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(q)
+    probe.graph.output.append(onnx.ValueInfoProto(name=act.input[0]))
+    codes = run_ort(probe, {"x": x})[1]
+    assert len(np.unique(codes)) <= 2**bits
+    lo, hi = (-weight_levels(bits), weight_levels(bits)) if not relu_input else (0, 2**bits - 1)
+    assert codes.min() >= lo and codes.max() <= hi
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
+def test_weights_stored_packed_in_smallest_type(bits):
+    model, layers = _tiny_conv(True)
+    calibration = calibrate(model, layers, [{"x": RNG.standard_normal((4, 3, 6, 6)).astype(np.float32)}])
+    q = linear_quantize(model, layers, calibration, {"conv": LayerBits(bits, 8)})
+    stored = [t for t in q.graph.initializer if t.name.endswith(f"/w{bits}/q")][0]
+    assert stored.data_type == container_type(bits)
+    container_bits = {TensorProto.INT2: 2, TensorProto.INT4: 4, TensorProto.INT8: 8}[stored.data_type]
+    assert len(stored.raw_data) == int(np.ceil(108 * container_bits / 8))
+    values = numpy_helper.to_array(stored).astype(int)
+    assert values.min() >= -weight_levels(bits) and values.max() <= weight_levels(bits)
+    assert "w" not in {t.name for t in q.graph.initializer}, "the float weight must be gone"
+
+
+def test_float_layers_are_untouched_and_input_unmodified():
+    model, layers = _tiny_conv(True)
+    before = model.SerializeToString()
+    x = RNG.standard_normal((4, 3, 6, 6)).astype(np.float32)
+    calibration = calibrate(model, layers, [{"x": x}])
+    q = linear_quantize(model, layers, calibration, {"conv": LayerBits(None, None)})
+    assert model.SerializeToString() == before
+    assert np.array_equal(run_ort(q, {"x": x})[0], run_ort(model, {"x": x})[0])
+
+
+def test_per_tensor_option_and_weight_cache():
+    model, layers = _tiny_conv(True)
+    calibration = calibrate(model, layers, [{"x": RNG.standard_normal((4, 3, 6, 6)).astype(np.float32)}])
+    per_tensor = LinearQuantize(layers, calibration, per_channel=False).with_policy({"conv": LayerBits(4, 8)})
+    q = per_tensor(model)
+    scale = [t for t in q.graph.initializer if t.name.endswith("/w4/scale")][0]
+    assert list(scale.dims) == []
+    per_tensor(model)
+    assert len(per_tensor._weights) == 1
+
+
+def test_one_bit_rejected():
+    model, layers = _tiny_conv(True)
+    calibration = calibrate(model, layers, [{"x": np.ones((1, 3, 6, 6), np.float32)}])
+    with pytest.raises(InputError, match=">= 2 bits"):
+        LinearQuantize(layers, calibration).with_policy({"conv": LayerBits(1, 8)})
+
+
+def test_weight_quantizer_reduces_error_with_bits():
+    w = RNG.standard_normal((8, 16, 3, 3)).astype(np.float32)
+    errs = [np.mean((dequantize(quantize_weight(w, b, 0)) - w) ** 2) for b in range(2, 9)]
+    assert all(a > b for a, b in zip(errs, errs[1:]))
