@@ -1,0 +1,66 @@
+"""Budget enforcement exactly as HAQ does it, for any mix of latency / energy / size limits.
+
+After the agent has chosen every layer, the policy is made to fit: walk the
+layers from last to first, lowering each one's activation bits by one
+supported step and re-checking, then its weight bits and re-checking, and
+repeat the walk until every limit holds. Limits are absolute (seconds, joules,
+bytes); the caller resolves relative budgets against ``CostTable.w8a8()``.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Mapping
+
+import numpy as np
+
+from haqc.errors import BudgetUnreachableError
+from haqc.search.bits import BitSpace, lower
+from haqc.search.costs import CostTable, format_costs
+
+logger = logging.getLogger(__name__)
+
+# Costs are float sums; a policy within this relative slack of a limit meets it.
+REL_TOLERANCE = 1e-9
+
+
+def violations(costs: Mapping[str, float], limits: Mapping[str, float]) -> list[str]:
+    """The quantities whose cost exceeds its limit."""
+    return [q for q, limit in limits.items() if costs[q] > limit * (1.0 + REL_TOLERANCE)]
+
+
+def check_budget(table: CostTable, limits: Mapping[str, float], space: BitSpace) -> None:
+    """Raise BudgetUnreachableError if even the cheapest policy misses a limit; call it before searching."""
+    cheapest = table.cost(*space.cheapest())
+    if violations(cheapest, limits):
+        raise BudgetUnreachableError(_unreachable_message(cheapest, limits, space))
+
+
+def enforce_budget(
+    table: CostTable, limits: Mapping[str, float], space: BitSpace, w_bits: np.ndarray, a_bits: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lower bits HAQ's way (last layer first, activations before weights) until all limits hold."""
+    w, a = np.array(w_bits, dtype=np.int64), np.array(a_bits, dtype=np.int64)
+    while violations(table.cost(w, a), limits):
+        lowered = False
+        for i in reversed(range(space.n_layers)):
+            if space.pinned[i]:
+                continue
+            for bits, levels in ((a, space.a_levels), (w, space.w_levels)):
+                below = lower(int(bits[i]), levels)
+                if below is None:
+                    continue
+                bits[i], lowered = below, True
+                if not violations(table.cost(w, a), limits):
+                    return w, a
+        if not lowered:  # every unpinned layer is at its narrowest: the cheapest policy, still over
+            raise BudgetUnreachableError(_unreachable_message(table.cost(w, a), limits, space))
+    return w, a
+
+
+def _unreachable_message(cheapest: Mapping[str, float], limits: Mapping[str, float], space: BitSpace) -> str:
+    parts = []
+    for quantity in violations(cheapest, limits):
+        limit, cost = format_costs(quantity, limits[quantity], cheapest[quantity])
+        parts.append(f"{quantity} budget {limit} is unreachable: the cheapest policy costs {cost}")
+    remedy = "relax the budget or unpin the first/last layer" if any(space.pinned) else "relax the budget"
+    return f"{'; '.join(parts)} ({space.describe_cheapest()}); {remedy}"

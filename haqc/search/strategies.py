@@ -1,0 +1,287 @@
+"""Search strategies behind one interface: ``search(problem, strategy, episodes, seed) -> SearchResult``.
+
+- ddpg (default): HAQ's agent, ``episodes`` episodes.
+- random: uniform random actions through the same environment (same pins,
+  same budget enforcement, same number of episodes): is the agent learning?
+- uniform: the highest single bitwidth w = a = b (pins applied) that meets the
+  budget; one evaluation. The fixed-precision baseline HAQ compares against.
+- greedy: a fast non-RL baseline. Measure each unpinned layer's sensitivity
+  (the accuracy drop with only that layer at 4 bits, the rest at 8: one
+  evaluation per layer), then, starting from all-8-bit, repeatedly take the
+  one-step lowering (one layer's weights or activations) with the best ratio of
+  budget saved to estimated accuracy lost, until the budget holds. Chosen over
+  an ILP: no solver dependency, and the loss model is too rough to deserve an
+  exact optimum. The loss of a layer at (w, a) bits is modelled as
+  s * (2^(4-w) + 2^(4-a)) / 2 (quantization noise halves per bit; s measured at
+  w4a4, where the model gives s).
+
+Every strategy caches evaluations per policy, keeps a per-episode history for
+plots, checkpoints to ``workdir`` after every episode (and, for greedy, after
+every sensitivity probe) and resumes from there.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from haqc.errors import InputError
+from haqc.policy import Policy
+from haqc.search.agent import DDPG, Agent, DDPGConfig, RandomAgent
+from haqc.search.bits import BitSpace, lower, snap
+from haqc.search.budget import violations
+from haqc.search.checkpoint import fingerprint, load_state, save_state
+from haqc.search.costs import MAX_TABLE_BITS
+from haqc.search.env import Outcome, QuantEnv, SearchProblem
+
+logger = logging.getLogger(__name__)
+
+# progress(episodes done, best reward so far, best policy's costs): for the CLI's progress bar.
+Progress = Callable[[int, float, dict[str, float]], None]
+
+GREEDY_PROBE_BITS = 4
+# Sensitivities below this (0.01 percentage points, noise) count as this, so ratios stay finite.
+MIN_SENSITIVITY = 1e-4
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """The best policy found and how the search got there.
+
+    ``history`` has one entry per episode: episode, reward, accuracy, costs,
+    w_bits, a_bits (None in k-means mode). ``evaluations`` counts real calls of
+    the evaluator (cached repeats are free); ``seconds`` adds up across resumes.
+    """
+
+    strategy: str
+    policy: Policy
+    accuracy: float
+    reward: float
+    costs: dict[str, float]
+    meets_budget: bool
+    episodes: int
+    best_episode: int
+    evaluations: int
+    seconds: float
+    history: list[dict[str, Any]]
+
+
+def search(
+    problem: SearchProblem | QuantEnv,
+    strategy: str = "ddpg",
+    episodes: int = 600,
+    seed: int = 0,
+    *,
+    config: DDPGConfig | None = None,
+    workdir: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: Progress | None = None,
+) -> SearchResult:
+    """Run one strategy; raises BudgetUnreachableError before searching if no policy meets the limits.
+
+    With ``workdir``, the state is saved after every episode; ``resume=True``
+    continues a saved search (InputError if it was made for another problem)
+    and ends exactly where an uninterrupted run would. On KeyboardInterrupt the
+    last completed episode's state is already saved; the exception propagates.
+    ``episodes`` and ``seed`` matter to ddpg and random only.
+    """
+    if strategy not in STRATEGIES:
+        raise InputError(f"unknown search strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if episodes < 1:
+        raise InputError(f"the search needs at least one episode, got {episodes}")
+    if resume and workdir is None:
+        raise InputError("--resume needs the workdir of the search to continue")
+    env = problem if isinstance(problem, QuantEnv) else QuantEnv(problem)
+    env.check_budget()
+    config = (config or DDPGConfig()) if strategy == "ddpg" else None  # the only configurable strategy
+    run = _Run(env, strategy, fingerprint(env, strategy, episodes, seed, config), workdir, progress)
+    saved = run.restore() if resume else None
+    try:
+        STRATEGIES[strategy](run, episodes, seed, config, saved)
+    except KeyboardInterrupt:
+        if workdir is not None:
+            logger.warning("interrupted after %d episodes; the search state is saved in %s, --resume continues it",
+                           len(run.history), workdir)
+        raise
+    return run.result()
+
+
+class _Run:
+    """Bookkeeping every strategy shares: history, best so far, timing, checkpoints and progress."""
+
+    def __init__(self, env: QuantEnv, strategy: str, fp: dict[str, Any], workdir: str | os.PathLike | None,
+                 progress: Progress | None) -> None:
+        self.env = env
+        self.strategy = strategy
+        self.history: list[dict[str, Any]] = []
+        self.best: int | None = None  # index into history
+        self._fingerprint = fp
+        self._workdir = workdir
+        self._progress = progress
+        self._seconds_before = 0.0  # spent by the runs this one resumes
+        self._started = time.perf_counter()
+        if workdir is not None:
+            os.makedirs(workdir, exist_ok=True)
+
+    def restore(self) -> dict[str, Any] | None:
+        """Load the checkpoint into this run and the env; return the agent's saved state."""
+        state = load_state(self._workdir, self._fingerprint)
+        if state is None:
+            return None
+        self.history, self.best = state["history"], state["best"]
+        self._seconds_before = state["seconds"]
+        self.env.load_state_dict(state["env"])
+        logger.info("resuming %s search after %d episodes", self.strategy, len(self.history))
+        return state["agent"]
+
+    def record(self, outcome: Outcome) -> None:
+        """Add a finished episode to the history; keep the first best reward."""
+        self.history.append({
+            "episode": len(self.history),
+            "reward": outcome.reward,
+            "accuracy": outcome.accuracy,
+            "costs": outcome.costs,
+            "w_bits": list(outcome.w_bits),
+            "a_bits": list(outcome.a_bits) if self.env.space.activations else None,
+        })
+        if self.best is None or outcome.reward > self.history[self.best]["reward"]:
+            self.best = len(self.history) - 1
+            logger.info("episode %d: new best reward %.3f, accuracy %.4f, costs %s",
+                        self.best, outcome.reward, outcome.accuracy, outcome.costs)
+
+    def save(self, agent_state: dict[str, Any] | None = None) -> None:
+        """Checkpoint (if there is a workdir), then report progress."""
+        if self._workdir is not None:
+            save_state(self._workdir, {
+                "fingerprint": self._fingerprint,
+                "history": self.history,
+                "best": self.best,
+                "seconds": self._seconds(),
+                "env": self.env.state_dict(),
+                "agent": agent_state,
+            })
+        if self._progress is not None and self.best is not None:
+            best = self.history[self.best]
+            self._progress(len(self.history), best["reward"], best["costs"])
+
+    def result(self) -> SearchResult:
+        best = self.history[self.best]
+        return SearchResult(
+            strategy=self.strategy,
+            policy=self.env.policy(best["w_bits"], best["a_bits"]),
+            accuracy=best["accuracy"],
+            reward=best["reward"],
+            costs=best["costs"],
+            meets_budget=not violations(best["costs"], self.env.problem.limits),
+            episodes=len(self.history),
+            best_episode=self.best,
+            evaluations=self.env.evaluations,
+            seconds=self._seconds(),
+            history=self.history,
+        )
+
+    def _seconds(self) -> float:
+        return self._seconds_before + time.perf_counter() - self._started
+
+
+def _ddpg(run: _Run, episodes: int, seed: int, config: DDPGConfig, saved: dict | None) -> None:
+    env = run.env
+    agent = DDPG(env.observation_space.shape[0], env.steps_per_episode, episodes, seed, config)
+    _run_episodes(run, agent, episodes, saved)
+
+
+def _random(run: _Run, episodes: int, seed: int, config: None, saved: dict | None) -> None:
+    _run_episodes(run, RandomAgent(seed), episodes, saved)
+
+
+def _run_episodes(run: _Run, agent: Agent, episodes: int, saved: dict | None) -> None:
+    """The episode loop: act until the env terminates, learn from the episode, record, checkpoint."""
+    env = run.env
+    if saved is not None:
+        agent.load_state_dict(saved)
+    for episode in range(len(run.history), episodes):
+        obs, _ = env.reset()
+        trajectory = []
+        terminated = False
+        while not terminated:
+            action = agent.act(obs, episode)
+            next_obs, reward, terminated, _, info = env.step(action)
+            trajectory.append((obs, action, next_obs, terminated))
+            obs = next_obs
+        agent.observe(trajectory, reward, episode)
+        run.record(info["outcome"])
+        run.save(agent.state_dict())
+
+
+def _uniform(run: _Run, episodes: int, seed: int, config: None, saved: dict | None) -> None:
+    if run.history:  # resumed after it finished
+        return
+    env = run.env
+    space, costs, limits = env.space, env.problem.costs, env.problem.limits
+    # The narrowest uniform setting is the cheapest policy, which check_budget has let through.
+    for bits in sorted(set(space.w_levels) | set(space.a_levels), reverse=True):
+        w, a = space.uniform(bits)
+        if not violations(costs.cost(w, a), limits):
+            break
+    run.record(env.finish(w, a))
+    run.save()
+
+
+def _greedy(run: _Run, episodes: int, seed: int, config: None, saved: dict | None) -> None:
+    if run.history:  # resumed after it finished
+        return
+    env = run.env
+    space, costs, limits = env.space, env.problem.costs, env.problem.limits
+    w, a = space.uniform(MAX_TABLE_BITS)
+    sensitivity = np.zeros(space.n_layers)
+    for i in range(space.n_layers):
+        if space.pinned[i]:
+            continue
+        probe_w, probe_a = w.copy(), a.copy()
+        probe_w[i] = snap(GREEDY_PROBE_BITS, space.w_levels)
+        probe_a[i] = snap(GREEDY_PROBE_BITS, space.a_levels)
+        drop = env.problem.fp32_accuracy - env.accuracy(probe_w, probe_a)
+        sensitivity[i] = max(drop, MIN_SENSITIVITY)
+        run.save()  # a resumed greedy search replays its probes from the evaluation cache
+    while over := violations(costs.cost(w, a), limits):
+        best, best_ratio = None, 0.0
+        for i, new_w, new_a in _one_step_lowerings(space, w, a):
+            before, after = costs.layer_cost(i, w[i], a[i]), costs.layer_cost(i, new_w, new_a)
+            saved_share = sum((before[q] - after[q]) / limits[q] for q in over)
+            extra_loss = _modelled_loss(sensitivity[i], new_w, new_a) - _modelled_loss(sensitivity[i], w[i], a[i])
+            if saved_share / extra_loss > best_ratio:
+                best, best_ratio = (i, new_w, new_a), saved_share / extra_loss
+        if best is None:  # nothing saves anything (odd cost tables): leave the rest to budget enforcement
+            break
+        i, new_w, new_a = best
+        w[i], a[i] = new_w, new_a
+    run.record(env.finish(w, a))
+    run.save()
+
+
+def _one_step_lowerings(space: BitSpace, w: np.ndarray, a: np.ndarray) -> Iterator[tuple[int, int, int]]:
+    """(layer, w, a) for each unpinned layer with its activations, or its weights, one supported step lower."""
+    for i in reversed(range(space.n_layers)):  # ties go to later layers, as in HAQ's enforcement
+        if space.pinned[i]:
+            continue
+        if (a_low := lower(int(a[i]), space.a_levels)) is not None:
+            yield i, int(w[i]), a_low
+        if (w_low := lower(int(w[i]), space.w_levels)) is not None:
+            yield i, w_low, int(a[i])
+
+
+def _modelled_loss(sensitivity: float, w_bits: int, a_bits: int) -> float:
+    """Estimated accuracy loss of one layer at (w, a); equals ``sensitivity`` at the w4a4 probe."""
+    return sensitivity * (2.0 ** (GREEDY_PROBE_BITS - w_bits) + 2.0 ** (GREEDY_PROBE_BITS - a_bits)) / 2.0
+
+
+STRATEGIES: dict[str, Callable[[_Run, int, int, Any, dict | None], None]] = {
+    "ddpg": _ddpg,
+    "random": _random,
+    "uniform": _uniform,
+    "greedy": _greedy,
+}

@@ -1,0 +1,146 @@
+"""Strategies end to end on the synthetic problem: determinism, resume, baselines, and DDPG's quality."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from search_helpers import N_LAYERS, Evaluator, synthetic_problem
+
+from haqc.errors import BudgetUnreachableError, InputError
+from haqc.search import STATE_FILE, QuantEnv, search
+from haqc.search.budget import violations
+
+SHORT = 10  # episodes: 2 of warm-up (clamped), then learning
+
+
+def comparable(result):
+    """Everything but the wall-clock time."""
+    return {k: v for k, v in dataclasses.asdict(result).items() if k != "seconds"}
+
+
+def test_ddpg_is_deterministic_per_seed():
+    first = search(synthetic_problem(), "ddpg", SHORT, seed=7)
+    again = search(synthetic_problem(), "ddpg", SHORT, seed=7)
+    other = search(synthetic_problem(), "ddpg", SHORT, seed=8)
+    assert comparable(first) == comparable(again)
+    assert first.history != other.history
+    assert first.episodes == SHORT == len(first.history) and first.meets_budget
+    entry = first.history[0]
+    assert set(entry) == {"episode", "reward", "accuracy", "costs", "w_bits", "a_bits"}
+    assert len(entry["w_bits"]) == N_LAYERS
+
+
+@pytest.mark.parametrize(("strategy", "interrupt_at"), [("ddpg", 6), ("random", 4), ("greedy", 3)])
+def test_resume_after_interrupt_ends_like_an_uninterrupted_run(tmp_path, strategy, interrupt_at):
+    reference = search(synthetic_problem(), strategy, SHORT, seed=1, workdir=tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        search(synthetic_problem(evaluate=Evaluator(interrupt_at=interrupt_at)), strategy, SHORT, seed=1,
+               workdir=tmp_path / "b")
+    saved = torch.load(tmp_path / "b" / STATE_FILE, weights_only=True)
+    assert saved["env"]["evaluations"] == interrupt_at - 1  # the state of the last completed episode (or probe)
+    evaluator = Evaluator()
+    resumed = search(synthetic_problem(evaluate=evaluator), strategy, SHORT, seed=1,
+                     workdir=tmp_path / "b", resume=True)
+    assert comparable(resumed) == comparable(reference)
+    assert evaluator.calls == reference.evaluations - (interrupt_at - 1)  # cached evaluations are not repeated
+
+
+def test_resuming_a_finished_search_evaluates_nothing(tmp_path):
+    done = search(synthetic_problem(), "ddpg", 4, seed=0, workdir=tmp_path)
+    evaluator = Evaluator()
+    again = search(synthetic_problem(evaluate=evaluator), "ddpg", 4, seed=0, workdir=tmp_path, resume=True)
+    assert comparable(again) == comparable(done) and evaluator.calls == 0
+
+
+def test_resume_without_state_starts_afresh(tmp_path):
+    fresh = search(synthetic_problem(), "random", 3, seed=0, workdir=tmp_path / "new", resume=True)
+    assert fresh.episodes == 3 and (tmp_path / "new" / STATE_FILE).exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "differs"),
+    [
+        (dict(problem=synthetic_problem(latency_fraction=0.6)), "budget"),
+        (dict(seed=1), "seed"),
+        (dict(strategy="random"), "strategy"),
+        (dict(problem=synthetic_problem(pin_last=False)), "options"),
+    ],
+)
+def test_resume_refuses_another_problem(tmp_path, change, differs):
+    search(synthetic_problem(), "ddpg", 2, seed=0, workdir=tmp_path)
+    args = dict(problem=synthetic_problem(), strategy="ddpg", seed=0) | change
+    expected = f"--resume: the workdir was made for another model or other options \\({differs}"
+    with pytest.raises(InputError, match=expected):
+        search(args["problem"], args["strategy"], 2, seed=args["seed"], workdir=tmp_path, resume=True)
+
+
+def test_uniform_picks_the_highest_bitwidth_within_budget():
+    problem = synthetic_problem(latency_fraction=0.5)
+    result = search(problem, "uniform")
+    assert result.evaluations == 1 and result.episodes == 1 and result.meets_budget
+    env = QuantEnv(problem)
+    widths = {b.w_bits for name, b in result.policy.items() if name not in ("layer0", f"layer{N_LAYERS - 1}")}
+    assert len(widths) == 1
+    (b,) = widths
+    assert result.policy["layer0"].w_bits == 8  # pinned
+    assert violations(problem.costs.cost(*env.space.uniform(b + 1)), problem.limits)
+    assert b == 5  # latency ~ w * a: 5 * 5 / 64 fits in half, 6 * 6 / 64 does not
+
+
+def test_random_gets_as_many_episodes_as_ddpg():
+    ddpg = search(synthetic_problem(), "ddpg", SHORT, seed=0)
+    rand = search(synthetic_problem(), "random", SHORT, seed=0)
+    assert rand.episodes == ddpg.episodes == len(rand.history) == SHORT
+    assert rand.evaluations <= SHORT and rand.meets_budget
+
+
+def test_greedy_meets_the_budget_with_few_evaluations():
+    uniform = search(synthetic_problem(latency_fraction=0.5), "uniform")
+    greedy = search(synthetic_problem(latency_fraction=0.5), "greedy")
+    assert greedy.meets_budget
+    assert greedy.evaluations <= (N_LAYERS - 2) + 1  # one probe per unpinned layer, then the result
+    assert greedy.accuracy > uniform.accuracy  # it keeps the sensitive layers wide
+
+
+def test_ddpg_beats_uniform_when_layers_differ_in_sensitivity():
+    problem = synthetic_problem(latency_fraction=0.5)
+    uniform = search(problem, "uniform")
+    ddpg = search(synthetic_problem(latency_fraction=0.5), "ddpg", 60, seed=0)
+    assert ddpg.meets_budget
+    assert ddpg.accuracy >= uniform.accuracy
+    best = ddpg.history[ddpg.best_episode]
+    assert best["reward"] == max(h["reward"] for h in ddpg.history) == ddpg.reward
+
+
+def test_progress_is_reported_after_each_episode():
+    calls = []
+    search(synthetic_problem(), "random", 5, seed=0, progress=lambda *args: calls.append(args))
+    assert [c[0] for c in calls] == [1, 2, 3, 4, 5]
+    rewards = [c[1] for c in calls]
+    assert rewards == sorted(rewards) and set(calls[-1][2]) == {"latency", "size"}
+
+
+def test_unreachable_budget_fails_before_any_evaluation():
+    evaluator = Evaluator()
+    with pytest.raises(BudgetUnreachableError, match="latency budget .* is unreachable"):
+        search(synthetic_problem(latency_fraction=0.01, evaluate=evaluator), "ddpg", SHORT)
+    assert evaluator.calls == 0
+
+
+def test_bad_arguments():
+    with pytest.raises(InputError, match="unknown search strategy 'ilp'"):
+        search(synthetic_problem(), "ilp")
+    with pytest.raises(InputError, match="at least one episode"):
+        search(synthetic_problem(), "ddpg", 0)
+    with pytest.raises(InputError, match="--resume needs the workdir"):
+        search(synthetic_problem(), "ddpg", resume=True)
+
+
+def test_kmeans_search_returns_float_activations():
+    problem = synthetic_problem(mode="kmeans", limits={"size": 0.4 * synthetic_problem().costs.w8a8()["size"]})
+    result = search(problem, "ddpg", SHORT, seed=0)
+    assert result.meets_budget and all(b.a_bits is None for b in result.policy.values())
+    assert all(h["a_bits"] is None for h in result.history)
+    assert np.mean([b.w_bits for b in result.policy.values()]) < 8
