@@ -1,0 +1,60 @@
+"""``haqc eval``: a model's accuracy (or agreement with a reference) on a dataset, measured as given."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from haqc.cli import main
+from haqc.cli.inspect import input_shape_option, parse_input_shapes
+from haqc.data import input_specs, load_dataset
+from haqc.evaluate import Evaluator, num_classes
+from haqc.passes.load import load_model
+
+
+@main.command("eval")
+@click.argument("model", type=click.Path(path_type=str))
+@click.option("--data", required=True, metavar="VAL.npz",
+              help="Inputs named after the model's inputs, optional 'labels'.")
+@click.option("--batch-size", type=int, default=None,
+              help="Samples per run (default: 256, or the model's fixed batch).")
+@click.option("--metric", default=None, metavar="MODULE:FUNCTION",
+              help="Score with func(outputs, labels) -> float instead of top-1.")
+@click.option("--reference", default=None, metavar="FP32.onnx",
+              help="Without labels, score top-1 agreement with this model.")
+@input_shape_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+def eval_(
+    model: str,
+    data: str,
+    batch_size: int | None,
+    metric: str | None,
+    reference: str | None,
+    input_shapes: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Measure MODEL on --data exactly as given (no canonicalization), so quantized models are scored as shipped."""
+    shapes = parse_input_shapes(input_shapes)
+    proto = load_model(model, shapes)
+    classes = num_classes(proto) if metric is None else None
+    dataset = load_dataset(data, input_specs(proto), role="--data", num_classes=classes)
+    ref = load_model(reference, shapes) if reference is not None and dataset.labels is None else None
+    result = Evaluator(dataset, batch_size, metric, ref).evaluate(proto, model)
+    if as_json:
+        click.echo(json.dumps({
+            "model": model,
+            "data": data,
+            "accuracy": result.accuracy,
+            "samples": result.samples,
+            "seconds": round(result.seconds, 4),
+            "label_free": result.label_free,
+            "metric": result.metric_name,
+        }))
+        return
+    if metric is not None:
+        what = f"metric {metric}" + (" (label-free)" if result.label_free else "")
+    elif result.label_free:
+        what = f"agreement with {reference} (label-free)"
+    else:
+        what = "top-1 accuracy"
+    click.echo(f"{model}: {what} {result.accuracy:.4f} on {result.samples} samples in {result.seconds:.3f} s")

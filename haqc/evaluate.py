@@ -1,0 +1,245 @@
+"""Evaluation with ONNX Runtime: the accuracy signal the search asks for hundreds of times.
+
+An ``Evaluator`` is built once per dataset (targets resolved, reference
+predictions cached); each ``evaluate(model)`` then costs one session creation
+and one pass over the data. Models are run exactly as given, so a quantized
+graph is measured with the numerics it will ship with.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Union
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from haqc.data import Dataset, InputSpec
+from haqc.errors import InputError
+from haqc.passes.load import _first_line
+
+logger = logging.getLogger(__name__)
+
+ModelSource = Union[onnx.ModelProto, bytes, str, os.PathLike]
+Metric = Callable[[np.ndarray, Union[np.ndarray, None]], float]
+
+# ENABLE_ALL, measured on the example (2 busy cores, session creation + 1,000 images):
+# fp32 0.59 s vs 1.45 s (BASIC) / 1.39 s (EXTENDED), thanks to the NCHWc conv layout;
+# int8 QDQ 0.25 s vs 1.61 s / 0.58 s, thanks to QLinearConv fusion; creation time is
+# the same. Sub-8-bit QDQ graphs have no fused kernels and cost ~1.5 s at every level.
+GRAPH_OPTIMIZATION = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+# With a dynamic batch dim: batches of 256 beat one 1,000-image run by 10-25% (smaller
+# activations stay in cache) and bound activation memory on big models.
+DEFAULT_BATCH = 256
+
+TOP1 = "top1"
+TOP1_AGREEMENT = "top1-agreement"
+
+# ORT's input type names ("tensor(float)") -> numpy dtype names where they differ.
+_ORT_DTYPES = {"float": "float32", "double": "float64", "string": "object"}
+_ORT_ERRORS = tuple(
+    getattr(ort.capi.onnxruntime_pybind11_state, name)
+    for name in ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "InvalidProtobuf", "InvalidGraph",
+                 "NotImplemented", "RuntimeException", "EPFail")
+)
+
+
+def _threads() -> int:
+    """The cores this process may use (containers and taskset restrict them below os.cpu_count())."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def make_session(model: ModelSource, name: str | None = None) -> ort.InferenceSession:
+    """A CPU inference session tuned for repeated evaluation; ``name`` labels error messages."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = GRAPH_OPTIMIZATION
+    options.intra_op_num_threads = _threads()
+    # Idle workers sleep instead of spinning: spinning cost 1.5x on a busy 2-core machine
+    # (and would steal cores from the agent's torch updates between evaluations).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    if isinstance(model, onnx.ModelProto):
+        model = model.SerializeToString()
+    elif not isinstance(model, bytes):
+        model = str(model)
+    label = name or (model if isinstance(model, str) else "model")
+    try:
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    except _ORT_ERRORS as err:
+        raise InputError(f"ONNX Runtime cannot load {label} ({_first_line(err)}); check the model") from None
+
+
+def session_specs(session: ort.InferenceSession) -> list[InputSpec]:
+    """(name, shape, dtype) of a session's inputs, in the form ``haqc.data.input_specs`` gives."""
+    specs = []
+    for arg in session.get_inputs():
+        type_name = arg.type.removeprefix("tensor(").removesuffix(")")
+        shape = tuple(d if isinstance(d, int) and d > 0 else (d or None) for d in arg.shape)
+        specs.append((arg.name, shape, np.dtype(_ORT_DTYPES.get(type_name, type_name))))
+    return specs
+
+
+def batch_size_for(session: ort.InferenceSession, samples: int, requested: int | None = None) -> int:
+    """The batch to run: the model's fixed batch dim if it has one, else ``requested`` or the default."""
+    fixed = _fixed_batch(session)
+    if fixed is not None:
+        if requested not in (None, fixed):
+            raise InputError(
+                f"the model's batch dimension is fixed at {fixed}, so --batch-size {requested} cannot run; "
+                f"omit --batch-size or pass {fixed}"
+            )
+        return fixed
+    if requested is not None and requested <= 0:
+        raise InputError(f"--batch-size must be a positive integer, got {requested}")
+    return requested or min(samples, DEFAULT_BATCH)
+
+
+def predictions(session: ort.InferenceSession, dataset: Dataset, batch_size: int | None = None) -> np.ndarray:
+    """The session's first output for every sample, concatenated along axis 0.
+
+    A model with a fixed batch dim gets its last, partial batch padded by
+    repeating the final sample; the padded rows are dropped from the result.
+    """
+    size = batch_size_for(session, len(dataset), batch_size)
+    pad = _fixed_batch(session) is not None
+    names = [arg.name for arg in session.get_inputs()]
+    first = [session.get_outputs()[0].name]
+    outputs = []
+    for feeds, _ in dataset.batches(size):
+        n = len(next(iter(feeds.values())))
+        if pad and n < size:
+            feeds = {k: np.concatenate([v, np.repeat(v[-1:], size - n, axis=0)]) for k, v in feeds.items()}
+        try:
+            (out,) = session.run(first, {name: feeds[name] for name in names})
+        except _ORT_ERRORS as err:
+            raise InputError(
+                f"ONNX Runtime failed to run the model on {dataset.source} ({_first_line(err)}); "
+                "check that the data fits the model"
+            ) from None
+        rows = size if pad else n
+        if out.ndim == 0 or len(out) != rows:
+            raise InputError(
+                f"the model's first output has shape {list(out.shape)} for a batch of {rows}; "
+                "haqc evaluates models whose outputs keep samples on axis 0"
+            )
+        outputs.append(out[:n])
+    return np.concatenate(outputs)
+
+
+def load_metric(spec: str) -> Metric:
+    """Import ``pkg.mod:func``: a callable ``func(outputs, labels) -> float`` where higher is better."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise InputError(f"malformed --metric {spec!r}; write module:function, e.g. mypkg.metrics:top5")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # noqa: BLE001 -- any import failure is the plugin's, reported in one line
+        raise InputError(
+            f"cannot import --metric module {module_name!r} ({_first_line(err)}); check it is on PYTHONPATH"
+        ) from None
+    func = getattr(module, attr, None)
+    if func is None:
+        raise InputError(f"--metric module {module_name!r} has no attribute {attr!r}; check the function name")
+    if not callable(func):
+        raise InputError(f"--metric {spec!r} is not callable (it is {type(func).__name__}); point it at a function")
+    return func
+
+
+def num_classes(model: onnx.ModelProto) -> int | None:
+    """Classes of a classifier: the fixed last dim of its first output, when known."""
+    dims = model.graph.output[0].type.tensor_type.shape.dim if model.graph.output else []
+    last = dims[-1] if len(dims) >= 2 else None
+    return last.dim_value if last is not None and last.HasField("dim_value") and last.dim_value > 0 else None
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """One evaluation: the metric (accuracy unless a custom metric is used) and its cost."""
+
+    accuracy: float
+    samples: int
+    seconds: float
+    label_free: bool
+    metric_name: str
+
+
+class Evaluator:
+    """Scores models on one dataset: top-1 accuracy, top-1 agreement with a reference, or a plugin metric.
+
+    Targets are the dataset's labels; without labels, the reference model's
+    top-1 predictions (computed once, here) stand in for them, so the score is
+    agreement with the fp32 model. A custom ``metric`` receives the model's
+    first output and those targets (None when there are neither labels nor a reference).
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int | None = None,
+        metric: Metric | str | None = None,
+        reference: ModelSource | None = None,
+    ) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        if isinstance(metric, str):
+            self.metric_name, self.metric = metric, load_metric(metric)
+        elif metric is not None:
+            self.metric_name, self.metric = getattr(metric, "__name__", "custom"), metric
+        else:
+            self.metric_name, self.metric = (TOP1 if dataset.labels is not None else TOP1_AGREEMENT), None
+        self.label_free = dataset.labels is None
+        if not self.label_free and reference is not None:
+            logger.info("%s has labels; the reference model is not needed and is ignored", dataset.source)
+        self.targets = dataset.labels if not self.label_free else self._reference_targets(reference)
+
+    def _reference_targets(self, reference: ModelSource | None) -> np.ndarray | None:
+        if reference is None:
+            if self.metric is None:
+                raise InputError(
+                    f"{self.dataset.source} has no labels; pass --reference (the fp32 model) to measure "
+                    "label-free agreement, or add a 'labels' array to the file"
+                )
+            return None
+        session = make_session(reference, "the reference model")
+        self.dataset.check_specs(session_specs(session), "the reference model")
+        targets = predictions(session, self.dataset, self.batch_size).argmax(-1)
+        logger.info("reference predictions cached for %d samples (label-free mode)", len(targets))
+        return targets
+
+    def evaluate(self, model: ModelSource | ort.InferenceSession, name: str = "the model") -> EvalResult:
+        """Score ``model``; ``seconds`` covers session creation, inference and the metric."""
+        start = time.perf_counter()
+        session = model if isinstance(model, ort.InferenceSession) else make_session(model, name)
+        self.dataset.check_specs(session_specs(session), name)
+        outputs = predictions(session, self.dataset, self.batch_size)
+        score = self._score(outputs, name)
+        seconds = time.perf_counter() - start
+        logger.debug("%s: %s %.4f on %d samples in %.3f s", name, self.metric_name, score, len(outputs), seconds)
+        return EvalResult(score, len(outputs), seconds, self.label_free, self.metric_name)
+
+    def _score(self, outputs: np.ndarray, name: str) -> float:
+        if self.metric is not None:
+            value = self.metric(outputs, self.targets)
+            if not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value):
+                raise InputError(f"--metric {self.metric_name} returned {value!r}; it must return a finite float")
+            return float(value)
+        top1 = outputs.argmax(-1)
+        if top1.shape != self.targets.shape:
+            raise InputError(
+                f"{name}'s first output has shape {list(outputs.shape)}, so its top-1 predictions do not "
+                f"line up with {len(self.targets)} targets; pass --metric for this kind of output"
+            )
+        return float(np.mean(top1 == self.targets))
+
+
+def _fixed_batch(session: ort.InferenceSession) -> int | None:
+    """The model's fixed batch size (leading dim of its inputs), or None when it is dynamic."""
+    fixed = {shape[0] for _, shape, _ in session_specs(session) if shape and isinstance(shape[0], int)}
+    if len(fixed) > 1:
+        raise InputError(f"the model's inputs have different fixed batch sizes {sorted(fixed)}; re-export it")
+    return next(iter(fixed), None)

@@ -1,0 +1,245 @@
+"""Evaluation: accuracy, label-free agreement, plugin metrics, batching, fixed-batch models, the example."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import EXAMPLE, run_ort
+from onnx import TensorProto, helper, numpy_helper
+
+from haqc.data import Dataset, input_specs, load_dataset
+from haqc.errors import InputError
+from haqc.evaluate import (
+    TOP1,
+    TOP1_AGREEMENT,
+    Evaluator,
+    batch_size_for,
+    load_metric,
+    make_session,
+    num_classes,
+    predictions,
+)
+
+N = 20
+
+
+def _linear(weight: np.ndarray, batch: int | str = "N", name: str = "x") -> onnx.ModelProto:
+    """logits = x @ weight: a classifier whose predictions are known from its weight."""
+    k, c = weight.shape
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", [name, "w"], ["logits"])],
+        "linear",
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, k])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, c])],
+        [numpy_helper.from_array(weight.astype(np.float32), "w")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+IDENTITY = _linear(np.eye(4))
+REVERSED = _linear(np.eye(4)[::-1])  # predicts 3 - argmax(x)
+
+
+def _data(labels: bool = True) -> Dataset:
+    """N samples whose argmax is i % 4; labels right for 3 of every 4 samples (accuracy 0.75)."""
+    x = np.random.default_rng(0).uniform(0, 1, (N, 4)).astype(np.float32)
+    top = np.arange(N) % 4
+    x[np.arange(N), top] = 2.0
+    y = top.copy()
+    y[::4] = (y[::4] + 1) % 4
+    return Dataset({"x": x}, y if labels else None, "--data test")
+
+
+def test_top1_accuracy():
+    result = Evaluator(_data()).evaluate(IDENTITY)
+    assert result.accuracy == pytest.approx(0.75) and result.samples == N
+    assert not result.label_free and result.metric_name == TOP1 and result.seconds > 0
+
+
+@pytest.mark.parametrize("as_", ["proto", "bytes", "path", "session"])
+def test_model_sources(tmp_path, as_):
+    path = tmp_path / "m.onnx"
+    onnx.save(IDENTITY, path)
+    model = {"proto": IDENTITY, "bytes": IDENTITY.SerializeToString(), "path": path,
+             "session": make_session(IDENTITY)}[as_]
+    assert Evaluator(_data()).evaluate(model).accuracy == pytest.approx(0.75)
+
+
+def test_predictions_match_ort():
+    ds = _data()
+    expected = run_ort(REVERSED, {"x": ds.inputs["x"]})[0]
+    np.testing.assert_array_equal(predictions(make_session(REVERSED), ds), expected)
+
+
+def test_make_session_bad_model():
+    with pytest.raises(InputError, match="ONNX Runtime cannot load model"):
+        make_session(b"not a model")
+
+
+def test_label_free_identical_model_agrees_fully():
+    ev = Evaluator(_data(labels=False), reference=IDENTITY)
+    result = ev.evaluate(IDENTITY)
+    assert result.accuracy == 1.0 and result.label_free and result.metric_name == TOP1_AGREEMENT
+    assert ev.evaluate(REVERSED).accuracy == 0.0  # 3 - i == i never holds for integers
+
+
+def test_label_free_needs_reference():
+    with pytest.raises(InputError, match="has no labels; pass --reference"):
+        Evaluator(_data(labels=False))
+
+
+def test_labels_win_over_reference():
+    result = Evaluator(_data(), reference=REVERSED).evaluate(IDENTITY)
+    assert result.accuracy == pytest.approx(0.75) and not result.label_free
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, None, N, 1000])
+def test_batching_equivalence(batch_size):
+    ds = _data()
+    assert Evaluator(ds, batch_size).evaluate(IDENTITY).accuracy == pytest.approx(0.75)
+    np.testing.assert_array_equal(predictions(make_session(IDENTITY), ds, batch_size), ds.inputs["x"])
+
+
+@pytest.mark.parametrize("fixed", [1, 3])
+def test_fixed_batch_models(fixed):
+    model = _linear(np.eye(4), batch=fixed)
+    session = make_session(model)
+    assert batch_size_for(session, N) == fixed
+    ds = _data()
+    np.testing.assert_array_equal(predictions(session, ds), ds.inputs["x"])  # N % 3 != 0: last batch padded
+    assert Evaluator(ds).evaluate(model).accuracy == pytest.approx(0.75)
+    with pytest.raises(InputError, match=f"fixed at {fixed}, so --batch-size 8 cannot run"):
+        Evaluator(ds, batch_size=8).evaluate(model)
+
+
+def test_default_and_bad_batch_sizes():
+    session = make_session(IDENTITY)
+    assert batch_size_for(session, 10) == 10 and batch_size_for(session, 10_000) == 256
+    with pytest.raises(InputError, match="--batch-size must be a positive integer"):
+        batch_size_for(session, 10, 0)
+
+
+def test_model_data_mismatch():
+    with pytest.raises(InputError, match="has input 'y', which --data test does not hold"):
+        Evaluator(_data()).evaluate(_linear(np.eye(4), name="y"), "other.onnx")
+    with pytest.raises(InputError, match=r"expects input 'x' of shape \[N, 5\]"):
+        Evaluator(_data()).evaluate(_linear(np.eye(5)[:, :4]))
+
+
+def test_outputs_need_sample_axis():
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0)], "sum",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("s", TensorProto.FLOAT, [])],
+    )
+    scalar = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    with pytest.raises(InputError, match=r"first output has shape \[\] for a batch of 20; .* samples on axis 0"):
+        Evaluator(_data()).evaluate(scalar)
+
+
+def test_top1_needs_one_prediction_per_sample():
+    ds = Dataset({"x": np.zeros((N, 4), np.float32)}, np.zeros(N, np.int64), "--data test")
+    assert Evaluator(ds).evaluate(_linear(np.eye(4)[:, :1])).accuracy == 1.0  # [N, 1] still has a class axis
+    graph = helper.make_graph(
+        [helper.make_node("Unsqueeze", ["x", "axes"], ["y"])], "unsq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 1])],
+        [numpy_helper.from_array(np.array([2], np.int64), "axes")],
+    )
+    per_position = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    with pytest.raises(InputError, match=r"shape \[20, 4, 1\], so its top-1 .* do not line up with 20 targets"):
+        Evaluator(ds).evaluate(per_position)
+
+
+def test_num_classes():
+    assert num_classes(IDENTITY) == 4
+    assert num_classes(_linear(np.eye(4))) == 4
+    dynamic = _linear(np.eye(4))
+    dynamic.graph.output[0].type.tensor_type.shape.dim[1].dim_param = "C"
+    assert num_classes(dynamic) is None
+
+
+# -- metric plugins ---------------------------------------------------------------------------
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    (tmp_path / "my_metrics.py").write_text(
+        "import numpy as np\n"
+        "seen = []\n"
+        "def top2(outputs, labels):\n"
+        "    seen.append(labels)\n"
+        "    top = np.argsort(outputs, axis=-1)[:, -2:]\n"
+        "    return float((top == labels[:, None]).any(axis=1).mean())\n"
+        "def mean_logit(outputs, labels):\n"
+        "    seen.append(labels)\n"
+        "    return float(outputs.mean())\n"
+        "def broken(outputs, labels):\n"
+        "    return 'high'\n"
+        "NOT_CALLABLE = 3\n"
+    )
+    (tmp_path / "bad_plugin.py").write_text("raise ImportError('needs scipy')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    importlib.invalidate_caches()
+    yield
+    import sys
+
+    for name in ("my_metrics", "bad_plugin"):
+        sys.modules.pop(name, None)
+
+
+def test_metric_plugin(plugin):
+    import my_metrics
+
+    result = Evaluator(_data(), metric="my_metrics:top2").evaluate(IDENTITY)
+    assert result.metric_name == "my_metrics:top2" and not result.label_free
+    assert 0.75 <= result.accuracy <= 1.0
+    np.testing.assert_array_equal(my_metrics.seen[-1], _data().labels)
+
+
+def test_metric_plugin_label_free(plugin):
+    import my_metrics
+
+    result = Evaluator(_data(labels=False), metric="my_metrics:top2", reference=REVERSED).evaluate(REVERSED)
+    assert result.accuracy == 1.0 and result.label_free
+    np.testing.assert_array_equal(my_metrics.seen[-1], 3 - np.arange(N) % 4)  # reference top-1 as targets
+    Evaluator(_data(labels=False), metric="my_metrics:mean_logit").evaluate(IDENTITY)
+    assert my_metrics.seen[-1] is None
+
+
+def test_metric_callable_directly():
+    result = Evaluator(_data(), metric=lambda out, labels: 0.5).evaluate(IDENTITY)
+    assert result.accuracy == 0.5 and result.metric_name == "<lambda>"
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("my_metrics", "malformed --metric 'my_metrics'; write module:function"),
+        (":top2", "malformed --metric"),
+        ("my_metrics:", "malformed --metric"),
+        ("no_such_module_xyz:f", "cannot import --metric module 'no_such_module_xyz'"),
+        ("bad_plugin:f", r"cannot import --metric module 'bad_plugin' \(needs scipy\)"),
+        ("my_metrics:nope", "has no attribute 'nope'"),
+        ("my_metrics:NOT_CALLABLE", "is not callable \\(it is int\\)"),
+    ],
+)
+def test_bad_metric_specs(plugin, spec, message):
+    with pytest.raises(InputError, match=message):
+        load_metric(spec)
+
+
+def test_metric_must_return_a_float(plugin):
+    with pytest.raises(InputError, match="returned 'high'; it must return a finite float"):
+        Evaluator(_data(), metric="my_metrics:broken").evaluate(IDENTITY)
+
+
+# -- the bundled example ----------------------------------------------------------------------
+
+@pytest.mark.skipif(not EXAMPLE.exists(), reason="the example model has not been trained yet")
+def test_example_accuracy():
+    model = onnx.load(EXAMPLE)
+    val = load_dataset(EXAMPLE.parent / "val.npz", input_specs(model), num_classes=num_classes(model))
+    result = Evaluator(val).evaluate(model)
+    assert result.samples == 1000 and result.accuracy >= 0.97
