@@ -58,7 +58,7 @@ class TensorStats:
 class Calibration:
     """Per-tensor statistics and the clip cache; ``clip(tensor, bits)`` is what quantizers ask."""
 
-    def __init__(self, stats: dict[str, TensorStats], method: ClipMethod = "kl") -> None:
+    def __init__(self, stats: dict[str, TensorStats], method: ClipMethod = "mse") -> None:
         if method not in CLIP_METHODS:
             raise ValueError(f"unknown clip method {method!r}")
         self.stats = stats
@@ -78,12 +78,16 @@ class Calibration:
             self._cache[key] = choose_clip(s.hist, s.hist_range, s.absmax, levels, method)
         return self._cache[key]
 
+    def set_clip(self, tensor: str, bits: int, value: float) -> None:
+        """Override a clip (e.g. one trained PACT-style during fine-tuning)."""
+        self._cache[(tensor, bits, self.method)] = float(value)
+
 
 def calibrate(
     model: onnx.ModelProto,
     layers: list[Layer],
     feeds: Iterable[dict[str, np.ndarray]],
-    method: ClipMethod = "kl",
+    method: ClipMethod = "mse",
 ) -> Calibration:
     """Run ``feeds`` through ONNX Runtime once, collecting statistics of every layer input."""
     tensors = list(dict.fromkeys(layer.input for layer in layers))
@@ -154,16 +158,21 @@ def _kl_clip(hist: np.ndarray, width: float, absmax: float, levels: int) -> floa
     for edge in _candidates(hist, absmax, width):
         if edge < levels:
             continue
-        p = hist[:edge].astype(np.float64)
-        p[-1] += hist[edge:].sum()  # saturated mass lands in the last bin
-        if p.sum() == 0:
-            continue
-        # Quantize p into `levels` buckets, spread each bucket's mass over its non-empty bins.
+        sliced = hist[:edge].astype(np.float64)
+        p = sliced.copy()
+        p[-1] += hist[edge:].sum()  # the reference keeps the saturated mass in its last bin
+        # The candidate quantizes the clipped range into `levels` buckets, each bucket's mass
+        # spread over its non-empty bins; it does not see the saturated mass (as TensorRT's).
         bucket = (np.arange(edge) * levels // edge).astype(int)
-        nonzero = p > 0
-        mass = np.bincount(bucket, weights=p, minlength=levels)
+        nonzero = sliced > 0
+        mass = np.bincount(bucket, weights=sliced, minlength=levels)
         count = np.bincount(bucket, weights=nonzero, minlength=levels)
         q = np.where(nonzero, mass[bucket] / np.maximum(count[bucket], 1), 0.0)
+        # Exact zeros (ReLU outputs, padding) quantize exactly; their spike would swamp the comparison.
+        p[0] = q[0] = 0.0
+        if p.sum() == 0 or q.sum() == 0:
+            continue
+        nonzero = p > 0
         p /= p.sum()
         q /= q.sum()
         kl = float(np.sum(p[nonzero] * np.log(p[nonzero] / np.maximum(q[nonzero], 1e-12))))
