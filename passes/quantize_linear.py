@@ -1,7 +1,8 @@
 """Linear quantization: a per-layer (w_bits, a_bits) policy becomes a QDQ ONNX model.
 
 Weights are stored as integers in the smallest ONNX type that holds them
-(INT2 / INT4 / INT8, packed) and expanded by DequantizeLinear; activations
+(INT2 / INT4 / INT8, packed) and expanded by DequantizeLinear (INT2: Cast +
+Mul, working around an ONNX Runtime fusion bug); activations
 pass through QuantizeLinear / DequantizeLinear, preceded by a Clip whenever
 the b-bit range is narrower than the 8-bit container, so odd widths (3, 5,
 6, 7 bits) really are b-bit. Bias stays float (as in HAQ).
@@ -189,15 +190,31 @@ def _int_tensor(name: str, values: np.ndarray, data_type: int) -> TensorProto:
 
 
 def _dequantize_weight(layer: Layer, qw: QuantizedWeight, inits: list, nodes: list) -> str:
+    """Emit the stored integer weight and its dequantization; returns the float weight's name.
+
+    INT2 weights are dequantized by Cast + Mul instead of DequantizeLinear:
+    ONNX Runtime 1.32 fuses DequantizeLinear(int2) -> Conv -> QuantizeLinear
+    into a QLinearConv that rejects int2 and fails to load the model. Cast +
+    Mul computes the same q * scale (the zero point is 0) and ORT folds it.
+    """
     prefix = f"{layer.weight}/w{qw.bits}"
     data_type = container_type(qw.bits)
     inits.append(_int_tensor(f"{prefix}/q", qw.q, data_type))
+    name = f"{layer.name}/w{qw.bits}/Dequantize"
+    if data_type == TensorProto.INT2:
+        shape = [1] * qw.q.ndim
+        if qw.axis is not None:
+            shape[qw.axis] = -1
+        inits.append(numpy_helper.from_array(qw.scale.reshape(shape) if qw.axis is not None else qw.scale, f"{prefix}/scale"))
+        nodes.append(helper.make_node("Cast", [f"{prefix}/q"], [f"{prefix}/float"], name=f"{name}/Cast", to=TensorProto.FLOAT))
+        nodes.append(helper.make_node("Mul", [f"{prefix}/float", f"{prefix}/scale"], [f"{prefix}/dq"], name=f"{name}/Mul"))
+        return f"{prefix}/dq"
     inits.append(numpy_helper.from_array(qw.scale, f"{prefix}/scale"))
     inits.append(_int_tensor(f"{prefix}/zero_point", np.zeros(qw.scale.shape, np.int8), data_type))
     attrs = {} if qw.axis is None else {"axis": qw.axis}
     nodes.append(
         helper.make_node("DequantizeLinear", [f"{prefix}/q", f"{prefix}/scale", f"{prefix}/zero_point"],
-                         [f"{prefix}/dq"], name=f"{layer.name}/w{qw.bits}/Dequantize", **attrs)
+                         [f"{prefix}/dq"], name=name, **attrs)
     )
     return f"{prefix}/dq"
 

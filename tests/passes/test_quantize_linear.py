@@ -116,3 +116,25 @@ def test_weight_quantizer_reduces_error_with_bits():
     w = RNG.standard_normal((8, 16, 3, 3)).astype(np.float32)
     errs = [np.mean((dequantize(quantize_weight(w, b, 0)) - w) ** 2) for b in range(2, 9)]
     assert all(a > b for a, b in zip(errs, errs[1:]))
+
+
+def test_two_bit_weights_before_a_quantized_output_load_in_ort():
+    """ORT 1.32 fuses DQ(int2) -> Conv -> Q into an invalid QLinearConv; the export must avoid it."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1], name="c1"),
+        helper.make_node("Relu", ["a"], ["r"]),
+        helper.make_node("Conv", ["r", "w2"], ["y"], name="c2"),
+    ]
+    inits = [numpy_helper.from_array(RNG.standard_normal((4, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(RNG.standard_normal((2, 4, 1, 1)).astype(np.float32), "w2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 6, 6])], inits)
+    model = canonicalize(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    layers = extract_layers(model).layers
+    x = np.abs(RNG.standard_normal((1, 3, 6, 6))).astype(np.float32)
+    calibration = calibrate(model, layers, [{"x": x}])
+    q = linear_quantize(model, layers, calibration, {"c1": LayerBits(2, 8), "c2": LayerBits(8, 8)})
+    onnx.checker.check_model(q, full_check=True)
+    stored = [t for t in q.graph.initializer if t.name.endswith("/w2/q")][0]
+    assert stored.data_type == TensorProto.INT2
+    assert run_ort(q, {"x": x})[0].shape == (1, 2, 6, 6)
