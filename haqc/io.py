@@ -41,3 +41,41 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+# Protobuf cannot serialize a message over 2 GiB: larger models keep their
+# tensors in an external data file beside the model.
+_EXTERNAL_DATA_ABOVE = 1_800_000_000
+
+
+def check_output_path(path: str | os.PathLike, inputs: tuple[str | os.PathLike | None, ...], force: bool) -> Path:
+    """Refuse to overwrite an input (None entries are skipped), or an existing file without ``force``."""
+    path = Path(path)
+    for source in inputs:
+        if source is not None and Path(source).resolve() == path.resolve():
+            raise InputError(f"output {path} is the input model; write to another path")
+    if path.is_dir():
+        raise InputError(f"output {path} is a directory; give a file name such as {path / 'model.onnx'}")
+    if path.exists() and not force:
+        raise InputError(f"output {path} already exists; pass --force to overwrite it")
+    if not path.parent.is_dir():
+        raise InputError(f"output directory {path.parent} does not exist; create it first")
+    if not os.access(path.parent, os.W_OK):
+        raise InputError(f"output directory {path.parent} is not writable; choose another -o path")
+    return path
+
+
+def save_model(model, path: str | os.PathLike) -> None:
+    """Write an ONNX model atomically (external data beside it when over ~2 GB)."""
+    import onnx
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if model.ByteSize() > _EXTERNAL_DATA_ABOVE:
+            onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=f"{path.name}.data")
+        else:
+            with open(tmp, "wb") as f:
+                f.write(model.SerializeToString())
+                f.flush()
+                os.fsync(f.fileno())

@@ -9,8 +9,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import Sequence
+
 import onnx
 
+from haqc.hw_targets import cost_summary, load_target
 from haqc.passes.canonicalize import canonicalize
 from haqc.passes.extract import Extraction, extract_layers
 from haqc.passes.load import InputShapes, graph_inputs, load_model
@@ -44,8 +47,9 @@ def prepare(path: str | os.PathLike, input_shapes: InputShapes | None = None) ->
 LAYER_FIELDS = ("name", "op", "kind", "c_in", "c_out", "kernel", "stride", "groups", "feature_size", "params", "macs")
 
 
-def inspect_summary(prepared: Prepared) -> dict:
-    """The ``haqc inspect --json`` object: per-layer shapes, MACs and normalized HAQ state."""
+def inspect_summary(prepared: Prepared, targets: Sequence[str] = ()) -> dict:
+    """The ``haqc inspect --json`` object: per-layer shapes, MACs, normalized HAQ state, and the
+    cost on each of ``targets`` (names or TOML files) at w8a8 / w4a4 / w2a2."""
     layers = prepared.layers
     rows = []
     for layer, state in zip(layers, prepared.extraction.state_matrix):
@@ -54,9 +58,18 @@ def inspect_summary(prepared: Prepared) -> dict:
         row["state"] = [round(float(v), 6) for v in state]
         rows.append(row)
     opset = next(o.version for o in prepared.model.opset_import if o.domain in ("", "ai.onnx"))
-    return {
+    summary = {
         "model": str(prepared.path),
         "opset": opset,
         "layers": rows,
         "totals": {"layers": len(layers), "params": sum(l.params for l in layers), "macs": sum(l.macs for l in layers)},
     }
+    if targets:
+        summary["targets"] = {}
+        for spec in targets:
+            target = load_target(spec)
+            costs = cost_summary(target, layers)
+            summary["targets"][target.name] = costs["total"]
+            for row, per_layer in zip(rows, costs["per_layer"]):
+                row.setdefault("targets", {})[target.name] = per_layer
+    return summary

@@ -64,7 +64,7 @@ def load_model(path: str | os.PathLike, input_shapes: InputShapes | None = None)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as err:
-        raise InputError(f"{path} fails the ONNX checker: {_first_line(err)}") from None
+        raise InputError(f"{path} fails the ONNX checker: {_first_line(err)}; fix or re-export the model") from None
     _strip_initializer_inputs(model)
     _apply_input_shapes(model, input_shapes or {})
     return model

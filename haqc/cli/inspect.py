@@ -28,14 +28,18 @@ def parse_input_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
 @main.command()
 @click.argument("model", type=click.Path(path_type=str))
 @input_shape_option
+@click.option("--target", "targets", multiple=True, metavar="NAME_OR_FILE",
+              help="Add costs at w8a8/w4a4/w2a2 on this target (repeatable; see haqc targets).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def inspect(model: str, input_shapes: tuple[str, ...], as_json: bool) -> None:
-    """List MODEL's quantizable layers with their shapes, MACs and HAQ state."""
-    summary = inspect_summary(prepare(model, parse_input_shapes(input_shapes)))
+def inspect(model: str, input_shapes: tuple[str, ...], targets: tuple[str, ...], as_json: bool) -> None:
+    """List MODEL's quantizable layers with their shapes, MACs and HAQ state (and costs on targets)."""
+    summary = inspect_summary(prepare(model, parse_input_shapes(input_shapes)), targets)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
     click.echo(_table(summary))
+    for name, totals in summary.get("targets", {}).items():
+        click.echo(_cost_table(name, summary["layers"], totals))
 
 
 def _table(summary: dict) -> str:
@@ -62,4 +66,19 @@ def _table(summary: dict) -> str:
     lines = [f"{summary['model']}: {t['layers']} quantizable layers (opset {summary['opset']})"]
     for r in (head, *rows):
         lines.append("  ".join(v.ljust(w) if c < 3 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths))))
+    return "\n".join(lines)
+
+
+def _cost_table(target: str, layers: list[dict], totals: dict) -> str:
+    """Per-layer latency (ms) at each setting, then the totals with energy and size."""
+    settings = list(totals)
+    lines = [f"\n{target}: latency ms per layer at {', '.join(settings)}"]
+    width = max(len(r["name"]) for r in layers)
+    for i, r in enumerate(layers):
+        costs = r["targets"][target]
+        lines.append(f"{i:<3} {r['name']:<{width}}  " + "  ".join(f"{costs[s]['latency_ms']:>10.4f}" for s in settings))
+    for s in settings:
+        t = totals[s]
+        energy = "n/a" if t["energy_mj"] is None else f"{t['energy_mj']:.4f} mJ"
+        lines.append(f"total {s}: latency {t['latency_ms']:.4f} ms, energy {energy}, size {t['size_mb']:.4f} MB")
     return "\n".join(lines)
