@@ -5,7 +5,9 @@ Weights are stored as integers in the smallest ONNX type that holds them
 Mul, working around an ONNX Runtime fusion bug); activations
 pass through QuantizeLinear / DequantizeLinear, preceded by a Clip whenever
 the b-bit range is narrower than the 8-bit container, so odd widths (3, 5,
-6, 7 bits) really are b-bit. Bias stays float (as in HAQ).
+6, 7 bits) really are b-bit. Bias becomes int32 in steps of s_a * s_w when
+both weights and activations are quantized (HAQ kept it float; ONNX Runtime
+would requantize it that way on load anyway, so haqc does it explicitly).
 
 The same rules (``quantize_weight``, ``activation_qparams``) drive the torch
 fake-quant used for fine-tuning, so the simulation and the export agree.
@@ -134,6 +136,10 @@ class LinearQuantize(Pass[onnx.ModelProto]):
                 node.input[1] = _dequantize_weight(layer, qw, new_inits, before)
             if bits.a_bits is not None:
                 node.input[0] = self._fake_quant_activation(layer, bits.a_bits, new_inits, before)
+            if bits.w_bits is not None and bits.a_bits is not None and len(node.input) > 2 and node.input[2]:
+                a_scale = activation_qparams(self.calibration, layer.input, bits.a_bits)[1]
+                bias = numpy_helper.to_array(inits[node.input[2]])
+                node.input[2] = _dequantize_bias(layer, bias, bias_scale(a_scale, qw.scale), new_inits, before)
             inserted[layer.name] = before
         used = {i for n in graph.node for i in n.input}
         kept = [t for t in graph.initializer if t.name in used]
@@ -165,6 +171,32 @@ class LinearQuantize(Pass[onnx.ModelProto]):
         nodes.append(helper.make_node("QuantizeLinear", [x, f"{prefix}/scale", f"{prefix}/zero_point"], [f"{prefix}/q"], name=f"{prefix}/Quantize"))
         nodes.append(helper.make_node("DequantizeLinear", [f"{prefix}/q", f"{prefix}/scale", f"{prefix}/zero_point"], [f"{prefix}/dq"], name=f"{prefix}/Dequantize"))
         return f"{prefix}/dq"
+
+
+def bias_scale(activation_scale: float, weight_scale: np.ndarray) -> np.ndarray:
+    """The int32 bias step: activation scale x weight scale, in float32 (as integer kernels use)."""
+    return (np.float32(activation_scale) * weight_scale.astype(np.float32)).astype(np.float32)
+
+
+def quantize_bias(bias: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Bias as int32 multiples of ``scale``: what an integer accumulator adds."""
+    return np.round(bias.astype(np.float64) / scale.astype(np.float64)).astype(np.int32)
+
+
+def _dequantize_bias(layer: Layer, bias: np.ndarray, scale: np.ndarray, inits: list, nodes: list) -> str:
+    """Store the bias as int32 with scale s_a * s_w, as integer hardware (and ORT's QDQ fusion) does.
+
+    Leaving it float would let ONNX Runtime requantize it on load with that same
+    step anyway, so the float model haqc simulates would not be the one that runs.
+    """
+    prefix = f"{layer.name}/bias"
+    scale = np.broadcast_to(scale, bias.shape).astype(np.float32)
+    inits.append(numpy_helper.from_array(quantize_bias(bias, scale), f"{prefix}/q"))
+    inits.append(numpy_helper.from_array(scale, f"{prefix}/scale"))
+    inits.append(numpy_helper.from_array(np.zeros(bias.shape, np.int32), f"{prefix}/zero_point"))
+    nodes.append(helper.make_node("DequantizeLinear", [f"{prefix}/q", f"{prefix}/scale", f"{prefix}/zero_point"],
+                                  [f"{prefix}/dq"], name=f"{prefix}/Dequantize", axis=0))
+    return f"{prefix}/dq"
 
 
 def container_type(bits: int) -> int:

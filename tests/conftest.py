@@ -76,3 +76,20 @@ def assert_close_rel(actual: np.ndarray, expected: np.ndarray, rel: float = 1e-4
     scale = max(1.0, float(np.max(np.abs(expected))))
     err = float(np.max(np.abs(actual - expected)))
     assert err <= rel * scale, f"max abs error {err:.3g} exceeds {rel:g} x {scale:.3g}"
+
+EXAMPLE_DIR = EXAMPLE.parent
+
+
+@pytest.fixture(scope="session")
+def example():
+    """The bundled example: prepared model and its validation / calibration / training sets."""
+    from haqc.pipeline import prepare
+    from haqc.quantize import load_data
+
+    prepared = prepare(EXAMPLE)
+    return {
+        "prepared": prepared,
+        "val": load_data(str(EXAMPLE_DIR / "val.npz"), prepared, "--data"),
+        "calib": load_data(str(EXAMPLE_DIR / "calib.npz"), prepared, "--calib-data"),
+        "train": load_data(str(EXAMPLE_DIR / "train.npz"), prepared, "--train-data"),
+    }

@@ -12,7 +12,7 @@ from haqc.errors import InputError
 from haqc.passes.calibrate import calibrate
 from haqc.passes.canonicalize import canonicalize
 from haqc.passes.extract import extract_layers
-from haqc.passes.quantize_linear import LinearQuantize, container_type, dequantize, linear_quantize, quantize_weight, weight_levels
+from haqc.passes.quantize_linear import LinearQuantize, bias_scale, container_type, quantize_bias, dequantize, linear_quantize, quantize_weight, weight_levels
 from haqc.policy import LayerBits
 
 RNG = np.random.default_rng(0)
@@ -35,7 +35,8 @@ def _tiny_conv(relu_input: bool):
 def _reference(model, layer, calibration, x, w_bits, a_bits):
     """numpy fake-quant + torch conv in float64: what the exported QDQ model must compute."""
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    w = dequantize(quantize_weight(inits[layer.weight], w_bits, axis=0)).astype(np.float64)
+    qw = quantize_weight(inits[layer.weight], w_bits, axis=0)
+    w = dequantize(qw).astype(np.float64)
     xin = np.maximum(x, 0) if layer.input == "r" else x
     st = calibration.stats[layer.input]
     c = calibration.clip(layer.input, a_bits)
@@ -44,6 +45,8 @@ def _reference(model, layer, calibration, x, w_bits, a_bits):
     lo = -levels if st.signed else 0
     xq = np.clip(np.round(np.clip(xin, lo * s, levels * s) / s), lo, levels) * s
     bias = inits[[n for n in model.graph.node if n.name == layer.name][0].input[2]]
+    step = bias_scale(float(s), qw.scale)
+    bias = quantize_bias(bias, step) * step.astype(np.float64)  # int32 bias in steps of s_a * s_w
     y = torch.nn.functional.conv2d(torch.from_numpy(xq.astype(np.float64)), torch.from_numpy(w), torch.from_numpy(bias.astype(np.float64)), padding=1)
     return y.numpy()
 

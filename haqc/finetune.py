@@ -1,0 +1,277 @@
+"""Fake quantization in torch and fine-tuning of a policy, written back into the ONNX graph.
+
+The canonical float model runs in haqc's executor with straight-through fake
+quantization that follows the export rules exactly (``quantize_weight``,
+``activation_qparams``, k-means codebooks), so after training the weights are
+written back as floats and the quantize pass re-exports the same numbers the
+simulation used.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper, numpy_helper
+from torch import Tensor, nn
+
+from haqc.executor import OnnxModule
+from haqc.layers import Layer
+from haqc.passes.calibrate import Calibration
+from haqc.passes.quantize_linear import activation_qparams, quantize_weight, weight_levels
+from haqc.policy import LayerBits, Policy
+
+logger = logging.getLogger(__name__)
+
+Method = Literal["linear", "kmeans"]
+
+
+class WeightFakeQuant(nn.Module):
+    """Symmetric STE fake-quant with the export's scales (refreshed from the current weights)."""
+
+    def __init__(self, bits: int, axis: int | None, weight: np.ndarray) -> None:
+        super().__init__()
+        self.bits, self.axis = bits, axis
+        self.register_buffer("scale", torch.zeros(()))
+        self.refresh(weight)
+
+    def refresh(self, weight: np.ndarray) -> None:
+        scale = torch.from_numpy(np.asarray(quantize_weight(weight, self.bits, self.axis).scale, np.float32))
+        if self.axis is not None:
+            shape = [1] * weight.ndim
+            shape[self.axis] = -1
+            scale = scale.reshape(shape)
+        self.scale = scale.to(self.scale.device)
+
+    def forward(self, w: Tensor) -> Tensor:
+        levels = weight_levels(self.bits)
+        q = torch.clamp(torch.round(w / self.scale), -levels, levels) * self.scale
+        return w + (q - w).detach()
+
+
+class ActivationFakeQuant(nn.Module):
+    """STE fake-quant of an activation to [0, c] or [-c, c]; ``c`` trainable PACT-style if asked."""
+
+    def __init__(self, bits: int, clip: float, signed: bool, trainable: bool = False) -> None:
+        super().__init__()
+        self.bits, self.signed = bits, signed
+        self.levels = weight_levels(bits) if signed else 2**bits - 1
+        clip_t = torch.tensor(float(clip), dtype=torch.float32)
+        if trainable:
+            self.clip = nn.Parameter(clip_t)
+        else:
+            self.register_buffer("clip", clip_t)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Scale and bound rounded to float32 from float64, exactly as the export computes them.
+        scale = (self.clip.double() / self.levels).float()
+        hi = (scale.double() * self.levels).float()
+        lo = -hi if self.signed else torch.zeros_like(hi)
+        xc = torch.minimum(torch.maximum(x, lo), hi)  # gradient reaches clip where x saturates (PACT)
+        q = torch.round(xc / scale) * scale
+        return xc + (q - xc).detach()
+
+
+class BiasFakeQuant(nn.Module):
+    """The bias in int32 steps of s_a * s_w (float32), as the export stores it; STE."""
+
+    def __init__(self, weight: WeightFakeQuant, activation: ActivationFakeQuant) -> None:
+        super().__init__()
+        self.weight_fq, self.activation_fq = weight, activation
+
+    def forward(self, b: Tensor) -> Tensor:
+        a_scale = (self.activation_fq.clip.double() / self.activation_fq.levels).float()
+        step = (a_scale * self.weight_fq.scale.reshape(-1)).double()
+        q = (torch.round(b.double() / step) * step).float()
+        return b + (q - b).detach()
+
+
+class CodebookFakeQuant(nn.Module):
+    """k-means weights: fixed assignments; each centroid learns from its members' gradients."""
+
+    def __init__(self, codebook: np.ndarray, indices: np.ndarray) -> None:
+        super().__init__()
+        self.codebook = nn.Parameter(torch.from_numpy(codebook.astype(np.float32)))
+        self.register_buffer("indices", torch.from_numpy(indices.astype(np.int64)))
+
+    def forward(self, w: Tensor) -> Tensor:
+        return self.codebook[self.indices]
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """The executor module plus the fake-quant modules, by layer name."""
+
+    module: OnnxModule
+    weights: dict[str, nn.Module]
+    activations: dict[str, ActivationFakeQuant]
+    input_names: list[str]
+
+
+def isolate_layer_inputs(model: onnx.ModelProto, layers: list[Layer]) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """Give each layer a private copy (Identity) of its input.
+
+    The export quantizes a layer's input only on the edge into that layer; a
+    residual Add reading the same tensor sees it in float. Keying the
+    simulation's activation fake-quant on a private copy keeps that exact.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    names = {layer.name for layer in layers}
+    private: dict[str, str] = {}
+    nodes = []
+    for node in out.graph.node:
+        if node.name in names:
+            copy = f"{node.name}/input"
+            nodes.append(helper.make_node("Identity", [node.input[0]], [copy], name=f"{node.name}/isolate"))
+            node.input[0] = copy
+            private[node.name] = copy
+        nodes.append(node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out, private
+
+
+def build_simulation(
+    model: onnx.ModelProto,
+    layers: list[Layer],
+    policy: Policy,
+    *,
+    method: Method = "linear",
+    calibration: Calibration | None = None,
+    per_channel: bool = True,
+    trainable_clip: bool = False,
+    codebooks: Callable[[Layer, np.ndarray, int], tuple[np.ndarray, np.ndarray]] | None = None,
+) -> Simulation:
+    """The canonical float model as a torch module with the policy's fake quantization."""
+    isolated, private = isolate_layer_inputs(model, layers)
+    inits = {t.name: t for t in isolated.graph.initializer}
+    weight_q: dict[str, nn.Module] = {}
+    act_q: dict[str, ActivationFakeQuant] = {}
+    for layer in layers:
+        bits = policy.get(layer.name, LayerBits(None, None))
+        if bits.w_bits is not None:
+            w = numpy_helper.to_array(inits[layer.weight])
+            if method == "kmeans":
+                if codebooks is None:
+                    raise ValueError("k-means simulation needs a codebook function")
+                weight_q[layer.name] = CodebookFakeQuant(*codebooks(layer, w, bits.w_bits))
+            else:
+                weight_q[layer.name] = WeightFakeQuant(bits.w_bits, layer.weight_axis if per_channel else None, w)
+        if method == "linear" and bits.a_bits is not None:
+            if calibration is None:
+                raise ValueError("linear simulation of activations needs a calibration")
+            clip, _, signed = activation_qparams(calibration, layer.input, bits.a_bits)
+            act_q[layer.name] = ActivationFakeQuant(bits.a_bits, clip, signed, trainable_clip)
+    transforms: dict[str, nn.Module] = {layers_by(layers)[n].weight: m for n, m in weight_q.items()}
+    nodes = {n.name: n for n in isolated.graph.node}
+    for name, act in act_q.items():  # both quantized: the export stores the bias in int32 steps
+        node, wq = nodes[name], weight_q.get(name)
+        if isinstance(wq, WeightFakeQuant) and len(node.input) > 2 and node.input[2] in inits:
+            transforms[node.input[2]] = BiasFakeQuant(wq, act)
+    module = OnnxModule(
+        isolated,
+        weight_transforms=transforms,
+        activation_transforms={private[n]: m for n, m in act_q.items()},
+    )
+    inputs = [i.name for i in isolated.graph.input if i.name not in inits]
+    return Simulation(module, weight_q, act_q, inputs)
+
+
+def layers_by(layers: list[Layer]) -> dict[str, Layer]:
+    return {layer.name: layer for layer in layers}
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    epochs: int = 1
+    lr: float = 1e-3
+    batch_size: int = 64
+    seed: int = 0
+    device: str = "cpu"
+    temperature: float = 1.0  # distillation temperature (label-free mode)
+
+
+def finetune(
+    model: onnx.ModelProto,
+    layers: list[Layer],
+    simulation: Simulation,
+    inputs: dict[str, np.ndarray],
+    labels: np.ndarray | None,
+    config: FinetuneConfig,
+    teacher_logits: np.ndarray | None = None,
+) -> tuple[onnx.ModelProto, dict[str, float]]:
+    """Train the weights under fake quantization; return the float model with them written back,
+    and the (possibly trained) activation clips by layer name.
+
+    Labels give a cross-entropy loss; without labels the fp32 model's logits
+    (``teacher_logits``) are distilled with a KL loss.
+    """
+    if labels is None and teacher_logits is None:
+        raise ValueError("fine-tuning needs labels or teacher logits")
+    device = torch.device(config.device)
+    module = simulation.module.to(device).train()
+    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    n = len(next(iter(inputs.values())))
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=config.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs * steps_per_epoch))
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
+    target = torch.from_numpy(labels.astype(np.int64)) if labels is not None else torch.from_numpy(teacher_logits)
+    for epoch in range(config.epochs):
+        order = torch.randperm(n, generator=generator)
+        total = 0.0
+        for start in range(0, n, config.batch_size):
+            idx = order[start : start + config.batch_size]
+            out = module(**{k: v[idx].to(device) for k, v in tensors.items()})
+            out = out[0] if isinstance(out, tuple) else out
+            loss = _loss(out, target[idx].to(device), labels is not None, config.temperature)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += float(loss.detach()) * len(idx)
+        _refresh_scales(simulation, layers)
+        logger.info("fine-tune epoch %d/%d: loss %.4f", epoch + 1, config.epochs, total / n)
+    module.eval()
+    trained = module.initializer_arrays()
+    for layer in layers:  # k-means layers: the trained weight is the codebook lookup
+        fq = simulation.weights.get(layer.name)
+        if isinstance(fq, CodebookFakeQuant):
+            trained[layer.weight] = fq.codebook.detach().cpu()[fq.indices.cpu()].numpy()
+    clips = {name: float(fq.clip.detach().cpu()) for name, fq in simulation.activations.items()}
+    return _write_back(model, trained), clips
+
+
+def _loss(out: Tensor, target: Tensor, supervised: bool, temperature: float) -> Tensor:
+    if supervised:
+        return nn.functional.cross_entropy(out, target)
+    t = temperature
+    return nn.functional.kl_div(
+        nn.functional.log_softmax(out / t, dim=-1), nn.functional.softmax(target / t, dim=-1), reduction="batchmean"
+    ) * (t * t)
+
+
+def _refresh_scales(simulation: Simulation, layers: list[Layer]) -> None:
+    """Recompute weight scales from the trained weights, as the re-export will."""
+    arrays = simulation.module.initializer_arrays()
+    for layer in layers:
+        fq = simulation.weights.get(layer.name)
+        if isinstance(fq, WeightFakeQuant):
+            fq.refresh(arrays[layer.weight])
+
+
+def _write_back(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of ``model`` with the float initializers replaced by ``arrays``."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for i, t in enumerate(out.graph.initializer):
+        if t.name in arrays:
+            out.graph.initializer[i].CopyFrom(numpy_helper.from_array(arrays[t.name].astype(np.float32), t.name))
+    return out

@@ -1,0 +1,188 @@
+"""Apply a bitwidth policy to a prepared model: calibrate once, export many, fine-tune.
+
+``Quantizer`` is the fast path the search calls hundreds of times: the
+calibration and every quantized weight are cached, so a new policy costs a
+graph rewrite (plus the caller's ONNX Runtime evaluation).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import onnx
+
+from haqc.data import Dataset, input_specs, load_dataset
+from haqc.errors import InputError
+from haqc.evaluate import Evaluator, make_session, num_classes, predictions
+from haqc.io import check_output_path, save_model
+from haqc.finetune import FinetuneConfig, build_simulation, finetune
+from haqc.layers import Layer
+from haqc.passes.calibrate import Calibration, ClipMethod, calibrate
+from haqc.passes.quantize_kmeans import KMeansQuantize, fit_codebook
+from haqc.passes.quantize_linear import LinearQuantize
+from haqc.passes.load import graph_inputs
+from haqc.pipeline import Prepared, prepare
+from haqc.policy import Policy, load_policy, parse_bits, policy_to_json, uniform_policy
+
+logger = logging.getLogger(__name__)
+
+Method = Literal["linear", "kmeans"]
+METHODS: tuple[str, ...] = ("linear", "kmeans")
+DEFAULT_CLIP_METHOD: ClipMethod = "mse"  # measured best on the example: docs/calibration.md
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    method: Method = "linear"
+    clip_method: ClipMethod = DEFAULT_CLIP_METHOD
+    per_channel: bool = True
+    calib_batch_size: int = 256
+    seed: int = 0
+
+
+class Quantizer:
+    """Policy -> quantized ONNX model for one prepared model, with every reusable piece cached."""
+
+    def __init__(self, prepared: Prepared, calib: Dataset | None, options: QuantizeOptions) -> None:
+        if options.method not in METHODS:
+            raise InputError(f"unknown --method {options.method!r}; choose one of: {', '.join(METHODS)}")
+        self.prepared = prepared
+        self.options = options
+        self.calibration: Calibration | None = None
+        if options.method == "linear":
+            if calib is None:
+                raise InputError("linear quantization needs calibration data; pass --calib-data FILE.npz")
+            fixed = fixed_batch_size(prepared.model)
+            batch = fixed or options.calib_batch_size
+            # A fixed-batch model cannot take the last, partial batch: calibrate on full ones.
+            feeds = (f for f, _ in calib.batches(batch) if not fixed or len(next(iter(f.values()))) == fixed)
+            self.calibration = calibrate(prepared.model, prepared.layers, feeds, options.clip_method)
+        self._linear = self._new_linear()
+        self._kmeans = KMeansQuantize(prepared.layers, {}, seed=options.seed)
+
+    @property
+    def layers(self) -> list[Layer]:
+        return self.prepared.layers
+
+    def _new_linear(self) -> LinearQuantize | None:
+        if self.calibration is None:
+            return None
+        return LinearQuantize(self.prepared.layers, self.calibration, self.options.per_channel)
+
+    def export(self, policy: Policy, model: onnx.ModelProto | None = None) -> onnx.ModelProto:
+        """The quantized model for ``policy`` (of the prepared model, or of fine-tuned ``model``)."""
+        base = self.prepared.model if model is None else model
+        if self.options.method == "kmeans":
+            quantizer = self._kmeans if model is None else KMeansQuantize(self.layers, {}, seed=self.options.seed)
+            quantizer.policy = policy
+            return quantizer(base)
+        quantizer = self._linear if model is None else self._new_linear()
+        return quantizer.with_policy(policy)(base)
+
+    def finetune(
+        self,
+        policy: Policy,
+        inputs: dict[str, np.ndarray],
+        labels: np.ndarray | None,
+        config: FinetuneConfig,
+        teacher_logits: np.ndarray | None = None,
+        trainable_clip: bool = False,
+    ) -> onnx.ModelProto:
+        """Fine-tune ``policy`` under fake quantization; return the re-quantized export."""
+        simulation = self.simulate(policy, trainable_clip)
+        trained, clips = finetune(self.prepared.model, self.layers, simulation, inputs, labels, config, teacher_logits)
+        if self.calibration is not None and trainable_clip:
+            for name, clip in clips.items():
+                layer = next(l for l in self.layers if l.name == name)
+                self.calibration.set_clip(layer.input, policy[name].a_bits, clip)
+        return self.export(policy, trained)
+
+    def simulate(self, policy: Policy, trainable_clip: bool = False):
+        """The torch fake-quant simulation of ``policy`` (what fine-tuning trains)."""
+        return build_simulation(
+            self.prepared.model,
+            self.layers,
+            policy,
+            method=self.options.method,
+            calibration=self.calibration,
+            per_channel=self.options.per_channel,
+            trainable_clip=trainable_clip,
+            codebooks=lambda layer, w, bits: fit_codebook(w, bits, self.options.seed),
+        )
+
+
+def fixed_batch_size(model: onnx.ModelProto) -> int | None:
+    """The batch size a model with a fixed leading input dim accepts; None when it is dynamic."""
+    dim = graph_inputs(model)[0].type.tensor_type.shape.dim
+    return dim[0].dim_value if dim and dim[0].HasField("dim_value") and dim[0].dim_value > 0 else None
+
+
+def load_data(path: str | None, prepared: Prepared, role: str) -> Dataset | None:
+    """Load an .npz for ``prepared``'s inputs (None when no path was given)."""
+    if path is None:
+        return None
+    return load_dataset(path, input_specs(prepared.model), role=role, num_classes=num_classes(prepared.model))
+
+
+def finetune_export(
+    quantizer: Quantizer, policy: Policy, train: Dataset, epochs: int, lr: float, device: str, seed: int
+) -> onnx.ModelProto:
+    """Fine-tune ``policy`` on ``train`` (labels, else distillation from the fp32 model) and re-export."""
+    teacher = None
+    if train.labels is None:
+        teacher = predictions(make_session(quantizer.prepared.model), train)
+    config = FinetuneConfig(epochs=epochs, lr=lr, seed=seed, device=device)
+    return quantizer.finetune(policy, train.inputs, train.labels, config, teacher_logits=teacher)
+
+
+def quantize_file(
+    model_path: str,
+    output: str,
+    *,
+    bits: str | None = None,
+    policy_path: str | None = None,
+    options: QuantizeOptions = QuantizeOptions(),
+    calib_data: str | None = None,
+    val_data: str | None = None,
+    train_data: str | None = None,
+    finetune_epochs: int | None = None,
+    lr: float = 1e-4,
+    device: str = "cpu",
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    force: bool = False,
+) -> dict:
+    """``haqc quantize``: apply a uniform or stored policy, optionally fine-tune, write ``output``."""
+    out_path = check_output_path(output, (model_path,), force)
+    prepared = prepare(model_path, input_shapes)
+    policy = uniform_policy(prepared.layers, parse_bits(bits)) if bits else load_policy(policy_path, prepared.layers)
+    calib = load_data(calib_data, prepared, "--calib-data")
+    val = load_data(val_data, prepared, "--data")
+    train = load_data(train_data, prepared, "--train-data")
+    for other in (val, train):
+        if calib is not None and other is not None:
+            calib.check_compatible(other)
+    epochs = finetune_epochs if finetune_epochs is not None else (1 if train is not None else 0)
+    if epochs and train is None:
+        raise InputError("--finetune-epochs needs --train-data FILE.npz")
+    quantizer = Quantizer(prepared, calib, options)
+    quantized = quantizer.export(policy)
+    summary: dict = {"model": model_path, "output": str(out_path), "method": options.method,
+                     "layers": sum(1 for b in policy.values() if b.w_bits is not None or b.a_bits is not None)}
+    evaluator = Evaluator(val, reference=prepared.model) if val is not None else None
+    if evaluator is not None:
+        summary["fp32"] = _scores(evaluator.evaluate(prepared.model, "the fp32 model"))
+        summary["quantized"] = _scores(evaluator.evaluate(quantized, "the quantized model"))
+    if epochs:
+        quantized = finetune_export(quantizer, policy, train, epochs, lr, device, options.seed)
+        if evaluator is not None:
+            summary["finetuned"] = _scores(evaluator.evaluate(quantized, "the fine-tuned model"))
+    save_model(quantized, out_path)
+    summary["size_mb"] = out_path.stat().st_size / 1e6
+    summary["policy"] = policy_to_json(policy)
+    return summary
+
+
+def _scores(result) -> dict:
+    return {"accuracy": result.accuracy, "samples": result.samples, "seconds": result.seconds, "label_free": result.label_free}

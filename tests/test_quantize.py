@@ -1,0 +1,66 @@
+"""Quantizer on the bundled example: accuracy at w8a8 / w4a4, fine-tuning recovery, torch/ORT fidelity."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from haqc.evaluate import Evaluator, make_session, predictions
+from haqc.finetune import FinetuneConfig
+from haqc.policy import LayerBits, uniform_policy
+from haqc.quantize import QuantizeOptions, Quantizer
+
+
+@pytest.fixture(scope="module")
+def quantizer(example):
+    return Quantizer(example["prepared"], example["calib"], QuantizeOptions())
+
+
+@pytest.fixture(scope="module")
+def evaluator(example):
+    return Evaluator(example["val"])
+
+
+def _policy(example, w, a):
+    return uniform_policy(example["prepared"].layers, LayerBits(w, a))
+
+
+def test_w8a8_within_half_a_point_of_fp32(example, quantizer, evaluator):
+    fp32 = evaluator.evaluate(example["prepared"].model).accuracy
+    w8a8 = evaluator.evaluate(quantizer.export(_policy(example, 8, 8))).accuracy
+    assert fp32 >= 0.97
+    assert w8a8 >= fp32 - 0.005
+
+
+def test_simulation_agrees_with_exported_model(example, quantizer):
+    """The torch fake-quant graph and the ORT QDQ export agree on >= 99.5% of top-1 predictions."""
+    val = example["val"]
+    for w, a in ((8, 8), (4, 4), (3, 5)):
+        policy = _policy(example, w, a)
+        exported = predictions(make_session(quantizer.export(policy)), val).argmax(-1)
+        module = quantizer.simulate(policy).module.eval()
+        with torch.no_grad():
+            simulated = module(**{k: torch.from_numpy(v) for k, v in val.inputs.items()}).numpy().argmax(-1)
+        assert np.mean(exported == simulated) >= 0.995, (w, a)
+
+
+@pytest.mark.slow
+def test_one_epoch_finetune_recovers_at_least_half_the_gap(example, quantizer, evaluator):
+    """w3a3: the widest uniform setting whose loss is measurable on the example (w4a4 loses ~0.2 points,
+    two images of 1,000, too few to measure a recovery)."""
+    fp32 = evaluator.evaluate(example["prepared"].model).accuracy
+    policy = _policy(example, 3, 3)
+    before = evaluator.evaluate(quantizer.export(policy)).accuracy
+    train = example["train"]
+    tuned = quantizer.finetune(policy, train.inputs, train.labels, FinetuneConfig(epochs=1, lr=1e-4))
+    after = evaluator.evaluate(tuned).accuracy
+    assert before < fp32 - 0.02, "w3a3 should cost measurable accuracy"
+    assert after - before >= (fp32 - before) / 2, (fp32, before, after)
+
+
+def test_label_free_finetune_distills_from_fp32(example, quantizer, evaluator):
+    train = example["train"].subset(512, seed=0)
+    teacher = predictions(make_session(example["prepared"].model), train)
+    policy = _policy(example, 4, 4)
+    tuned = quantizer.finetune(policy, train.inputs, None, FinetuneConfig(epochs=1, lr=1e-4), teacher_logits=teacher)
+    assert evaluator.evaluate(tuned).accuracy >= evaluator.evaluate(quantizer.export(policy)).accuracy - 0.01
