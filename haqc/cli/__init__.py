@@ -32,3 +32,7 @@ def main() -> None:
 
 # Commands register themselves on import; keep this list in CLI order.
 from haqc.cli import inspect as _inspect  # noqa: E402,F401
+from haqc.cli import targets as _targets  # noqa: E402,F401
+from haqc.cli import eval as _eval  # noqa: E402,F401
+from haqc.cli import quantize as _quantize  # noqa: E402,F401
+from haqc.cli import compress as _compress  # noqa: E402,F401

@@ -1,0 +1,127 @@
+"""``haqc compress``: the main job. Search a policy for a target and budget, export, report."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from haqc.cli import main
+from haqc.cli.inspect import input_shape_option, parse_input_shapes
+from haqc.cli.quantize import finetune_options, quantize_options
+from haqc.compress import STRATEGIES, CompressConfig, compress
+from haqc.errors import EXIT_INTERRUPTED
+from haqc.plot import write_plot
+from haqc.quantize import QuantizeOptions
+
+
+@main.command(name="compress")
+@click.argument("model", type=click.Path(path_type=str))
+@click.option("--target", default="edge", show_default=True, help="Target name (haqc targets) or a .toml file.")
+@click.option("--latency", help="Latency budget: 20ms, 1.5s, 300us, or relative to all-8-bit: 0.5x, 60%.")
+@click.option("--energy", help="Energy budget: 5mJ, 0.2J, or 0.5x / 50%.")
+@click.option("--size", help="Weight-size budget: 2MB, 500KB, 1.5MiB, or 0.25x / 25%.")
+@click.option("--data", type=click.Path(path_type=str), help="Validation .npz (inputs + optional labels).")
+@quantize_options
+@finetune_options
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="ddpg", show_default=True)
+@click.option("--episodes", type=int, default=60, show_default=True, help="Search episodes (ddpg, random).")
+@click.option("--no-pin-first", is_flag=True, help="Let the search choose the first layer's bits (HAQ pins w8a8).")
+@click.option("--no-pin-last", is_flag=True, help="Let the search choose the last layer's bits (HAQ pins w8a8).")
+@click.option("--reward-lambda", type=float, default=0.1, show_default=True, help="HAQ's reward scale.")
+@click.option("--workdir", type=click.Path(path_type=str), help="Checkpoint the search here after every episode.")
+@click.option("--resume", is_flag=True, help="Continue the search checkpointed in --workdir.")
+@click.option("--max-accuracy-drop", type=float, help="Exit 4 when top-1 drops more than this many points.")
+@input_shape_option
+@click.option("-o", "--output", type=click.Path(path_type=str), help="Where to write the compressed model.")
+@click.option("--report", "report_path", type=click.Path(path_type=str), help="Where to write the JSON report.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=str), help="Per-layer bits and search curve: .html or .png.")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+@click.option("--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (for CI).")
+def compress_command(model, target, latency, energy, size, data, method, calib_data, clip_method, per_tensor, seed,
+                     train_data, finetune_epochs, lr, device, strategy, episodes, no_pin_first, no_pin_last,
+                     reward_lambda, workdir, resume, max_accuracy_drop, input_shapes, output, report_path, plot_path,
+                     force, quiet, as_json) -> None:
+    """Find per-layer bitwidths for MODEL that meet a budget on a target, and export them."""
+    budgets = {q: v for q, v in (("latency", latency), ("energy", energy), ("size", size)) if v is not None}
+    config = CompressConfig(
+        target=target, budgets=budgets, data=data, calib_data=calib_data, train_data=train_data,
+        strategy=strategy, episodes=episodes, seed=seed,
+        quantize=QuantizeOptions(method=method, clip_method=clip_method, per_channel=not per_tensor, seed=seed),
+        finetune_epochs=finetune_epochs, lr=lr, device=device, pin_first=not no_pin_first,
+        pin_last=not no_pin_last, reward_lambda=reward_lambda, workdir=workdir, resume=resume,
+        max_accuracy_drop=max_accuracy_drop, input_shapes=parse_input_shapes(input_shapes),
+    )
+    show = not quiet and not as_json
+    bar = _Progress(episodes if strategy in ("ddpg", "random") else None, budgets) if show else None
+    try:
+        result = compress(model, config, output=output, report_path=report_path, force=force,
+                          progress=bar.update if bar else None)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted; the search state is saved in --workdir (use --resume)" if workdir
+                   else "\ninterrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    finally:
+        if bar:
+            bar.close()
+    if plot_path:
+        write_plot(result.report, plot_path)
+    if as_json:
+        click.echo(json.dumps(result.report, indent=2))
+    elif show:
+        click.echo(format_summary(result.report))
+
+
+class _Progress:
+    """One status line on stderr: episode, best reward, best cost."""
+
+    def __init__(self, total: int | None, budgets: dict) -> None:
+        self.total, self.quantities, self.active = total, list(budgets), False
+        self.tty = sys.stderr.isatty()
+
+    def update(self, episode: int, best_reward: float, costs: dict[str, float]) -> None:
+        of = f"/{self.total}" if self.total else ""
+        cost = "  ".join(_fmt_cost(q, costs[q]) for q in self.quantities if q in costs)
+        line = f"episode {episode}{of}  best reward {best_reward:+.4f}  best {cost}"
+        if self.tty:  # redraw one line; logs (CI) get a line every 10 episodes
+            click.echo(f"\r{line}   ", nl=False, err=True)
+            self.active = True
+        elif episode % 10 == 0 or episode == self.total:
+            click.echo(line, err=True)
+
+    def close(self) -> None:
+        if self.active:
+            click.echo("", err=True)
+
+
+def _fmt_cost(quantity: str, value: float) -> str:
+    unit, factor = {"latency": ("ms", 1e-3), "energy": ("mJ", 1e-3), "size": ("MB", 1e6)}[quantity]
+    return f"{quantity} {value / factor:.4g} {unit}"
+
+
+def format_summary(report: dict) -> str:
+    """The per-layer table and the fp32 / w8a8 / result comparison."""
+    lines = [f"{report['model']} on {report['target']['name']}: {report['search']['strategy']}, "
+             f"{report['search']['episodes']} episodes, {report['search']['evaluations']} evaluations, "
+             f"{report['search']['seconds']:.1f} s"]
+    total = sum(r["latency_ms"] for r in report["layers"]) or 1.0
+    lines.append(f"  {'layer':<28} {'kind':<9} {'w':>2} {'a':>2} {'latency ms':>11} {'share':>6}")
+    for r in report["layers"]:
+        w = "f" if r["w_bits"] is None else r["w_bits"]
+        a = "f" if r["a_bits"] is None else r["a_bits"]
+        lines.append(f"  {r['layer'][:28]:<28} {r['kind']:<9} {w:>2} {a:>2} {r['latency_ms']:>11.4f} {100 * r['latency_ms'] / total:>5.1f}%")
+    lines.append("")
+    lines.append(f"  {'':<8} {'top-1':>8} {'latency ms':>11} {'energy mJ':>10} {'size MB':>9}")
+    for key in ("fp32", "w8a8", "result"):
+        r = report[key]
+        energy = "-" if r["energy_mj"] is None else f"{r['energy_mj']:.4f}"
+        lines.append(f"  {key:<8} {100 * r['accuracy']:>7.2f}% {r['latency_ms']:>11.4f} {energy:>10} {r['size_mb']:>9.4f}")
+    budget = ", ".join(f"{q} <= {c['limit']} ({c['budget']})" for q, c in report["constraints"].items())
+    verdict = "meets" if report["result"]["meets_budget"] else "MISSES"
+    lines.append(f"  result {verdict} the budget: {budget}")
+    if report.get("label_free"):
+        lines.append("  (label-free: accuracy is top-1 agreement with the fp32 model)")
+    if report.get("output"):
+        lines.append(f"  wrote {report['output']}")
+    return "\n".join(lines)
