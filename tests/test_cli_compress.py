@@ -1,0 +1,158 @@
+"""haqc compress end to end on the bundled example: report, re-apply, determinism, resume, exit codes."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import EXAMPLE, EXAMPLE_DIR, run_ort
+from haqc.cli import main
+from haqc.evaluate import Evaluator
+
+DATA = ["--data", EXAMPLE_DIR / "val.npz", "--calib-data", EXAMPLE_DIR / "calib.npz"]
+
+
+def _compress(*args, input=EXAMPLE):
+    return CliRunner().invoke(main, ["compress", str(input), *[str(a) for a in (*DATA, *args)]])
+
+
+def _error_line(result) -> str:
+    lines = [l for l in result.output.splitlines() if l.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    return lines[0]
+
+
+def test_report_schema_and_reapplied_policy(tmp_path):
+    out, report = tmp_path / "m.onnx", tmp_path / "r.json"
+    result = _compress("--latency", "0.6x", "--strategy", "random", "--episodes", "3", "-o", out, "--report", report,
+                       "--plot", tmp_path / "p.html", "--quiet")
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert data["schema"] == 1
+    for key in ("model", "target", "constraints", "fp32", "w8a8", "result", "policy", "search", "label_free"):
+        assert key in data
+    for key in ("accuracy", "latency_ms", "energy_mj", "size_mb"):
+        assert key in data["fp32"] and key in data["w8a8"] and key in data["result"]
+    assert data["result"]["meets_budget"] is True
+    assert data["result"]["latency_ms"] <= 0.6 * data["w8a8"]["latency_ms"] + 1e-9
+    assert set(data["search"]) >= {"strategy", "episodes", "best_episode", "seconds", "evaluations"}
+    assert data["search"]["evaluations"] <= 3 and data["label_free"] is False
+    assert len(data["policy"]) == 24 and (tmp_path / "p.html").read_text().startswith("<!doctype html>")
+    # The written model runs in ONNX Runtime and scores what the report says.
+    val = np.load(EXAMPLE_DIR / "val.npz")
+    logits = run_ort(out, {"input": val["input"]})[0]
+    assert np.mean(logits.argmax(-1) == val["labels"]) == pytest.approx(data["result"]["accuracy"])
+    # The CI step: re-apply the stored policy with haqc quantize.
+    again = tmp_path / "again.onnx"
+    result = CliRunner().invoke(main, ["quantize", str(EXAMPLE), "--policy", str(report), *map(str, DATA),
+                                       "-o", str(again), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["quantized"]["accuracy"] == pytest.approx(data["result"]["accuracy_before_finetune"])
+
+
+def _strip_timing(report: dict) -> dict:
+    report = dict(report)
+    report.pop("seconds")
+    report["search"] = {k: v for k, v in report["search"].items() if k != "seconds"}
+    return report
+
+
+def test_same_seed_same_policy_and_report(tmp_path):
+    reports = []
+    for i in range(2):
+        result = _compress("--latency", "0.5x", "--episodes", "4", "--seed", "7", "--json")
+        assert result.exit_code == 0, result.output
+        reports.append(_strip_timing(json.loads(result.output)))
+    assert reports[0] == reports[1]
+
+
+def test_interrupt_exits_130_and_resume_matches_uninterrupted(tmp_path, monkeypatch):
+    args = ("--latency", "0.5x", "--episodes", "6", "--seed", "3", "--json")
+    full = _compress(*args, "--workdir", tmp_path / "full")
+    assert full.exit_code == 0, full.output
+    real = Evaluator.evaluate
+    calls = {"n": 0}
+
+    def flaky(self, model, name="the model"):
+        calls["n"] += 1
+        if calls["n"] == 5:  # fp32, then episodes 1-3 finished, the 4th is interrupted
+            raise KeyboardInterrupt
+        return real(self, model, name)
+
+    monkeypatch.setattr(Evaluator, "evaluate", flaky)
+    interrupted = _compress(*args, "--workdir", tmp_path / "w")
+    assert interrupted.exit_code == 130
+    assert (tmp_path / "w" / "search_state.pt").exists()
+    monkeypatch.setattr(Evaluator, "evaluate", real)
+    resumed = _compress(*args, "--workdir", tmp_path / "w", "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    a, b = json.loads(full.output), json.loads(resumed.output)
+    assert a["policy"] == b["policy"] and a["history"] == b["history"]
+
+
+def test_resume_with_other_options_is_refused(tmp_path):
+    assert _compress("--latency", "0.5x", "--episodes", "2", "--workdir", tmp_path, "--quiet").exit_code == 0
+    result = _compress("--latency", "0.6x", "--episodes", "2", "--workdir", tmp_path, "--resume", "--quiet")
+    assert result.exit_code == 2 and "--resume" in _error_line(result)
+
+
+def test_unreachable_budget_exits_3():
+    result = _compress("--latency", "0.01x", "--quiet")
+    assert result.exit_code == 3
+    assert re.search(r"latency budget .* unreachable: the cheapest policy costs", _error_line(result))
+
+
+def test_accuracy_drop_exits_4_and_still_writes(tmp_path):
+    out = tmp_path / "m.onnx"
+    result = _compress("--latency", "0.35x", "--strategy", "uniform", "--max-accuracy-drop", "0.1", "-o", out, "--quiet")
+    assert result.exit_code == 4
+    assert "--max-accuracy-drop" in _error_line(result) and out.exists()
+
+
+@pytest.mark.parametrize(
+    "args, pattern",
+    [
+        (("--latency", "fast"), "latency"),
+        (("--latency", "-2ms"), "latency"),
+        (("--latency", "5MB"), "latency"),
+        (("--energy", "0.5x"), "energy"),  # edge has no energy model
+        (("--latency", "0.5x", "--episodes", "0"), "--episodes"),
+        (("--latency", "0.5x", "--target", "nope"), "unknown target"),
+        ((), "budget"),
+    ],
+)
+def test_bad_options_exit_2(args, pattern):
+    result = _compress(*args, "--quiet")
+    assert result.exit_code == 2
+    assert re.search(pattern, _error_line(result))
+
+
+def test_output_rules(tmp_path):
+    result = _compress("--latency", "0.5x", "-o", EXAMPLE)
+    assert result.exit_code == 2 and "is the input model" in _error_line(result)
+    existing = tmp_path / "m.onnx"
+    existing.write_bytes(b"keep")
+    result = _compress("--latency", "0.5x", "-o", existing)
+    assert result.exit_code == 2 and "--force" in _error_line(result)
+    assert existing.read_bytes() == b"keep"
+    result = _compress("--latency", "0.5x", "-o", tmp_path / "missing" / "m.onnx")
+    assert result.exit_code == 2 and "does not exist" in _error_line(result)
+
+
+def test_kmeans_size_setting(tmp_path):
+    report = tmp_path / "r.json"
+    result = _compress("--method", "kmeans", "--size", "0.4x", "--strategy", "random", "--episodes", "2",
+                       "-o", tmp_path / "m.onnx", "--report", report, "--quiet")
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert data["result"]["meets_budget"] and all(p["a_bits"] is None for p in data["policy"])
+
+
+def test_energy_budget_on_bitfusion():
+    result = _compress("--target", "bitfusion", "--energy", "0.9x", "--strategy", "greedy", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["result"]["energy_mj"] <= 0.9 * data["w8a8"]["energy_mj"] + 1e-12
