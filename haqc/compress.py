@@ -28,7 +28,7 @@ from haqc.layers import Layer
 from haqc.pipeline import Prepared, prepare
 from haqc.policy import LayerBits, Policy, policy_to_json, uniform_policy
 from haqc.quantize import QuantizeOptions, Quantizer, finetune_export, load_data
-from haqc.search import CostTable, DDPGConfig, SearchProblem, SearchResult, search
+from haqc.search import CostTable, DDPGConfig, SearchProblem, SearchResult, format_costs, search
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class CompressConfig:
     pin_first: bool = True
     pin_last: bool = True
     reward_lambda: float = 0.1
+    search_finetune_steps: int = 0  # short fine-tune before each episode's evaluation (HAQ's reference did)
     workdir: str | None = None
     resume: bool = False
     max_accuracy_drop: float | None = None  # percentage points
@@ -115,8 +116,16 @@ def compress(
     fp32 = evaluator.evaluate(prepared.model, "the fp32 model")
     kmeans = config.quantize.method == "kmeans"
 
+    if config.search_finetune_steps and train is None:
+        raise InputError("--search-finetune-steps needs --train-data FILE.npz")
+
     def evaluate(policy: Policy) -> float:
-        return evaluator.evaluate(quantizer.export(policy), "the quantized model").accuracy
+        if config.search_finetune_steps:
+            model = finetune_export(quantizer, policy, train, 1, config.lr, config.device, config.seed,
+                                    max_steps=config.search_finetune_steps)
+        else:
+            model = quantizer.export(policy)
+        return evaluator.evaluate(model, "the quantized model").accuracy
 
     problem = SearchProblem(
         layer_names=[l.name for l in layers],
@@ -152,7 +161,7 @@ def compress(
         "schema": REPORT_SCHEMA,
         "model": model_path,
         "target": {"name": getattr(target, "name", config.target), "spec": config.target, "batch": target.batch},
-        "constraints": {q: {"budget": config.budgets[q], "limit": _display(q, limits[q])} for q in budgets},
+        "constraints": {q: {"budget": config.budgets[q], "limit": format_costs(q, limits[q])[0]} for q in budgets},
         "fp32": {"accuracy": fp32.accuracy, **policy_costs(target, layers, uniform_policy(layers, LayerBits(None, None)))},
         "w8a8": {"accuracy": w8a8_acc, **policy_costs(target, layers, w8a8_policy)},
         "result": {
@@ -212,11 +221,6 @@ def layer_costs(target: Target, layers: list[Layer], policy: Policy) -> list[dic
         rows.append({"layer": l.name, "kind": l.kind, "w_bits": bits.w_bits, "a_bits": bits.a_bits,
                      **as_units(target.cost(l, bits.w_bits, bits.a_bits))})
     return rows
-
-
-def _display(quantity: str, value: float) -> str:
-    unit, factor = {"latency": ("ms", 1e-3), "energy": ("mJ", 1e-3), "size": ("MB", 1e6)}[quantity]
-    return f"{value / factor:.6g} {unit}"
 
 
 def _history_entry(entry: dict) -> dict:

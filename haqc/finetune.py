@@ -194,6 +194,7 @@ class FinetuneConfig:
     seed: int = 0
     device: str = "cpu"
     temperature: float = 1.0  # distillation temperature (label-free mode)
+    max_steps: int | None = None  # stop after this many optimizer steps (short per-episode tuning)
 
 
 def finetune(
@@ -221,13 +222,20 @@ def finetune(
     steps_per_epoch = math.ceil(n / config.batch_size)
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs * steps_per_epoch))
+    total_steps = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+    step = 0
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
     target = torch.from_numpy(labels.astype(np.int64)) if labels is not None else torch.from_numpy(teacher_logits)
     for epoch in range(config.epochs):
         order = torch.randperm(n, generator=generator)
         total = 0.0
         for start in range(0, n, config.batch_size):
+            if step >= total_steps:
+                break
+            step += 1
             idx = order[start : start + config.batch_size]
             out = module(**{k: v[idx].to(device) for k, v in tensors.items()})
             out = out[0] if isinstance(out, tuple) else out

@@ -127,13 +127,14 @@ def load_data(path: str | None, prepared: Prepared, role: str) -> Dataset | None
 
 
 def finetune_export(
-    quantizer: Quantizer, policy: Policy, train: Dataset, epochs: int, lr: float, device: str, seed: int
+    quantizer: Quantizer, policy: Policy, train: Dataset, epochs: int, lr: float, device: str, seed: int,
+    max_steps: int | None = None,
 ) -> onnx.ModelProto:
     """Fine-tune ``policy`` on ``train`` (labels, else distillation from the fp32 model) and re-export."""
     teacher = None
     if train.labels is None:
         teacher = predictions(make_session(quantizer.prepared.model), train)
-    config = FinetuneConfig(epochs=epochs, lr=lr, seed=seed, device=device)
+    config = FinetuneConfig(epochs=epochs, lr=lr, seed=seed, device=device, max_steps=max_steps)
     return quantizer.finetune(policy, train.inputs, train.labels, config, teacher_logits=teacher)
 
 

@@ -156,3 +156,13 @@ def test_energy_budget_on_bitfusion():
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["result"]["energy_mj"] <= 0.9 * data["w8a8"]["energy_mj"] + 1e-12
+
+
+def test_ddpg_overrides_and_search_finetune_steps():
+    ok = _compress("--latency", "0.5x", "--episodes", "2", "--ddpg", "actor_lr=3e-4", "--ddpg", "hidden=64",
+                   "--search-finetune-steps", "2", "--train-data", EXAMPLE_DIR / "calib.npz", "--quiet")
+    assert ok.exit_code == 0, ok.output
+    for bad, pattern in ((("--ddpg", "foo=1"), "KEY=VALUE"), (("--ddpg", "hidden=big"), "hidden takes a int"),
+                         (("--search-finetune-steps", "2"), "needs --train-data")):
+        result = _compress("--latency", "0.5x", *bad, "--quiet")
+        assert result.exit_code == 2 and re.search(pattern, _error_line(result))

@@ -1,6 +1,7 @@
 """``haqc compress``: the main job. Search a policy for a target and budget, export, report."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -10,9 +11,10 @@ from haqc.cli import main
 from haqc.cli.inspect import input_shape_option, parse_input_shapes
 from haqc.cli.quantize import finetune_options, quantize_options
 from haqc.compress import STRATEGIES, CompressConfig, compress
-from haqc.errors import EXIT_INTERRUPTED
+from haqc.errors import EXIT_INTERRUPTED, InputError
 from haqc.plot import write_plot
 from haqc.quantize import QuantizeOptions
+from haqc.search import DDPGConfig, format_costs
 
 
 @main.command(name="compress")
@@ -29,6 +31,10 @@ from haqc.quantize import QuantizeOptions
 @click.option("--no-pin-first", is_flag=True, help="Let the search choose the first layer's bits (HAQ pins w8a8).")
 @click.option("--no-pin-last", is_flag=True, help="Let the search choose the last layer's bits (HAQ pins w8a8).")
 @click.option("--reward-lambda", type=float, default=0.1, show_default=True, help="HAQ's reward scale.")
+@click.option("--search-finetune-steps", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Fine-tune each candidate this many steps before measuring it (slow; needs --train-data).")
+@click.option("--ddpg", "ddpg_overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a DDPG hyperparameter, e.g. --ddpg actor_lr=3e-4 (see docs/search.md).")
 @click.option("--workdir", type=click.Path(path_type=str), help="Checkpoint the search here after every episode.")
 @click.option("--resume", is_flag=True, help="Continue the search checkpointed in --workdir.")
 @click.option("--max-accuracy-drop", type=float, help="Exit 4 when top-1 drops more than this many points.")
@@ -41,7 +47,7 @@ from haqc.quantize import QuantizeOptions
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (for CI).")
 def compress_command(model, target, latency, energy, size, data, method, calib_data, clip_method, per_tensor, seed,
                      train_data, finetune_epochs, lr, device, strategy, episodes, no_pin_first, no_pin_last,
-                     reward_lambda, workdir, resume, max_accuracy_drop, input_shapes, output, report_path, plot_path,
+                     reward_lambda, search_finetune_steps, ddpg_overrides, workdir, resume, max_accuracy_drop, input_shapes, output, report_path, plot_path,
                      force, quiet, as_json) -> None:
     """Find per-layer bitwidths for MODEL that meet a budget on a target, and export them."""
     budgets = {q: v for q, v in (("latency", latency), ("energy", energy), ("size", size)) if v is not None}
@@ -52,6 +58,7 @@ def compress_command(model, target, latency, energy, size, data, method, calib_d
         finetune_epochs=finetune_epochs, lr=lr, device=device, pin_first=not no_pin_first,
         pin_last=not no_pin_last, reward_lambda=reward_lambda, workdir=workdir, resume=resume,
         max_accuracy_drop=max_accuracy_drop, input_shapes=parse_input_shapes(input_shapes),
+        search_finetune_steps=search_finetune_steps, ddpg=parse_ddpg_overrides(ddpg_overrides),
     )
     show = not quiet and not as_json
     bar = _Progress(episodes if strategy in ("ddpg", "random") else None, budgets) if show else None
@@ -73,6 +80,24 @@ def compress_command(model, target, latency, energy, size, data, method, calib_d
         click.echo(format_summary(result.report))
 
 
+def parse_ddpg_overrides(items: tuple[str, ...]) -> DDPGConfig | None:
+    """``KEY=VALUE`` pairs over HAQ's defaults; values take the field's type."""
+    if not items:
+        return None
+    fields = {f.name: f for f in dataclasses.fields(DDPGConfig)}
+    changes = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise InputError(f"--ddpg {item!r}: write KEY=VALUE with KEY one of {', '.join(fields)}")
+        kind = type(getattr(DDPGConfig(), key))
+        try:
+            changes[key] = kind(value)
+        except ValueError:
+            raise InputError(f"--ddpg {item!r}: {key} takes a {kind.__name__}") from None
+    return dataclasses.replace(DDPGConfig(), **changes)
+
+
 class _Progress:
     """One status line on stderr: episode, best reward, best cost."""
 
@@ -82,7 +107,7 @@ class _Progress:
 
     def update(self, episode: int, best_reward: float, costs: dict[str, float]) -> None:
         of = f"/{self.total}" if self.total else ""
-        cost = "  ".join(_fmt_cost(q, costs[q]) for q in self.quantities if q in costs)
+        cost = "  ".join(f"{q} {format_costs(q, costs[q])[0]}" for q in self.quantities if q in costs)
         line = f"episode {episode}{of}  best reward {best_reward:+.4f}  best {cost}"
         if self.tty:  # redraw one line; logs (CI) get a line every 10 episodes
             click.echo(f"\r{line}   ", nl=False, err=True)
@@ -93,11 +118,6 @@ class _Progress:
     def close(self) -> None:
         if self.active:
             click.echo("", err=True)
-
-
-def _fmt_cost(quantity: str, value: float) -> str:
-    unit, factor = {"latency": ("ms", 1e-3), "energy": ("mJ", 1e-3), "size": ("MB", 1e6)}[quantity]
-    return f"{quantity} {value / factor:.4g} {unit}"
 
 
 def format_summary(report: dict) -> str:
