@@ -10,8 +10,13 @@ if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"
 fi
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    echo "haqc: installing into $venv (first run takes a few minutes)" >&2
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check -c "$root/constraints.txt" -e "$root[dev]" >&2
+    echo "haqc: installing into $venv (first run takes a few minutes; log: $venv/install.log)" >&2
+    if ! "$venv/bin/python" -m pip install --disable-pip-version-check -c "$root/constraints.txt" \
+            -e "$root[dev]" > "$venv/install.log" 2>&1; then
+        tail -n 20 "$venv/install.log" >&2
+        echo "haqc: installation failed; the full log is $venv/install.log" >&2
+        exit 1
+    fi
     echo "$want" > "$stamp"
 fi
 # shellcheck disable=SC1091
