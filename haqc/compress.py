@@ -12,20 +12,18 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import onnx
 
 from haqc.errors import AccuracyDropError, InputError
 from haqc.evaluate import Evaluator
 from haqc.hw_targets import load_target, parse_budget
 from haqc.hw_targets.base import Target
-from haqc.hw_targets.summary import as_units
+from haqc.hw_targets.summary import as_units, combine_costs
 from haqc.io import atomic_write_text, check_output_path, save_model
 from haqc.layers import Layer
-from haqc.pipeline import Prepared, prepare
+from haqc.pipeline import prepare
 from haqc.policy import LayerBits, Policy, policy_to_json, uniform_policy
 from haqc.quantize import QuantizeOptions, Quantizer, finetune_export, load_data
 from haqc.search import CostTable, DDPGConfig, SearchProblem, SearchResult, format_costs, search
@@ -203,14 +201,7 @@ def compress(
 
 def policy_costs(target: Target, layers: list[Layer], policy: Policy) -> dict:
     """A policy's total latency (ms), energy (mJ) and size (MB) on ``target``; float layers at the target's float convention."""
-    costs = [target.cost(l, policy[l.name].w_bits, policy[l.name].a_bits) for l in layers]
-    energies = [c.energy_j for c in costs]
-    total = target.model_cost(
-        np.array([c.latency_s for c in costs]),
-        None if None in energies else np.array(energies, dtype=float),
-        np.array([c.weight_bytes for c in costs]),
-    )
-    return as_units(total)
+    return as_units(combine_costs(target, [target.cost(l, policy[l.name].w_bits, policy[l.name].a_bits) for l in layers]))
 
 
 def layer_costs(target: Target, layers: list[Layer], policy: Policy) -> list[dict]:

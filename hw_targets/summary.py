@@ -33,15 +33,18 @@ def cost_summary(
         costs = [target.cost(layer, w, a) for layer in layers]
         for entry, c in zip(per_layer, costs, strict=True):
             entry[key] = as_units(c)
-        energies = [c.energy_j for c in costs]
-        total[key] = as_units(
-            target.model_cost(
-                np.array([c.latency_s for c in costs]),
-                None if None in energies else np.array(energies, dtype=float),
-                np.array([c.weight_bytes for c in costs]),
-            )
-        )
+        total[key] = as_units(combine_costs(target, costs))
     return {"per_layer": per_layer, "total": total}
+
+
+def combine_costs(target: Target, costs: Sequence[LayerCost]) -> LayerCost:
+    """A model's cost from its layers' (``Target.model_cost``); energy None if any layer lacks it."""
+    energies = [c.energy_j for c in costs]
+    return target.model_cost(
+        np.array([c.latency_s for c in costs]),
+        None if None in energies else np.array(energies, dtype=float),
+        np.array([c.weight_bytes for c in costs]),
+    )
 
 
 def as_units(c: LayerCost) -> dict:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import onnx
@@ -22,7 +23,7 @@ def _assert_one_line_error(result, pattern: str) -> None:
     assert "Traceback" not in result.output
     lines = [l for l in result.output.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    assert pytest.importorskip("re").search(pattern, lines[0]), lines[0]
+    assert re.search(pattern, lines[0]), lines[0]
 
 
 def _conv_model(x_shape, weight_as_input=False):

@@ -12,7 +12,16 @@ from haqc.errors import InputError
 from haqc.passes.calibrate import calibrate
 from haqc.passes.canonicalize import canonicalize
 from haqc.passes.extract import extract_layers
-from haqc.passes.quantize_linear import LinearQuantize, bias_scale, container_type, quantize_bias, dequantize, linear_quantize, quantize_weight, weight_levels
+from haqc.passes.quantize_linear import (
+    LinearQuantize,
+    bias_scale,
+    container_type,
+    dequantize,
+    linear_quantize,
+    quantize_bias,
+    quantize_weight,
+    weight_levels,
+)
 from haqc.policy import LayerBits
 
 RNG = np.random.default_rng(0)
