@@ -176,9 +176,13 @@ def quantize_file(
         summary["fp32"] = _scores(evaluator.evaluate(prepared.model, "the fp32 model"))
         summary["quantized"] = _scores(evaluator.evaluate(quantized, "the quantized model"))
     if epochs:
-        quantized = finetune_export(quantizer, policy, train, epochs, lr, device, options.seed)
-        if evaluator is not None:
-            summary["finetuned"] = _scores(evaluator.evaluate(quantized, "the fine-tuned model"))
+        tuned = finetune_export(quantizer, policy, train, epochs, lr, device, options.seed)
+        if evaluator is None:
+            quantized = tuned
+        else:  # with validation data, keep the fine-tuned weights only if they do not score worse
+            summary["finetuned"] = _scores(evaluator.evaluate(tuned, "the fine-tuned model"))
+            summary["kept"] = "finetuned" if summary["finetuned"]["accuracy"] >= summary["quantized"]["accuracy"] else "quantized"
+            quantized = tuned if summary["kept"] == "finetuned" else quantized
     save_model(quantized, out_path)
     summary["size_mb"] = out_path.stat().st_size / 1e6
     summary["policy"] = policy_to_json(policy)

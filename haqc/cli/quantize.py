@@ -79,4 +79,5 @@ def quantize(model, bits, policy_path, method, calib_data, clip_method, per_tens
     click.echo(f"wrote {summary['output']} ({summary['size_mb']:.3f} MB; {summary['layers']} layers quantized, {method})")
     for key in ("fp32", "quantized", "finetuned"):
         if key in summary:
-            click.echo(f"  {key:<10} top-1 {100 * summary[key]['accuracy']:.2f}%")
+            kept = "  (written)" if summary.get("kept") == key else ""
+            click.echo(f"  {key:<10} top-1 {100 * summary[key]['accuracy']:.2f}%{kept}")
