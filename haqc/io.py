@@ -23,12 +23,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise InputError(f"output directory {path.parent} is not writable; choose another -o path")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, _mode_for(path))  # mkstemp makes 0600; outputs get the usual (or the replaced file's) mode
     try:
         yield Path(tmp)
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _mode_for(path: Path) -> int:
+    if path.exists():
+        return path.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -27,3 +27,30 @@ class Pass(abc.ABC, Generic[R]):
     def __call__(self, model: onnx.ModelProto) -> R:
         self.requires(model)
         return self.call(model)
+
+
+def _copy_fields(src, dst, skip: tuple[str, ...] = ()) -> None:
+    """Copy ``src``'s set fields into ``dst`` except ``skip`` (sub-messages are copied, not shared)."""
+    for field, value in src.ListFields():
+        if field.name in skip:
+            continue
+        if field.is_repeated:
+            getattr(dst, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
+
+
+def without_initializers(model: onnx.ModelProto, skip_graph_fields: tuple[str, ...] = ("initializer",)) -> onnx.ModelProto:
+    """A copy of ``model`` without its graph's ``skip_graph_fields`` (by default, all weight data).
+
+    Copying or serializing a large model holds every weight again; passes that
+    only need the graph's structure (shape inference, the checker, a
+    calibration session fed its weights separately) start from this and add
+    back what they need.
+    """
+    out = onnx.ModelProto()
+    _copy_fields(model, out, skip=("graph",))
+    _copy_fields(model.graph, out.graph, skip=skip_graph_fields)
+    return out

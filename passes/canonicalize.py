@@ -8,6 +8,7 @@ against ONNX Runtime within 1e-4 relative).
 """
 from __future__ import annotations
 
+import gc
 import logging
 
 import numpy as np
@@ -17,7 +18,7 @@ from onnx_graphsurgeon.logger import G_LOGGER
 from onnx import helper, version_converter
 
 from haqc.errors import InputError
-from haqc.passes.base import Pass
+from haqc.passes.base import Pass, without_initializers
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,9 @@ class ConvertOpset(Pass[onnx.ModelProto]):
         return converted
 
 
+_LARGE_INITIALIZER = 4096  # bytes; see FoldConstants and InferShapes
+
+
 class FoldConstants(Pass[onnx.ModelProto]):
     """Evaluate constant subgraphs, then fold BatchNorm and per-channel Mul/Add into layers."""
 
@@ -65,7 +69,52 @@ class FoldConstants(Pass[onnx.ModelProto]):
         while _fold_affine_once(graph):
             pass
         graph.cleanup().toposort()
-        return _with_metadata(gs.export_onnx(graph), model)
+        # gs.export_onnx copies every folded array into the protobuf while the graph still holds
+        # it, with a transient bytes copy on top (~3x the weights at peak, ~2.2 GB on vgg19):
+        # export large arrays as empty placeholders, then move each one in and drop it.
+        detached = _detach_large_constants(graph)
+        out = gs.export_onnx(graph)
+        del graph
+        gc.collect()  # the gs graph (and what folding replaced) is cyclic: free its arrays now, not later
+        _attach_constants(out, detached)
+        return _with_metadata(out, model)
+
+
+# numpy dtypes whose ONNX raw_data is the little-endian array bytes
+_RAW_DTYPES = tuple(np.dtype(t) for t in (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64,
+                                           np.uint8, np.uint16, np.uint32, np.uint64))
+
+
+def _detach_large_constants(graph: gs.Graph) -> dict[str, np.ndarray]:
+    """Replace large folded (in-memory) constants' values with empty arrays; return the originals."""
+    from onnx_graphsurgeon.ir.tensor import LazyValues
+
+    detached = {}
+    for tensor in graph.tensors().values():
+        if not isinstance(tensor, gs.Constant) or isinstance(tensor._values, LazyValues):
+            continue
+        values = tensor.values
+        if isinstance(values, np.ndarray) and values.dtype in _RAW_DTYPES and values.nbytes > _LARGE_INITIALIZER:
+            detached[tensor.name] = values
+            tensor.values = np.zeros((0,), values.dtype)
+    return detached
+
+
+def _attach_constants(model: onnx.ModelProto, detached: dict[str, np.ndarray]) -> None:
+    """Fill the placeholders left by _detach_large_constants, freeing each array as it goes."""
+    for tensor in model.graph.initializer:
+        values = detached.pop(tensor.name, None)
+        if values is None:
+            continue
+        shape = values.shape
+        data = np.ascontiguousarray(values, values.dtype.newbyteorder("<")).tobytes()
+        del values
+        del tensor.dims[:]
+        tensor.dims.extend(shape)
+        tensor.raw_data = data
+        del data
+    if detached:  # every graph-level constant is exported as an initializer of the main graph
+        raise RuntimeError(f"constants lost in export: {sorted(detached)[:3]}")
 
 
 class NameNodes(Pass[onnx.ModelProto]):
@@ -88,17 +137,48 @@ class InferShapes(Pass[onnx.ModelProto]):
     """Strict shape inference so every layer's input and output shapes are known."""
 
     def call(self, model: onnx.ModelProto) -> onnx.ModelProto:
-        try:  # returns a new model; the input is not modified
-            return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+        # onnx.shape_inference serializes the model and parses it back (several copies of every
+        # weight: ~4x the weights at peak on vgg19). Shapes depend only on the initializers'
+        # types and dims, except for small constants that data propagation reads (Reshape
+        # shapes...), so inference runs on the graph with large initializers declared as typed
+        # inputs instead, and the inferred value_info is put on a copy of the model.
+        light = _without_large_initializers(model)
+        try:
+            inferred = onnx.shape_inference.infer_shapes(light, check_type=True, strict_mode=True, data_prop=True)
         except onnx.shape_inference.InferenceError as err:
             raise InputError(f"shape inference failed: {str(err).splitlines()[0]}") from None
+        out = _copy(model)
+        del out.graph.value_info[:]
+        out.graph.value_info.extend(inferred.graph.value_info)
+        del out.graph.output[:]
+        out.graph.output.extend(inferred.graph.output)
+        return out
+
+
+def _without_large_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose large initializers are typed graph inputs instead (no weight data)."""
+    light = without_initializers(model)
+    declared = {i.name for i in model.graph.input}
+    for tensor in model.graph.initializer:
+        if _is_large(tensor):
+            if tensor.name not in declared:
+                light.graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+        else:
+            light.graph.initializer.append(tensor)
+    return light
+
+
+def _is_large(tensor: onnx.TensorProto) -> bool:
+    return tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.ByteSize() > _LARGE_INITIALIZER
 
 
 def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
     """Run the canonical pass pipeline; the result passes the ONNX checker."""
     for pass_ in (ConvertOpset(), NameNodes(), FoldConstants(), InferShapes()):
         model = pass_(model)
-    onnx.checker.check_model(model)
+    # The checker serializes the model it checks (two more copies of every weight): check the
+    # graph with large initializers as typed inputs; their data comes from our own folding.
+    onnx.checker.check_model(_without_large_initializers(model))
     return model
 
 

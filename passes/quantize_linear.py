@@ -57,23 +57,48 @@ def quantize_weight(w: np.ndarray, bits: int, axis: int | None) -> QuantizedWeig
     """
     levels = weight_levels(bits)
     moved = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1) if axis is not None else w.reshape(1, -1)
-    w64 = moved.astype(np.float64)
-    absmax = np.abs(w64).max(axis=1)
+    # The float64 arithmetic runs over slices of about _CHUNK elements (whole rows, or columns of
+    # a single row): a large layer (vgg19's fc6, 103M weights) would otherwise take several
+    # float64 temporaries of 0.8 GB each. Every step is elementwise or a per-row max, so the
+    # result is bit-identical to the unsliced computation.
+    slices = _slices(moved.shape)
+    absmax = np.zeros(moved.shape[0])
+    for rows, cols in slices:
+        absmax[rows] = np.maximum(absmax[rows], np.abs(moved[rows, cols].astype(np.float64)).max(axis=1))
     absmax = np.where(absmax > 0, absmax, 1.0)
     if bits < _CLIP_SEARCH_BELOW:
-        errs = []
-        for r in _CLIP_RATIOS:
-            s = (absmax * r / levels)[:, None]
-            errs.append(((np.clip(np.round(w64 / s), -levels, levels) * s - w64) ** 2).sum(axis=1))
-        clip = absmax * _CLIP_RATIOS[np.argmin(np.stack(errs), axis=0)]
+        # Per-row error sums: sliced by whole rows only, so every sum keeps its order.
+        ratio = np.empty(moved.shape[0])
+        for rows in (r for r, _ in slices) if moved.shape[0] > 1 else [slice(0, 1)]:
+            w64 = moved[rows].astype(np.float64)
+            errs = []
+            for r in _CLIP_RATIOS:
+                s = (absmax[rows] * r / levels)[:, None]
+                errs.append(((np.clip(np.round(w64 / s), -levels, levels) * s - w64) ** 2).sum(axis=1))
+            ratio[rows] = _CLIP_RATIOS[np.argmin(np.stack(errs), axis=0)]
+        clip = absmax * ratio
     else:
         clip = absmax
     scale = (clip / levels).astype(np.float32)
-    q = np.clip(np.round(w64 / scale.astype(np.float64)[:, None]), -levels, levels).astype(np.int8)
+    scale64 = scale.astype(np.float64)[:, None]
+    q = np.empty(moved.shape, np.int8)
+    for rows, cols in slices:
+        q[rows, cols] = np.clip(np.round(moved[rows, cols].astype(np.float64) / scale64[rows]), -levels, levels)
     if axis is None:
         return QuantizedWeight(q.reshape(w.shape), scale.reshape(()), bits, None)
     q = np.moveaxis(q.reshape((w.shape[axis],) + tuple(np.delete(w.shape, axis))), 0, axis)
     return QuantizedWeight(q, scale, bits, axis)
+
+
+_CHUNK = 1 << 22  # elements per slice in quantize_weight
+
+
+def _slices(shape: tuple[int, int]) -> list[tuple[slice, slice]]:
+    rows, cols = shape
+    if rows == 1:
+        return [(slice(0, 1), slice(c, c + _CHUNK)) for c in range(0, max(cols, 1), _CHUNK)]
+    step = max(1, _CHUNK // max(cols, 1))
+    return [(slice(r, r + step), slice(None)) for r in range(0, rows, step)]
 
 
 def dequantize(qw: QuantizedWeight) -> np.ndarray:

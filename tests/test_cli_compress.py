@@ -166,3 +166,22 @@ def test_ddpg_overrides_and_search_finetune_steps():
                          (("--search-finetune-steps", "2"), "needs --train-data")):
         result = _compress("--latency", "0.5x", *bad, "--quiet")
         assert result.exit_code == 2 and re.search(pattern, _error_line(result))
+
+
+def test_outputs_get_normal_permissions(tmp_path):
+    from haqc.io import atomic_write_text
+
+    path = tmp_path / "r.json"
+    atomic_write_text(path, "{}")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()
+    path.chmod(0o640)
+    atomic_write_text(path, "{}")
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
