@@ -406,7 +406,11 @@ def render_quality(lines: list[str]) -> list[str]:
     if not path.exists():
         lines.append("_quality: not measured in this run._\n")
         return []
-    recs = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    recs, seen = [], set()
+    for line in path.read_text().splitlines():  # first record of a key wins (parallel/resumed runs)
+        if line.strip() and json.loads(line)["key"] not in seen:
+            recs.append(json.loads(line))
+            seen.add(recs[-1]["key"])
     meta = json.loads((RESULTS / "quality_meta.json").read_text()) if (RESULTS / "quality_meta.json").exists() else {}
     groups: dict = {}
     for r in recs:

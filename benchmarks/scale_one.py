@@ -11,6 +11,15 @@ import time
 
 
 def rss_mb() -> float:
+    """Peak RSS of this process image in MiB: VmHWM (reset by exec). ru_maxrss is the fallback only:
+    on Linux it keeps the high-water mark of the forked parent across exec, so a child of a big
+    process would report the parent's peak."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
