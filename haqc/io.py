@@ -81,8 +81,12 @@ def save_model(model, path: str | os.PathLike) -> None:
     path = Path(path)
     with atomic_path(path) as tmp:
         if model.ByteSize() > _EXTERNAL_DATA_ABOVE:
+            from onnx.external_data_helper import load_external_data_for_model
+
             onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
                             location=f"{path.name}.data")
+            # save_model moved the caller's weights out to the file; read them back in.
+            load_external_data_for_model(model, str(path.parent))
         else:
             with open(tmp, "wb") as f:
                 f.write(model.SerializeToString())
