@@ -25,7 +25,7 @@ from haqc.io import atomic_write_text, check_output_path, save_model
 from haqc.layers import Layer
 from haqc.pipeline import prepare
 from haqc.policy import LayerBits, Policy, policy_to_json, uniform_policy
-from haqc.quantize import QuantizeOptions, Quantizer, finetune_export, load_data
+from haqc.quantize import QuantizeOptions, Quantizer, finetune_export, keep_better, load_run_data
 from haqc.search import CostTable, DDPGConfig, SearchProblem, SearchResult, format_costs, search
 
 logger = logging.getLogger(__name__)
@@ -90,6 +90,8 @@ def compress(
         raise InputError(f"--episodes must be at least 1, got {config.episodes}")
     if config.data is None:
         raise InputError("compress needs validation data to measure accuracy; pass --data VAL.npz")
+    if config.search_finetune_steps and config.train_data is None:
+        raise InputError("--search-finetune-steps needs --train-data FILE.npz")
     budgets = {q: parse_budget(text, q) for q, text in config.budgets.items()}
     target = load_target(config.target)
     prepared = prepare(model_path, config.input_shapes)
@@ -99,23 +101,13 @@ def compress(
     w8a8_costs = costs.w8a8()
     limits = {q: b.resolve(w8a8_costs.get(q)) for q, b in budgets.items()}
 
-    val = load_data(config.data, prepared, "--data")
-    calib = load_data(config.calib_data, prepared, "--calib-data") or val
-    train = load_data(config.train_data, prepared, "--train-data")
-    for other in (calib, train):
-        if other is not None:
-            val.check_compatible(other)
-    epochs = config.finetune_epochs if config.finetune_epochs is not None else (1 if train is not None else 0)
-    if epochs and train is None:
-        raise InputError("--finetune-epochs needs --train-data FILE.npz")
+    run = load_run_data(prepared, config.data, config.calib_data, config.train_data, config.finetune_epochs)
+    val, train, epochs = run.val, run.train, run.epochs
 
-    quantizer = Quantizer(prepared, calib, config.quantize)
+    quantizer = Quantizer(prepared, run.calib, config.quantize)
     evaluator = Evaluator(val, reference=prepared.model)
     fp32 = evaluator.evaluate(prepared.model, "the fp32 model")
     kmeans = config.quantize.method == "kmeans"
-
-    if config.search_finetune_steps and train is None:
-        raise InputError("--search-finetune-steps needs --train-data FILE.npz")
 
     def evaluate(policy: Policy) -> float:
         if config.search_finetune_steps:
@@ -149,12 +141,9 @@ def compress(
     finetuned_acc = None
     if epochs:
         tuned = finetune_export(quantizer, result.policy, train, epochs, config.lr, config.device, config.seed)
-        finetuned_acc = evaluator.evaluate(tuned, "the fine-tuned model").accuracy
-        if finetuned_acc >= searched_acc:  # fine-tuning must not make the result worse
-            final, final_acc = tuned, finetuned_acc
-        else:
-            logger.warning("fine-tuning lowered top-1 (%.4f -> %.4f); keeping the un-tuned weights",
-                           searched_acc, finetuned_acc)
+        final, tuned_result = keep_better(evaluator, final, searched_acc, tuned)
+        finetuned_acc = tuned_result.accuracy
+        final_acc = finetuned_acc if final is tuned else searched_acc
     report = {
         "schema": REPORT_SCHEMA,
         "model": model_path,

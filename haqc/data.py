@@ -17,8 +17,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from haqc.errors import InputError
-from haqc.passes.load import _first_line, graph_inputs
+from haqc.errors import InputError, first_line
+from haqc.passes.load import graph_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def _read_npz(path: Path, where: str) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as npz:
             return {name: npz[name] for name in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise InputError(f"cannot read {where} ({_first_line(err)}); re-save it with numpy.savez") from None
+        raise InputError(f"cannot read {where} ({first_line(err)}); re-save it with numpy.savez") from None
 
 
 def _array_key(name: str, arrays: dict[str, np.ndarray], n_inputs: int) -> str | None:

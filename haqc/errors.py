@@ -35,3 +35,9 @@ class AccuracyDropError(HaqcError):
     """The result's accuracy drop exceeds ``--max-accuracy-drop``: exit code 4."""
 
     exit_code = EXIT_ACCURACY_DROP
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (library errors are often multi-line), for one-line errors."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

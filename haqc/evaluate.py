@@ -20,8 +20,7 @@ import onnx
 import onnxruntime as ort
 
 from haqc.data import Dataset, InputSpec
-from haqc.errors import InputError
-from haqc.passes.load import _first_line
+from haqc.errors import InputError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +70,7 @@ def make_session(model: ModelSource, name: str | None = None) -> ort.InferenceSe
     try:
         return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     except _ORT_ERRORS as err:
-        raise InputError(f"ONNX Runtime cannot load {label} ({_first_line(err)}); check the model") from None
+        raise InputError(f"ONNX Runtime cannot load {label} ({first_line(err)}); check the model") from None
 
 
 def session_specs(session: ort.InferenceSession) -> list[InputSpec]:
@@ -118,7 +117,7 @@ def predictions(session: ort.InferenceSession, dataset: Dataset, batch_size: int
             (out,) = session.run(first, {name: feeds[name] for name in names})
         except _ORT_ERRORS as err:
             raise InputError(
-                f"ONNX Runtime failed to run the model on {dataset.source} ({_first_line(err)}); "
+                f"ONNX Runtime failed to run the model on {dataset.source} ({first_line(err)}); "
                 "check that the data fits the model"
             ) from None
         rows = size if pad else n
@@ -140,7 +139,7 @@ def load_metric(spec: str) -> Metric:
         module = importlib.import_module(module_name)
     except Exception as err:  # noqa: BLE001 -- any import failure is the plugin's, reported in one line
         raise InputError(
-            f"cannot import --metric module {module_name!r} ({_first_line(err)}); check it is on PYTHONPATH"
+            f"cannot import --metric module {module_name!r} ({first_line(err)}); check it is on PYTHONPATH"
         ) from None
     func = getattr(module, attr, None)
     if func is None:

@@ -30,6 +30,7 @@ from onnx import numpy_helper
 from torch import Tensor, nn
 
 from haqc.errors import InputError
+from haqc.passes.base import opset_version
 
 logger = logging.getLogger(__name__)
 
@@ -631,7 +632,7 @@ class OnnxModule(nn.Module):
         super().__init__()
         graph = model.graph
         _check_supported(graph)
-        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+        opset = opset_version(model)
         wt, act = dict(weight_transforms or {}), dict(activation_transforms or {})
 
         self.params = nn.ParameterDict()

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from haqc.executor import OnnxModule
 from haqc.layers import Layer
+from haqc.passes.base import copy_model
 from haqc.passes.calibrate import Calibration
 from haqc.passes.quantize_linear import activation_qparams, quantize_weight, weight_levels
 from haqc.policy import LayerBits, Policy
@@ -119,8 +120,7 @@ def isolate_layer_inputs(model: onnx.ModelProto, layers: list[Layer]) -> tuple[o
     residual Add reading the same tensor sees it in float. Keying the
     simulation's activation fake-quant on a private copy keeps that exact.
     """
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = copy_model(model)
     names = {layer.name for layer in layers}
     private: dict[str, str] = {}
     nodes = []
@@ -277,8 +277,7 @@ def _refresh_scales(simulation: Simulation, layers: list[Layer]) -> None:
 
 def _write_back(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
     """A copy of ``model`` with the float initializers replaced by ``arrays``."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = copy_model(model)
     for i, t in enumerate(out.graph.initializer):
         if t.name in arrays:
             out.graph.initializer[i].CopyFrom(numpy_helper.from_array(arrays[t.name].astype(np.float32), t.name))

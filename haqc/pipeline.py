@@ -14,6 +14,7 @@ from typing import Sequence
 import onnx
 
 from haqc.hw_targets import cost_summary, load_target
+from haqc.passes.base import opset_version
 from haqc.passes.canonicalize import canonicalize
 from haqc.passes.extract import Extraction, extract_layers
 from haqc.passes.load import InputShapes, graph_inputs, load_model
@@ -57,7 +58,7 @@ def inspect_summary(prepared: Prepared, targets: Sequence[str] = ()) -> dict:
         row["kernel"], row["stride"] = list(layer.kernel), list(layer.stride)
         row["state"] = [round(float(v), 6) for v in state]
         rows.append(row)
-    opset = next(o.version for o in prepared.model.opset_import if o.domain in ("", "ai.onnx"))
+    opset = opset_version(prepared.model)
     summary = {
         "model": str(prepared.path),
         "opset": opset,

@@ -15,14 +15,14 @@ import onnx
 
 from haqc.data import Dataset, input_specs, load_dataset
 from haqc.errors import InputError
-from haqc.evaluate import Evaluator, make_session, num_classes, predictions
-from haqc.io import check_output_path, save_model
+from haqc.evaluate import EvalResult, Evaluator, make_session, num_classes, predictions
 from haqc.finetune import FinetuneConfig, build_simulation, finetune
+from haqc.io import check_output_path, save_model
 from haqc.layers import Layer
 from haqc.passes.calibrate import Calibration, ClipMethod, calibrate
 from haqc.passes.quantize_kmeans import KMeansQuantize, fit_codebook
-from haqc.passes.quantize_linear import LinearQuantize
 from haqc.passes.load import graph_inputs
+from haqc.passes.quantize_linear import LinearQuantize
 from haqc.pipeline import Prepared, prepare
 from haqc.policy import Policy, load_policy, parse_bits, policy_to_json, uniform_policy
 
@@ -126,6 +126,42 @@ def load_data(path: str | None, prepared: Prepared, role: str) -> Dataset | None
     return load_dataset(path, input_specs(prepared.model), role=role, num_classes=num_classes(prepared.model))
 
 
+@dataclass(frozen=True)
+class RunData:
+    """The datasets of a quantize / compress run, checked against each other, and the fine-tune epochs."""
+
+    val: Dataset | None
+    calib: Dataset | None  # --calib-data, else the validation set
+    train: Dataset | None
+    epochs: int  # default: 1 with training data, else 0
+
+
+def load_run_data(prepared: Prepared, data: str | None, calib_data: str | None, train_data: str | None,
+                  finetune_epochs: int | None) -> RunData:
+    """Load ``--data``, ``--calib-data`` (default: the same set, loaded once) and ``--train-data``."""
+    val = load_data(data, prepared, "--data")
+    calib = load_data(calib_data, prepared, "--calib-data") if calib_data else val
+    train = load_data(train_data, prepared, "--train-data")
+    sets = [d for d in dict.fromkeys((val, calib, train)) if d is not None]
+    for other in sets[1:]:
+        sets[0].check_compatible(other)
+    epochs = finetune_epochs if finetune_epochs is not None else (1 if train is not None else 0)
+    if epochs and train is None:
+        raise InputError("--finetune-epochs needs --train-data FILE.npz")
+    return RunData(val, calib, train, epochs)
+
+
+def keep_better(evaluator: Evaluator, quantized: onnx.ModelProto, accuracy: float,
+                tuned: onnx.ModelProto) -> tuple[onnx.ModelProto, EvalResult]:
+    """The model to keep (fine-tuned weights only if they score no worse than ``accuracy``) and the
+    fine-tuned model's evaluation."""
+    result = evaluator.evaluate(tuned, "the fine-tuned model")
+    if result.accuracy >= accuracy:
+        return tuned, result
+    logger.warning("fine-tuning lowered top-1 (%.4f -> %.4f); keeping the un-tuned weights", accuracy, result.accuracy)
+    return quantized, result
+
+
 def finetune_export(
     quantizer: Quantizer, policy: Policy, train: Dataset, epochs: int, lr: float, device: str, seed: int,
     max_steps: int | None = None,
@@ -145,7 +181,7 @@ def quantize_file(
     bits: str | None = None,
     policy_path: str | None = None,
     options: QuantizeOptions = QuantizeOptions(),
-    calib_data: str | None = None,
+    calib_data: str | None = None,  # default: val_data
     val_data: str | None = None,
     train_data: str | None = None,
     finetune_epochs: int | None = None,
@@ -158,31 +194,24 @@ def quantize_file(
     out_path = check_output_path(output, (model_path,), force)
     prepared = prepare(model_path, input_shapes)
     policy = uniform_policy(prepared.layers, parse_bits(bits)) if bits else load_policy(policy_path, prepared.layers)
-    calib = load_data(calib_data, prepared, "--calib-data")
-    val = load_data(val_data, prepared, "--data")
-    train = load_data(train_data, prepared, "--train-data")
-    for other in (val, train):
-        if calib is not None and other is not None:
-            calib.check_compatible(other)
-    epochs = finetune_epochs if finetune_epochs is not None else (1 if train is not None else 0)
-    if epochs and train is None:
-        raise InputError("--finetune-epochs needs --train-data FILE.npz")
-    quantizer = Quantizer(prepared, calib, options)
+    run = load_run_data(prepared, val_data, calib_data, train_data, finetune_epochs)
+    quantizer = Quantizer(prepared, run.calib, options)
     quantized = quantizer.export(policy)
     summary: dict = {"model": model_path, "output": str(out_path), "method": options.method,
                      "layers": sum(1 for b in policy.values() if b.w_bits is not None or b.a_bits is not None)}
-    evaluator = Evaluator(val, reference=prepared.model) if val is not None else None
+    evaluator = Evaluator(run.val, reference=prepared.model) if run.val is not None else None
     if evaluator is not None:
         summary["fp32"] = _scores(evaluator.evaluate(prepared.model, "the fp32 model"))
         summary["quantized"] = _scores(evaluator.evaluate(quantized, "the quantized model"))
-    if epochs:
-        tuned = finetune_export(quantizer, policy, train, epochs, lr, device, options.seed)
+    if run.epochs:
+        tuned = finetune_export(quantizer, policy, run.train, run.epochs, lr, device, options.seed)
         if evaluator is None:
             quantized = tuned
         else:  # with validation data, keep the fine-tuned weights only if they do not score worse
-            summary["finetuned"] = _scores(evaluator.evaluate(tuned, "the fine-tuned model"))
-            summary["kept"] = "finetuned" if summary["finetuned"]["accuracy"] >= summary["quantized"]["accuracy"] else "quantized"
-            quantized = tuned if summary["kept"] == "finetuned" else quantized
+            kept, result = keep_better(evaluator, quantized, summary["quantized"]["accuracy"], tuned)
+            summary["finetuned"] = _scores(result)
+            summary["kept"] = "finetuned" if kept is tuned else "quantized"
+            quantized = kept
     save_model(quantized, out_path)
     summary["size_mb"] = out_path.stat().st_size / 1e6
     summary["policy"] = policy_to_json(policy)

@@ -54,3 +54,15 @@ def without_initializers(model: onnx.ModelProto, skip_graph_fields: tuple[str, .
     _copy_fields(model, out, skip=("graph",))
     _copy_fields(model.graph, out.graph, skip=skip_graph_fields)
     return out
+
+
+def opset_version(model: onnx.ModelProto) -> int:
+    """The model's default-domain opset (1 when it declares none)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A deep copy: passes return new models and never edit their input."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out

@@ -17,8 +17,8 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
 from onnx import helper, version_converter
 
-from haqc.errors import InputError
-from haqc.passes.base import Pass, without_initializers
+from haqc.errors import InputError, first_line
+from haqc.passes.base import Pass, copy_model, opset_version, without_initializers
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +44,13 @@ class ConvertOpset(Pass[onnx.ModelProto]):
 
     def call(self, model: onnx.ModelProto) -> onnx.ModelProto:
         if opset_version(model) == self.opset:
-            return _copy(model)
+            return copy_model(model)
         try:
             converted = version_converter.convert_version(model, self.opset)
         except Exception as err:  # the converter raises bare RuntimeError/ValueError subclasses
             raise InputError(
                 f"cannot convert the model from opset {opset_version(model)} to {self.opset}: "
-                f"{str(err).splitlines()[0]}"
+                f"{first_line(err)}"
             ) from None
         converted.ir_version = max(converted.ir_version, helper.find_min_ir_version_for(list(converted.opset_import)))
         return converted
@@ -121,7 +121,7 @@ class NameNodes(Pass[onnx.ModelProto]):
     """Give every node a unique, readable name (its first output's name when unnamed)."""
 
     def call(self, model: onnx.ModelProto) -> onnx.ModelProto:
-        out = _copy(model)
+        out = copy_model(model)
         seen: set[str] = set()
         for i, node in enumerate(out.graph.node):
             name = node.name or (node.output[0] if node.output else f"{node.op_type}_{i}")
@@ -146,8 +146,8 @@ class InferShapes(Pass[onnx.ModelProto]):
         try:
             inferred = onnx.shape_inference.infer_shapes(light, check_type=True, strict_mode=True, data_prop=True)
         except onnx.shape_inference.InferenceError as err:
-            raise InputError(f"shape inference failed: {str(err).splitlines()[0]}") from None
-        out = _copy(model)
+            raise InputError(f"shape inference failed: {first_line(err)}") from None
+        out = copy_model(model)
         del out.graph.value_info[:]
         out.graph.value_info.extend(inferred.graph.value_info)
         del out.graph.output[:]
@@ -180,16 +180,6 @@ def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
     # graph with large initializers as typed inputs; their data comes from our own folding.
     onnx.checker.check_model(_without_large_initializers(model))
     return model
-
-
-def opset_version(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-
-
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    return out
 
 
 def _with_metadata(out: onnx.ModelProto, src: onnx.ModelProto) -> onnx.ModelProto:

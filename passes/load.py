@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from haqc.errors import InputError
+from haqc.errors import InputError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -57,22 +57,17 @@ def load_model(path: str | os.PathLike, input_shapes: InputShapes | None = None)
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError) as err:
-        raise InputError(f"{path} is not a valid ONNX model ({_first_line(err)}); re-export it") from None
+        raise InputError(f"{path} is not a valid ONNX model ({first_line(err)}); re-export it") from None
     if not model.graph.node or not model.opset_import:
         raise InputError(f"{path} is not an ONNX model (no graph nodes or opset); pass a .onnx model file")
     _load_external_data(model, path)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as err:
-        raise InputError(f"{path} fails the ONNX checker: {_first_line(err)}; fix or re-export the model") from None
+        raise InputError(f"{path} fails the ONNX checker: {first_line(err)}; fix or re-export the model") from None
     _strip_initializer_inputs(model)
     _apply_input_shapes(model, input_shapes or {})
     return model
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
@@ -92,7 +87,7 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
     try:
         load_external_data_for_model(model, str(base))
     except (OSError, ValueError) as err:
-        raise InputError(f"cannot read the external data of {path}: {_first_line(err)}") from None
+        raise InputError(f"cannot read the external data of {path}: {first_line(err)}") from None
 
 
 def _all_tensors(model: onnx.ModelProto):

@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from haqc.errors import InputError
 from haqc.layers import Layer
-from haqc.passes.base import Pass
+from haqc.passes.base import Pass, copy_model, opset_version
 from haqc.policy import MAX_BITS, MIN_BITS, Policy
 
 logger = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class KMeansQuantize(Pass[onnx.ModelProto]):
         self._cache: dict[tuple[str, int, bytes], _Packed] = {}
 
     def requires(self, model: onnx.ModelProto) -> None:
-        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        opset = opset_version(model)
         if opset < MIN_OPSET:
             raise InputError(
                 f"k-means export needs opset {MIN_OPSET} or newer, the model has {opset}; canonicalize it first"
@@ -125,8 +125,7 @@ class KMeansQuantize(Pass[onnx.ModelProto]):
         inits = {t.name: t for t in model.graph.initializer}
         for weight, (bits, layer) in self._weight_bits().items():
             groups.setdefault(bits, []).append(self._packed(weight, numpy_helper.to_array(inits[weight]), bits, layer))
-        out = onnx.ModelProto()
-        out.CopyFrom(model)
+        out = copy_model(model)
         quantized = {packed.weight for group in groups.values() for packed in group}
         kept = [t for t in out.graph.initializer if t.name not in quantized]
         del out.graph.initializer[:]

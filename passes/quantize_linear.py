@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from haqc.errors import InputError
 from haqc.layers import Layer
-from haqc.passes.base import Pass
+from haqc.passes.base import Pass, copy_model
 from haqc.passes.calibrate import Calibration
 from haqc.policy import LayerBits, Policy
 
@@ -145,8 +145,7 @@ class LinearQuantize(Pass[onnx.ModelProto]):
             raise InputError(f"layer {missing[0]!r} has no constant weight; canonicalize the model first")
 
     def call(self, model: onnx.ModelProto) -> onnx.ModelProto:
-        out = onnx.ModelProto()
-        out.CopyFrom(model)
+        out = copy_model(model)
         graph = out.graph
         inits = {t.name: t for t in graph.initializer}
         nodes_by_name = {n.name: n for n in graph.node}

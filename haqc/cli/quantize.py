@@ -64,7 +64,7 @@ def quantize(model, bits, policy_path, method, calib_data, clip_method, per_tens
         bits=bits,
         policy_path=policy_path,
         options=options,
-        calib_data=calib_data or data,
+        calib_data=calib_data,
         val_data=data,
         train_data=train_data,
         finetune_epochs=finetune_epochs,
