@@ -96,13 +96,11 @@ def calibrate(
     options = _quiet_options()
     # Prepacked copies of the weights speed up many runs; calibration makes a few (-0.4 GB on vgg19).
     options.add_session_config_entry("session.disable_prepacking", "1")
-    light, weights = _detached_weights(model)
-    if weights:  # ORT reads large weights from these arrays instead of a serialized copy of them
-        options.add_external_initializers(list(weights), [ort.OrtValue.ortvalue_from_numpy(a) for a in weights.values()])
+    light, weights = _weights_as_inputs(model)
     session = ort.InferenceSession(_exposed_bytes(light, tensors), options, providers=["CPUExecutionProvider"])
     stats = {t: TensorStats() for t in tensors}
     for feed in feeds:
-        for name, value in zip(tensors, session.run(tensors, feed)):
+        for name, value in zip(tensors, session.run(tensors, {**feed, **weights})):
             stats[name].update(value)
     return Calibration(stats, method)
 
@@ -116,12 +114,14 @@ def _quiet_options() -> ort.SessionOptions:
 _LARGE_WEIGHT = 1 << 16  # bytes
 
 
-def _detached_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-    """A copy of ``model`` whose large initializers are data-less placeholders, and their arrays.
+def _weights_as_inputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """A copy of ``model`` whose large initializers are graph inputs instead, and their arrays.
 
-    Serializing the whole model for ONNX Runtime holds the weights three more times at peak
-    (protobuf's buffer, the Python bytes, ORT's parse); with the arrays passed as external
-    initializers ORT uses them as they are. The arrays must outlive the session.
+    ONNX Runtime copies every initializer it is given, from the serialized model and from
+    ``add_external_initializers`` alike (checked on 1.32), but reads CPU feeds in place: fed
+    as inputs, the weights are held once here instead of twice more by the session (-0.7 GB
+    at peak on vgg19). Calibration runs a few batches, so the lost constant-weight
+    optimizations do not matter.
     """
     if not any(_is_large(t) for t in model.graph.initializer):
         return model, {}
@@ -132,10 +132,7 @@ def _detached_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str
             light.graph.initializer.append(tensor)
             continue
         weights[tensor.name] = numpy_helper.to_array(tensor)
-        placeholder = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
-                                       data_location=onnx.TensorProto.EXTERNAL)
-        placeholder.external_data.add(key="location", value="haqc-in-memory")
-        light.graph.initializer.append(placeholder)
+        light.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
     return light, weights
 
 

@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from haqc.errors import InputError
 from haqc.layers import Layer
-from haqc.passes.base import Pass, copy_model, opset_version
+from haqc.passes.base import Pass, opset_version, without_initializers
 from haqc.policy import MAX_BITS, MIN_BITS, Policy
 
 logger = logging.getLogger(__name__)
@@ -125,11 +125,9 @@ class KMeansQuantize(Pass[onnx.ModelProto]):
         inits = {t.name: t for t in model.graph.initializer}
         for weight, (bits, layer) in self._weight_bits().items():
             groups.setdefault(bits, []).append(self._packed(weight, numpy_helper.to_array(inits[weight]), bits, layer))
-        out = copy_model(model)
+        out = without_initializers(model)  # a full copy would hold the replaced float weights once more
         quantized = {packed.weight for group in groups.values() for packed in group}
-        kept = [t for t in out.graph.initializer if t.name not in quantized]
-        del out.graph.initializer[:]
-        out.graph.initializer.extend(kept)
+        out.graph.initializer.extend(t for t in model.graph.initializer if t.name not in quantized)
         if groups:
             _Expander(out).emit(groups)
         logger.info("k-means: %d weight tensors quantized (bits %s)", len(quantized), sorted(groups))

@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from haqc.errors import InputError
 from haqc.layers import Layer
-from haqc.passes.base import Pass, copy_model
+from haqc.passes.base import Pass, without_initializers
 from haqc.passes.calibrate import Calibration
 from haqc.policy import LayerBits, Policy
 
@@ -145,9 +145,11 @@ class LinearQuantize(Pass[onnx.ModelProto]):
             raise InputError(f"layer {missing[0]!r} has no constant weight; canonicalize the model first")
 
     def call(self, model: onnx.ModelProto) -> onnx.ModelProto:
-        out = copy_model(model)
+        # The structure is copied without weights and only the initializers still used come
+        # back: a full copy would hold every float weight once more (0.6 GB on vgg19).
+        out = without_initializers(model)
         graph = out.graph
-        inits = {t.name: t for t in graph.initializer}
+        inits = {t.name: t for t in model.graph.initializer}
         nodes_by_name = {n.name: n for n in graph.node}
         new_inits: list[TensorProto] = []
         inserted: dict[str, list[onnx.NodeProto]] = {}  # layer name -> nodes to put before it
@@ -166,9 +168,7 @@ class LinearQuantize(Pass[onnx.ModelProto]):
                 node.input[2] = _dequantize_bias(layer, bias, bias_scale(a_scale, qw.scale), new_inits, before)
             inserted[layer.name] = before
         used = {i for n in graph.node for i in n.input}
-        kept = [t for t in graph.initializer if t.name in used]
-        del graph.initializer[:]
-        graph.initializer.extend(kept + new_inits)
+        graph.initializer.extend([t for t in model.graph.initializer if t.name in used] + new_inits)
         nodes = []
         for n in graph.node:
             nodes.extend(inserted.get(n.name, ()))
