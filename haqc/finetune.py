@@ -23,7 +23,8 @@ from haqc.executor import OnnxModule
 from haqc.layers import Layer
 from haqc.passes.base import copy_model
 from haqc.passes.calibrate import Calibration
-from haqc.passes.quantize_linear import activation_qparams, quantize_weight, weight_levels
+from haqc.passes.quantize_linear import (REQUANT_BITS, activation_levels, activation_qparams, activation_range,
+                                         quantize_weight, requantized_outputs, weight_levels)
 from haqc.policy import LayerBits, Policy
 
 logger = logging.getLogger(__name__)
@@ -55,12 +56,13 @@ class WeightFakeQuant(nn.Module):
 
 
 class ActivationFakeQuant(nn.Module):
-    """STE fake-quant of an activation to [0, c] or [-c, c]; ``c`` trainable PACT-style if asked."""
+    """STE fake-quant of an activation to [0, c] or [-c - s, c]; ``c`` trainable PACT-style if asked."""
 
     def __init__(self, bits: int, clip: float, signed: bool, trainable: bool = False) -> None:
         super().__init__()
         self.bits, self.signed = bits, signed
-        self.levels = weight_levels(bits) if signed else 2**bits - 1
+        self.levels = activation_levels(bits, signed)
+        self.lowest = activation_range(bits, signed)[0]
         clip_t = torch.tensor(float(clip), dtype=torch.float32)
         if trainable:
             self.clip = nn.Parameter(clip_t)
@@ -71,7 +73,7 @@ class ActivationFakeQuant(nn.Module):
         # Scale and bound rounded to float32 from float64, exactly as the export computes them.
         scale = (self.clip.double() / self.levels).float()
         hi = (scale.double() * self.levels).float()
-        lo = -hi if self.signed else torch.zeros_like(hi)
+        lo = (scale.double() * self.lowest).float()
         xc = torch.minimum(torch.maximum(x, lo), hi)  # gradient reaches clip where x saturates (PACT)
         q = torch.round(xc / scale) * scale
         return xc + (q - xc).detach()
@@ -173,10 +175,15 @@ def build_simulation(
         node, wq = nodes[name], weight_q.get(name)
         if isinstance(wq, WeightFakeQuant) and len(node.input) > 2 and node.input[2] in inits:
             transforms[node.input[2]] = BiasFakeQuant(wq, act)
+    requant = {}
+    if method == "linear":  # the 8-bit outputs of integer layers, as the export requantizes them
+        for tensor in requantized_outputs(model, layers, policy):
+            clip, _, signed = activation_qparams(calibration, tensor, REQUANT_BITS)
+            requant[tensor] = ActivationFakeQuant(REQUANT_BITS, clip, signed)
     module = OnnxModule(
         isolated,
         weight_transforms=transforms,
-        activation_transforms={private[n]: m for n, m in act_q.items()},
+        activation_transforms={**requant, **{private[n]: m for n, m in act_q.items()}},
     )
     inputs = [i.name for i in isolated.graph.input if i.name not in inits]
     return Simulation(module, weight_q, act_q, inputs)

@@ -67,6 +67,35 @@ def extract_layers(model: onnx.ModelProto) -> Extraction:
     return ExtractLayers()(model)
 
 
+# Elementwise activations an integer kernel applies before it writes its output: ONNX Runtime
+# drops a Relu or Clip between a quantized Conv / Gemm and the QuantizeLinear of its output
+# when the quantized range lies inside the activation's.
+FUSED_ACTIVATIONS = ("Relu", "Clip")
+
+
+def layer_outputs(model: onnx.ModelProto, layers: list[Layer]) -> dict[str, str]:
+    """Layer name -> the tensor an integer kernel for the layer writes: its output after a chain
+    of Relu / Clip nodes that each have that one reader. Layers ending in a graph output are
+    left out: model outputs stay float."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for tensor in dict.fromkeys(node.input):
+            readers.setdefault(tensor, []).append(node)
+    graph_outputs = {o.name for o in model.graph.output}
+    nodes = {n.name: n for n in model.graph.node}
+    found = {}
+    for layer in layers:
+        tensor = nodes[layer.name].output[0]
+        while tensor not in graph_outputs:
+            after = readers.get(tensor, [])
+            if len(after) != 1 or after[0].op_type not in FUSED_ACTIVATIONS or after[0].input[0] != tensor:
+                break
+            tensor = after[0].output[0]
+        if tensor not in graph_outputs:
+            found[layer.name] = tensor
+    return found
+
+
 def normalized_state(layers: list[Layer]) -> np.ndarray:
     """Min-max normalize each state column over all layers; a constant column stays as is (as HAQ does)."""
     raw = np.array([layer.state for layer in layers], dtype=np.float64)

@@ -9,7 +9,7 @@ from conftest import EXAMPLE, LIGHT_MODELS, light_params, light_path
 from haqc.errors import InputError
 from haqc.layers import STATE_FEATURES
 from haqc.passes.canonicalize import canonicalize
-from haqc.passes.extract import extract_layers, normalized_state
+from haqc.passes.extract import extract_layers, layer_outputs, normalized_state
 from haqc.pipeline import prepare
 
 
@@ -116,3 +116,24 @@ def test_example_has_at_least_15_layers_with_depthwise():
     layers = prepare(EXAMPLE).layers
     assert len(layers) >= 15
     assert any(l.kind == "depthwise" for l in layers)
+
+
+def test_layer_outputs_follow_single_reader_activations():
+    """The tensor an integer kernel writes: after Relu / Clip chains with one reader each, not past
+    a tensor read twice, and never a graph output."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a1"], name="c1"),
+        helper.make_node("Relu", ["a1"], ["r1"]),
+        helper.make_node("Clip", ["r1"], ["r2"]),
+        helper.make_node("Conv", ["r2", "w2"], ["a2"], name="c2"),
+        helper.make_node("Relu", ["a2"], ["r3"]),
+        helper.make_node("Add", ["r3", "a2"], ["s"]),
+        helper.make_node("Conv", ["s", "w3"], ["y"], name="c3"),
+    ]
+    model = canonicalize(helper.make_model(helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [_w("w1", (2, 2, 1, 1)), _w("w2", (2, 2, 1, 1)), _w("w3", (2, 2, 1, 1))]),
+        opset_imports=[helper.make_opsetid("", 17)]))
+    layers = extract_layers(model).layers
+    assert layer_outputs(model, layers) == {"c1": "r2", "c2": "a2"}

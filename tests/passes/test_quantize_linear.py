@@ -1,8 +1,11 @@
 """Linear QDQ export: per-bitwidth parity with a numpy reference, storage types, validity."""
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
@@ -17,12 +20,16 @@ from haqc.passes.quantize_linear import (
     bias_scale,
     container_type,
     dequantize,
+    input_sources,
     linear_quantize,
     quantize_bias,
     quantize_weight,
+    requantized_outputs,
     weight_levels,
 )
-from haqc.policy import LayerBits
+from haqc.finetune import build_simulation
+from haqc.policy import LayerBits, uniform_policy
+from haqc.quantize import QuantizeOptions, Quantizer
 
 RNG = np.random.default_rng(0)
 
@@ -51,7 +58,7 @@ def _reference(model, layer, calibration, x, w_bits, a_bits):
     c = calibration.clip(layer.input, a_bits)
     levels = weight_levels(a_bits) if st.signed else 2**a_bits - 1
     s = np.float32(c / levels)
-    lo = -levels if st.signed else 0
+    lo = -levels - 1 if st.signed else 0  # signed: the full two's-complement range
     xq = np.clip(np.round(np.clip(xin, lo * s, levels * s) / s), lo, levels) * s
     bias = inits[[n for n in model.graph.node if n.name == layer.name][0].input[2]]
     step = bias_scale(float(s), qw.scale)
@@ -76,9 +83,11 @@ def test_bitwidth_matches_numpy_reference(bits, relu_input):
     probe = onnx.ModelProto()
     probe.CopyFrom(q)
     probe.graph.output.append(onnx.ValueInfoProto(name=act.input[0]))
-    codes = run_ort(probe, {"x": x})[1]
+    # Signed values are stored as uint8 with zero point 128 (ORT's integer kernels need one type).
+    zero_point = int(numpy_helper.to_array({t.name: t for t in q.graph.initializer}[act.input[2]]))
+    codes = run_ort(probe, {"x": x})[1].astype(np.int64) - zero_point
     assert len(np.unique(codes)) <= 2**bits
-    lo, hi = (-weight_levels(bits), weight_levels(bits)) if not relu_input else (0, 2**bits - 1)
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if not relu_input else (0, 2**bits - 1)
     assert codes.min() >= lo and codes.max() <= hi
 
 
@@ -150,3 +159,56 @@ def test_two_bit_weights_before_a_quantized_output_load_in_ort():
     stored = [t for t in q.graph.initializer if t.name.endswith("/w2/q")][0]
     assert stored.data_type == TensorProto.INT2
     assert run_ort(q, {"x": x})[0].shape == (1, 2, 6, 6)
+
+
+def _residual_model():
+    """x -> c1 -> Relu -> r; r -> c2 -> a2; Add(a2, r) -> GlobalAveragePool -> Flatten -> fc -> y."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["a1"], pads=[1, 1, 1, 1], name="c1"),
+        helper.make_node("Relu", ["a1"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "w2", "b2"], ["a2"], pads=[1, 1, 1, 1], name="c2"),
+        helper.make_node("Add", ["a2", "r"], ["s"], name="add"),
+        helper.make_node("GlobalAveragePool", ["s"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "w3", "b3"], ["y"], transB=1, name="fc"),
+    ]
+    inits = [numpy_helper.from_array(RNG.standard_normal(shape).astype(np.float32), name) for name, shape in
+             (("w1", (4, 3, 3, 3)), ("b1", (4,)), ("w2", (4, 4, 3, 3)), ("b2", (4,)), ("w3", (5, 4)), ("b3", (5,)))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])], inits)
+    model = canonicalize(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    return model, extract_layers(model).layers
+
+
+def test_integer_layers_get_their_outputs_requantized_and_match_the_simulation():
+    """A layer with quantized weights and input writes 8-bit integers wherever its output is not
+    just the next layer's quantized input; the torch simulation does the same, to the bit."""
+    model, layers = _residual_model()
+    x = RNG.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    calibration = calibrate(model, layers, [{"x": x}])
+    w8a8 = {layer.name: LayerBits(8, 8) for layer in layers}
+    # r feeds c2 and the Add, a2 feeds the Add; the classifier's output is the model's and stays float.
+    assert requantized_outputs(model, layers, w8a8) == ["r", "a2"]
+    assert requantized_outputs(model, layers, {**w8a8, "c2": LayerBits(None, 8)}) == ["r"]
+    # The classifier's input QDQ goes before the Flatten too, so the pooling runs in integers.
+    assert input_sources(model, layers)["fc"] == "g"
+    for policy in (w8a8, {**w8a8, "c1": LayerBits(4, 5)}, {**w8a8, "fc": LayerBits(8, None)}):
+        q = linear_quantize(model, layers, calibration, policy)
+        onnx.checker.check_model(q, full_check=True)
+        simulated = build_simulation(model, layers, policy, calibration=calibration).module(x=torch.from_numpy(x))
+        np.testing.assert_allclose(run_ort(q, {"x": x})[0], simulated.detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_w8a8_example_runs_as_integer_kernels(example, tmp_path):
+    """ONNX Runtime turns every layer of the example's w8a8 export into an integer kernel
+    (QLinearConv / QGemm): no float Conv or Gemm, as with ORT's own quantize_static."""
+    prepared = example["prepared"]
+    quantized = Quantizer(prepared, example["calib"], QuantizeOptions()).export(
+        uniform_policy(prepared.layers, LayerBits(8, 8)))
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(quantized.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+    layer_ops = Counter(layer.op for layer in prepared.layers)
+    assert not {"Conv", "FusedConv", "Gemm"} & set(ops), ops
+    assert ops["QLinearConv"] == layer_ops["Conv"] and ops["QGemm"] == layer_ops["Gemm"]
