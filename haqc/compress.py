@@ -113,8 +113,8 @@ def compress(
         if config.search_finetune_steps:
             model = finetune_export(quantizer, policy, train, 1, config.lr, config.device, config.seed,
                                     max_steps=config.search_finetune_steps)
-        else:
-            model = quantizer.export(policy)
+        else:  # unpacked: the same numbers, run as ONNX Runtime integer kernels
+            model = quantizer.export(policy, packed=False)
         return evaluator.evaluate(model, "the quantized model").accuracy
 
     problem = SearchProblem(

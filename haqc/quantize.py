@@ -71,14 +71,20 @@ class Quantizer:
             return None
         return LinearQuantize(self.prepared.layers, self.calibration, self.options.per_channel)
 
-    def export(self, policy: Policy, model: onnx.ModelProto | None = None) -> onnx.ModelProto:
-        """The quantized model for ``policy`` (of the prepared model, or of fine-tuned ``model``)."""
+    def export(self, policy: Policy, model: onnx.ModelProto | None = None, packed: bool = True) -> onnx.ModelProto:
+        """The quantized model for ``policy`` (of the prepared model, or of fine-tuned ``model``).
+
+        ``packed=False`` keeps linear weights in INT8 rather than INT4 / INT2: the same numbers
+        in a larger file that ONNX Runtime runs as integer kernels, for evaluations that are
+        not the final output (the search's).
+        """
         base = self.prepared.model if model is None else model
         if self.options.method == "kmeans":
             quantizer = self._kmeans if model is None else KMeansQuantize(self.layers, {}, seed=self.options.seed)
             quantizer.policy = policy
             return quantizer(base)
         quantizer = self._linear if model is None else self._new_linear()
+        quantizer.packed = packed
         return quantizer.with_policy(policy)(base)
 
     def finetune(

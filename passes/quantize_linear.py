@@ -3,9 +3,9 @@
 Weights are stored as integers in the smallest ONNX type that holds them
 (INT2 / INT4 / INT8, packed) and expanded by DequantizeLinear (INT2: Cast +
 Mul, working around an ONNX Runtime fusion bug); activations
-pass through QuantizeLinear / DequantizeLinear, preceded by a Clip whenever
-the b-bit range is narrower than the 8-bit container, so odd widths (3, 5,
-6, 7 bits) really are b-bit. Bias becomes int32 in steps of s_a * s_w when
+pass through QuantizeLinear / DequantizeLinear in uint8, with the codes
+clamped by an integer Clip whenever the b-bit range is narrower, so odd
+widths (3, 5, 6, 7 bits) really are b-bit. Bias becomes int32 in steps of s_a * s_w when
 both weights and activations are quantized (HAQ kept it float; ONNX Runtime
 would requantize it that way on load anyway, so haqc does it explicitly).
 Such an integer layer's output is requantized to 8 bits where no quantized
@@ -195,10 +195,14 @@ def _integer(policy: Policy, layer: str) -> bool:
 class LinearQuantize(Pass[onnx.ModelProto]):
     """Insert QDQ for every layer the policy quantizes; caches quantized weights per (layer, bits)."""
 
-    def __init__(self, layers: list[Layer], calibration: Calibration, per_channel: bool = True) -> None:
+    def __init__(self, layers: list[Layer], calibration: Calibration, per_channel: bool = True,
+                 packed: bool = True) -> None:
         self.layers = layers
         self.calibration = calibration
         self.per_channel = per_channel
+        # packed=False stores every weight in INT8: the same numbers, and ONNX Runtime runs INT8
+        # weights (only) as integer kernels, which is what an evaluation during the search wants.
+        self.packed = packed
         self.policy: Policy = {}
         self._weights: dict[tuple[str, int], QuantizedWeight] = {}
 
@@ -240,7 +244,7 @@ class LinearQuantize(Pass[onnx.ModelProto]):
             emitted = before.setdefault(layer.name, [])
             if bits.w_bits is not None:
                 qw = self.quantized_weight(layer, numpy_helper.to_array(inits[layer.weight]), bits.w_bits)
-                node.input[1] = _dequantize_weight(layer, qw, new_inits, emitted)
+                node.input[1] = _dequantize_weight(layer, qw, new_inits, emitted, self.packed)
             if bits.a_bits is not None:
                 # On this edge only: other readers of the input (a residual Add) see floats.
                 prefix, source = f"{layer.name}/a{bits.a_bits}", sources[layer.name]
@@ -255,8 +259,11 @@ class LinearQuantize(Pass[onnx.ModelProto]):
         for tensor in requantized_outputs(model, self.layers, self.policy):
             qdq = after.setdefault(tensor, [])
             renamed[tensor] = self._fake_quant(tensor, REQUANT_BITS, f"{tensor}/requant{REQUANT_BITS}", new_inits, qdq)
+        dropped = _absorb_activations(model, [*before.values(), *after.values()], new_inits)
         nodes = []
         for node in graph.node:
+            if node.name in dropped:
+                continue
             for n in (*before.get(node.name, ()), node):
                 for i, name in enumerate(n.input):
                     n.input[i] = renamed.get(name, name)
@@ -279,14 +286,15 @@ class LinearQuantize(Pass[onnx.ModelProto]):
         # Runtime fuses a Conv into QLinearConv only when its input and output share one type.
         zero_point = -activation_range(8, True)[0] if signed else 0
         inits.append(helper.make_tensor(f"{prefix}/zero_point", TensorProto.UINT8, [], [zero_point]))
-        x = source or tensor
-        if bits < 8:  # the 8-bit container's range alone would allow more levels
-            inits.append(numpy_helper.from_array(np.array(lo * scale, np.float32), f"{prefix}/lo"))
-            inits.append(numpy_helper.from_array(np.array(hi * scale, np.float32), f"{prefix}/hi"))
-            nodes.append(helper.make_node("Clip", [x, f"{prefix}/lo", f"{prefix}/hi"], [f"{prefix}/clipped"], name=f"{prefix}/Clip"))
-            x = f"{prefix}/clipped"
-        nodes.append(helper.make_node("QuantizeLinear", [x, f"{prefix}/scale", f"{prefix}/zero_point"], [f"{prefix}/q"], name=f"{prefix}/Quantize"))
-        nodes.append(helper.make_node("DequantizeLinear", [f"{prefix}/q", f"{prefix}/scale", f"{prefix}/zero_point"], [f"{prefix}/dq"], name=f"{prefix}/Dequantize"))
+        nodes.append(helper.make_node("QuantizeLinear", [source or tensor, f"{prefix}/scale", f"{prefix}/zero_point"],
+                                      [f"{prefix}/q"], name=f"{prefix}/Quantize"))
+        q = f"{prefix}/q"
+        if bits < 8:  # the 8-bit container's range alone would allow more levels: clamp the codes
+            inits.append(helper.make_tensor(f"{prefix}/lo", TensorProto.UINT8, [], [zero_point + lo]))
+            inits.append(helper.make_tensor(f"{prefix}/hi", TensorProto.UINT8, [], [zero_point + hi]))
+            nodes.append(helper.make_node("Clip", [q, f"{prefix}/lo", f"{prefix}/hi"], [f"{prefix}/clipped"], name=f"{prefix}/Clip"))
+            q = f"{prefix}/clipped"
+        nodes.append(helper.make_node("DequantizeLinear", [q, f"{prefix}/scale", f"{prefix}/zero_point"], [f"{prefix}/dq"], name=f"{prefix}/Dequantize"))
         return f"{prefix}/dq"
 
 
@@ -316,6 +324,43 @@ def _dequantize_bias(layer: Layer, bias: np.ndarray, scale: np.ndarray, inits: l
     return f"{prefix}/dq"
 
 
+def _absorb_activations(model: onnx.ModelProto, emitted: list[list[onnx.NodeProto]], new_inits: list) -> set[str]:
+    """Quantize the input of a Relu / Clip (and drop it) when an unsigned sub-8-bit QDQ is its
+    one reader and clamps at least as tightly: the same numbers, one float op less.
+
+    The clamp to the b-bit codes comes after QuantizeLinear, so the producing Conv then runs
+    as an integer kernel; ONNX Runtime itself folds such a Clip only into an 8-bit Q.
+    """
+    readers = _readers(model)
+    producer = {out: node for node in model.graph.node for out in node.output}
+    constants = {t.name: t for t in (*model.graph.initializer, *new_inits)}
+    dropped = set()
+    for group in emitted:
+        quantized = {n.output[0]: n for n in group if n.op_type == "QuantizeLinear"}
+        for clamp in (n for n in group if n.op_type == "Clip" and n.input[0] in quantized):
+            quantize = quantized[clamp.input[0]]
+            act = producer.get(quantize.input[0])
+            zero_point = int(numpy_helper.to_array(constants[quantize.input[2]]))
+            if act is None or zero_point != 0 or len(readers.get(act.output[0], [])) != 1:
+                continue
+            top = float(numpy_helper.to_array(constants[clamp.input[2]])) * float(numpy_helper.to_array(constants[quantize.input[1]]))
+            if _passes_unchanged(act, constants, top):
+                quantize.input[0] = act.input[0]
+                dropped.add(act.name)
+    return dropped
+
+
+def _passes_unchanged(act: onnx.NodeProto, constants: dict[str, TensorProto], top: float) -> bool:
+    """Whether ``act`` leaves every value in [0, top] as it is and maps the rest outside it."""
+    if act.op_type == "Relu":
+        return True
+    if act.op_type != "Clip" or any(b and b not in constants for b in act.input[1:]):
+        return False
+    bounds = [float(numpy_helper.to_array(constants[b])) if b else None for b in act.input[1:3]]
+    low, high = (bounds + [None, None])[:2]
+    return (low is None or low <= 0.0) and (high is None or high >= top)
+
+
 def container_type(bits: int) -> int:
     """The smallest signed ONNX integer type holding a symmetric b-bit value."""
     return TensorProto.INT2 if bits <= 2 else TensorProto.INT4 if bits <= 4 else TensorProto.INT8
@@ -338,7 +383,7 @@ def _int_tensor(name: str, values: np.ndarray, data_type: int) -> TensorProto:
     return tensor
 
 
-def _dequantize_weight(layer: Layer, qw: QuantizedWeight, inits: list, nodes: list) -> str:
+def _dequantize_weight(layer: Layer, qw: QuantizedWeight, inits: list, nodes: list, packed: bool = True) -> str:
     """Emit the stored integer weight and its dequantization; returns the float weight's name.
 
     INT2 weights are dequantized by Cast + Mul instead of DequantizeLinear:
@@ -347,7 +392,7 @@ def _dequantize_weight(layer: Layer, qw: QuantizedWeight, inits: list, nodes: li
     Mul computes the same q * scale (the zero point is 0) and ORT folds it.
     """
     prefix = f"{layer.weight}/w{qw.bits}"
-    data_type = container_type(qw.bits)
+    data_type = container_type(qw.bits) if packed else TensorProto.INT8
     inits.append(_int_tensor(f"{prefix}/q", qw.q, data_type))
     name = f"{layer.name}/w{qw.bits}/Dequantize"
     if data_type == TensorProto.INT2:

@@ -212,3 +212,48 @@ def test_w8a8_example_runs_as_integer_kernels(example, tmp_path):
     layer_ops = Counter(layer.op for layer in prepared.layers)
     assert not {"Conv", "FusedConv", "Gemm"} & set(ops), ops
     assert ops["QLinearConv"] == layer_ops["Conv"] and ops["QGemm"] == layer_ops["Gemm"]
+
+
+@pytest.mark.parametrize(("low", "folded"), [(0.0, True), ("relu", True), (0.5, False), (None, False)])
+def test_activation_before_a_low_bit_input_is_folded_only_when_it_changes_nothing(low, folded):
+    """x -> Clip(low, 6) or Relu -> conv at a4: quantizing the activation's input instead gives
+    the same codes when it passes [0, c] unchanged (the 4-bit clamp after QuantizeLinear does the
+    rest). Clip(0.5, 6) changes small values; without a lower bound the input is signed."""
+    if low == "relu":
+        act = helper.make_node("Relu", ["x"], ["r"], name="clip")
+    else:
+        act = helper.make_node("Clip", ["x", "low" if low is not None else "", "high"], ["r"], name="clip")
+    nodes = [act, helper.make_node("Conv", ["r", "w"], ["y"], name="conv")]
+    inits = [numpy_helper.from_array(RNG.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array(6.0, np.float32), "high")]
+    if isinstance(low, float):
+        inits.append(numpy_helper.from_array(np.array(low, np.float32), "low"))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 4, 4])], inits)
+    model = canonicalize(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    layers = extract_layers(model).layers
+    x = (RNG.standard_normal((2, 3, 6, 6)) * 4).astype(np.float32)
+    calibration = calibrate(model, layers, [{"x": x}])
+    policy = {"conv": LayerBits(8, 4)}
+    q = linear_quantize(model, layers, calibration, policy)
+    assert ("clip" not in {n.name for n in q.graph.node}) == folded
+    simulated = build_simulation(model, layers, policy, calibration=calibration).module(x=torch.from_numpy(x))
+    np.testing.assert_allclose(run_ort(q, {"x": x})[0], simulated.detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bits", [(2, 8), (4, 4), (3, 5)])
+def test_unpacked_export_computes_the_same_as_integer_kernels(example, tmp_path, bits):
+    """The search's unpacked export (INT8 weights) gives the packed export's outputs and runs
+    every layer as an ONNX Runtime integer kernel, where INT4 / INT2 weights stay float."""
+    prepared, val = example["prepared"], example["val"]
+    quantizer = Quantizer(prepared, example["calib"], QuantizeOptions())
+    policy = uniform_policy(prepared.layers, LayerBits(*bits))
+    packed, unpacked = quantizer.export(policy), quantizer.export(policy, packed=False)
+    feeds = {prepared.model.graph.input[0].name: val.inputs[next(iter(val.inputs))][:64]}
+    a, b = run_ort(packed, feeds)[0], run_ort(unpacked, feeds)[0]
+    assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.98
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(unpacked.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+    assert not {"Conv", "FusedConv", "Gemm"} & set(ops), ops
