@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -200,18 +201,58 @@ def test_output_directory_missing(tmp_path, command):
     assert not (tmp_path / "missing").exists()
 
 
+# Directories in which nobody, root included, can create a file: os.access says yes to root
+# there (unless the mount is read-only), only the attempt fails. CI runs as root, where a
+# 0o500 directory is still writable.
+PSEUDO_FS = ["/proc", "/sys"]
+
+
+def _pseudo_fs_dir(where: str) -> Path:
+    path = Path(where)
+    if not path.is_dir():
+        pytest.skip(f"no {where} on this system")
+    return path
+
+
 @pytest.mark.parametrize("command", ["quantize", "compress"])
-def test_output_directory_not_writable(tmp_path, command):
-    out_dir, out, report = _outputs(tmp_path)
-    out_dir.chmod(stat.S_IRUSR | stat.S_IXUSR)  # 0o500
+@pytest.mark.parametrize("where", ["chmod 0o500", *PSEUDO_FS])
+def test_output_directory_not_writable(tmp_path, command, where):
+    if where in PSEUDO_FS:
+        out_dir = _pseudo_fs_dir(where)
+        out, report = out_dir / f"haqc-test-{os.getpid()}.onnx", out_dir / f"haqc-test-{os.getpid()}.json"
+        before = sorted(os.listdir(out_dir))
+    else:
+        out_dir, out, report = _outputs(tmp_path)
+        out_dir.chmod(stat.S_IRUSR | stat.S_IXUSR)  # 0o500
     try:
-        if os.access(out_dir, os.W_OK):
-            pytest.skip("running as root: a 0o500 directory is still writable")
+        if where not in PSEUDO_FS and os.access(out_dir, os.W_OK):
+            pytest.skip("running as root: a 0o500 directory is still writable (the /proc and /sys cases run)")
         result = (_quantize(EXAMPLE, out, "--calib-data", CALIB) if command == "quantize"
                   else _compress(EXAMPLE, out, report))
-        assert_clean_failure(result, 2, "not writable", out_dir)
+        assert_clean_failure(result, 2, "not writable", None if where in PSEUDO_FS else out_dir)
+        if where in PSEUDO_FS:
+            assert sorted(os.listdir(out_dir)) == before
     finally:
-        out_dir.chmod(0o700)
+        if where not in PSEUDO_FS:
+            out_dir.chmod(0o700)
+
+
+@pytest.mark.parametrize("where", PSEUDO_FS)
+def test_writes_into_an_unwritable_directory_are_one_input_error(where, monkeypatch):
+    """The check at the start of a command passed, yet the directory refuses the file when it is written
+    (it became read-only, or os.access misjudged it): still one InputError, nothing written, for plain
+    and external-data writes alike."""
+    import haqc.io
+    from haqc.errors import InputError
+
+    out_dir = _pseudo_fs_dir(where)
+    before = sorted(os.listdir(out_dir))
+    with pytest.raises(InputError, match="is not writable .*; make it writable or choose another output path"):
+        haqc.io.atomic_write_text(out_dir / "haqc-test.json", "{}")
+    monkeypatch.setattr(haqc.io, "_EXTERNAL_DATA_ABOVE", 1000)
+    with pytest.raises(InputError, match="is not writable"):
+        haqc.io.save_model(onnx.load(EXAMPLE), out_dir / "haqc-test.onnx")
+    assert sorted(os.listdir(out_dir)) == before
 
 
 @pytest.mark.parametrize("command", ["quantize", "compress"])

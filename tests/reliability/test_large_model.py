@@ -59,26 +59,73 @@ def test_vgg19_inspect_and_w8a8_quantize_peak_memory(tmp_path):
     assert peak_quantize <= BOUND * weight_bytes
 
 
-def test_models_over_the_protobuf_limit_are_written_with_external_data(tmp_path, monkeypatch):
-    """The >2 GB path, exercised on a small model by lowering the threshold: the weights go to
-    NAME.data beside the model, written through the same atomic rename, and load back intact."""
-    import numpy as np
-    import onnx
-    from onnx import numpy_helper
-
+def _external_data_outputs(monkeypatch, tmp_path) -> tuple[onnx.ModelProto, Path]:
+    """The example, and an output path whose writes take the >2 GB path (threshold lowered)."""
     import haqc.io
     from conftest import EXAMPLE
 
-    model = onnx.load(EXAMPLE)
     monkeypatch.setattr(haqc.io, "_EXTERNAL_DATA_ABOVE", 1000)
-    out = tmp_path / "big.onnx"
+    return onnx.load(EXAMPLE), tmp_path / "big.onnx"
+
+
+def test_models_over_the_protobuf_limit_are_written_with_external_data(tmp_path, monkeypatch):
+    """The >2 GB path, exercised on a small model by lowering the threshold: the weights go to
+    NAME.data beside the model, written through the same atomic rename, and load back intact,
+    also over an older pair."""
+    from onnx import numpy_helper
+
+    import haqc.io
+
+    model, out = _external_data_outputs(monkeypatch, tmp_path)
+    original = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    older = onnx.ModelProto()
+    older.CopyFrom(model)
+    older.graph.initializer[0].raw_data = bytes(len(older.graph.initializer[0].raw_data))
+    haqc.io.save_model(older, out)
     haqc.io.save_model(model, out)
     assert (tmp_path / "big.onnx.data").exists()
     assert out.stat().st_size < 100_000 < (tmp_path / "big.onnx.data").stat().st_size
     loaded = onnx.load(str(out))
-    original = {t.name: numpy_helper.to_array(t) for t in onnx.load(EXAMPLE).graph.initializer}
+    onnx.checker.check_model(loaded, full_check=True)
     for tensor in loaded.graph.initializer:
         assert np.array_equal(numpy_helper.to_array(tensor), original[tensor.name])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
     for tensor in model.graph.initializer:  # the caller's model keeps its weights
         assert np.array_equal(numpy_helper.to_array(tensor), original[tensor.name])
+
+
+@pytest.mark.parametrize("fail_at", ["data write", "fsync"])
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_failed_external_data_write_leaves_the_old_pair_or_nothing(tmp_path, monkeypatch, fail_at, existing):
+    """A failure while the model and NAME.data are written (disk full midway through the data, or
+    at the fsync before the renames) leaves no new model, no new data file, no temporary, and an
+    older pair byte for byte."""
+    import onnx.external_data_helper
+
+    import haqc.io
+
+    model, out = _external_data_outputs(monkeypatch, tmp_path)
+    data = tmp_path / "big.onnx.data"
+    if existing:
+        haqc.io.save_model(model, out)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    if fail_at == "data write":
+        written = []
+        save_external_data = onnx.external_data_helper.save_external_data
+
+        def fail_midway(tensor, base_path):
+            if written:
+                raise OSError(28, "No space left on device")
+            written.append(tensor.name)
+            save_external_data(tensor, base_path)
+
+        monkeypatch.setattr(onnx.external_data_helper, "save_external_data", fail_midway)
+    else:
+        def fail(path):
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(haqc.io, "_fsync", fail)
+    with pytest.raises(OSError):
+        haqc.io.save_model(model, out)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert out.exists() == data.exists() == existing
