@@ -29,11 +29,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     os.chmod(tmp, _mode_for(path))  # mkstemp makes 0600; outputs get the usual (or the replaced file's) mode
     try:
-        yield Path(tmp)
-        os.replace(tmp, path)
+        with _write_errors(path):
+            yield Path(tmp)
+            os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def _write_errors(path: Path) -> Iterator[None]:
+    """A write that fails (disk full, I/O error) is one line about the output, not a traceback."""
+    try:
+        yield
+    except OSError as err:
+        raise InputError(f"cannot write {path} ({err.strerror or err}); free space or choose another output path") from None
 
 
 def _create_temp(path: Path, make: Callable[..., T]) -> T:
@@ -155,14 +165,15 @@ def _save_with_external_data(model, path: Path) -> None:
     data = path.with_name(f"{path.name}.data")
     tmp = Path(_create_temp(path, tempfile.mkdtemp))
     try:
-        onnx.save_model(model, str(tmp / path.name), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data.name)
-        # save_model moved the caller's weights out to the file; read them back in.
-        load_external_data_for_model(model, str(tmp))
-        for final in (data, path):
-            _fsync(tmp / final.name)
-            os.chmod(tmp / final.name, _mode_for(final))
-        for final in (data, path):
-            os.replace(tmp / final.name, final)
+        with _write_errors(path):
+            onnx.save_model(model, str(tmp / path.name), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data.name)
+            # save_model moved the caller's weights out to the file; read them back in.
+            load_external_data_for_model(model, str(tmp))
+            for final in (data, path):
+                _fsync(tmp / final.name)
+                os.chmod(tmp / final.name, _mode_for(final))
+            for final in (data, path):
+                os.replace(tmp / final.name, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

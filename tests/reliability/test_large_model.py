@@ -17,6 +17,7 @@ import onnx
 import pytest
 
 from conftest import light_path
+from haqc.errors import InputError
 
 HAQC = Path(sys.executable).parent / "haqc"
 BOUND = 4.0  # peak RSS / folded fp32 weight bytes
@@ -125,7 +126,24 @@ def test_a_failed_external_data_write_leaves_the_old_pair_or_nothing(tmp_path, m
             raise OSError(5, "Input/output error")
 
         monkeypatch.setattr(haqc.io, "_fsync", fail)
-    with pytest.raises(OSError):
+    with pytest.raises(InputError, match=r"cannot write .*big.onnx \(.*\); free space or choose another output path"):
         haqc.io.save_model(model, out)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     assert out.exists() == data.exists() == existing
+
+
+def test_a_failed_write_is_one_input_error_and_leaves_the_old_file(tmp_path, monkeypatch):
+    """Disk full at the fsync of a plain (small) output: one line naming the output, the old file
+    intact, no temporary left."""
+    import haqc.io
+
+    out = tmp_path / "report.json"
+    out.write_text("old")
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(haqc.io.os, "fsync", full)
+    with pytest.raises(InputError, match=r"cannot write .*report.json \(No space left on device\)"):
+        haqc.io.atomic_write_text(out, "new")
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"] and out.read_text() == "old"
