@@ -73,14 +73,25 @@ def extract_layers(model: onnx.ModelProto) -> Extraction:
 FUSED_ACTIVATIONS = ("Relu", "Clip")
 
 
-def layer_outputs(model: onnx.ModelProto, layers: list[Layer]) -> dict[str, str]:
-    """Layer name -> the tensor an integer kernel for the layer writes: its output after a chain
-    of Relu / Clip nodes that each have that one reader. Layers ending in a graph output are
-    left out: model outputs stay float."""
+def tensor_readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> the nodes that read it (each once)."""
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for tensor in dict.fromkeys(node.input):
             readers.setdefault(tensor, []).append(node)
+    return readers
+
+
+def tensor_producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    """Tensor name -> the node that writes it (graph inputs and initializers have none)."""
+    return {out: node for node in model.graph.node for out in node.output}
+
+
+def layer_outputs(model: onnx.ModelProto, layers: list[Layer]) -> dict[str, str]:
+    """Layer name -> the tensor an integer kernel for the layer writes: its output after a chain
+    of Relu / Clip nodes that each have that one reader. Layers ending in a graph output are
+    left out: model outputs stay float."""
+    readers = tensor_readers(model)
     graph_outputs = {o.name for o in model.graph.output}
     nodes = {n.name: n for n in model.graph.node}
     found = {}
@@ -185,13 +196,11 @@ def _shape(name: str, shapes: dict[str, tuple[int, ...]], node: onnx.NodeProto) 
 def _dataflow_graph(model: onnx.ModelProto, layers: list[Layer]) -> nx.DiGraph:
     layer_of = {layer.name: layer.index for layer in layers}
     graph = nx.DiGraph()
-    producer: dict[str, str] = {}
     for node in model.graph.node:
         graph.add_node(node.name, op=node.op_type, layer=layer_of.get(node.name))
-        for out in node.output:
-            producer[out] = node.name
+    producer = tensor_producers(model)
     for node in model.graph.node:
         for tensor in node.input:
             if tensor in producer:
-                graph.add_edge(producer[tensor], node.name, tensor=tensor)
+                graph.add_edge(producer[tensor].name, node.name, tensor=tensor)
     return graph

@@ -29,7 +29,7 @@ from haqc.errors import InputError
 from haqc.layers import Layer
 from haqc.passes.base import Pass, without_initializers
 from haqc.passes.calibrate import Calibration
-from haqc.passes.extract import layer_outputs
+from haqc.passes.extract import layer_outputs, tensor_producers, tensor_readers
 from haqc.policy import LayerBits, Policy
 
 logger = logging.getLogger(__name__)
@@ -135,14 +135,6 @@ REQUANT_BITS = 8
 _RESHAPES = ("Flatten", "Reshape", "Squeeze", "Unsqueeze")
 
 
-def _readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for tensor in dict.fromkeys(node.input):
-            readers.setdefault(tensor, []).append(node)
-    return readers
-
-
 def input_sources(model: onnx.ModelProto, layers: list[Layer]) -> dict[str, str]:
     """Layer name -> the earliest tensor its input QDQ can go on: the input itself, or what it
     is a reshaped copy of through reshapes that each have one reader.
@@ -152,8 +144,8 @@ def input_sources(model: onnx.ModelProto, layers: list[Layer]) -> dict[str, str]
     QuantizeLinear right after it, and quantized only after a Flatten, a GlobalAveragePool
     stays float.
     """
-    readers = _readers(model)
-    producer = {out: node for node in model.graph.node for out in node.output}
+    readers = tensor_readers(model)
+    producer = tensor_producers(model)
     sources = {}
     for layer in layers:
         tensor = layer.input
@@ -173,7 +165,7 @@ def requantized_outputs(model: onnx.ModelProto, layers: list[Layer], policy: Pol
     output needs no extra step when its one reader leads to a quantized layer's input QDQ,
     which is that requantization.
     """
-    readers = _readers(model)
+    readers = tensor_readers(model)
     sources = input_sources(model, layers)
     quantized_inputs = {sources[name] for name, bits in policy.items() if bits.a_bits is not None and name in sources}
     out = []
@@ -331,8 +323,8 @@ def _absorb_activations(model: onnx.ModelProto, emitted: list[list[onnx.NodeProt
     The clamp to the b-bit codes comes after QuantizeLinear, so the producing Conv then runs
     as an integer kernel; ONNX Runtime itself folds such a Clip only into an 8-bit Q.
     """
-    readers = _readers(model)
-    producer = {out: node for node in model.graph.node for out in node.output}
+    readers = tensor_readers(model)
+    producer = tensor_producers(model)
     constants = {t.name: t for t in (*model.graph.initializer, *new_inits)}
     dropped = set()
     for group in emitted:
