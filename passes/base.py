@@ -7,7 +7,7 @@ pass leaves the caller's model intact.
 from __future__ import annotations
 
 import abc
-from typing import Generic, TypeVar
+from typing import Callable, Generic, TypeVar
 
 import onnx
 
@@ -54,6 +54,28 @@ def without_initializers(model: onnx.ModelProto, skip_graph_fields: tuple[str, .
     _copy_fields(model, out, skip=("graph",))
     _copy_fields(model.graph, out.graph, skip=skip_graph_fields)
     return out
+
+
+def initializers_as_inputs(
+    model: onnx.ModelProto, moved: Callable[[onnx.TensorProto], bool]
+) -> tuple[onnx.ModelProto, list[onnx.TensorProto]]:
+    """A copy of ``model`` whose initializers selected by ``moved`` are typed graph inputs
+    instead (without data), and those initializers.
+
+    The checker and ONNX Runtime take a serialized model, which holds every weight again;
+    they get the graph this way and the large weights some other way (or not at all).
+    """
+    light = without_initializers(model)
+    declared = {i.name for i in model.graph.input}
+    taken = []
+    for tensor in model.graph.initializer:
+        if not moved(tensor):
+            light.graph.initializer.append(tensor)
+            continue
+        taken.append(tensor)
+        if tensor.name not in declared:
+            light.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+    return light, taken
 
 
 def opset_version(model: onnx.ModelProto) -> int:

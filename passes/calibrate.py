@@ -18,7 +18,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from haqc.layers import Layer
-from haqc.passes.base import without_initializers
+from haqc.passes.base import initializers_as_inputs
 from haqc.passes.extract import layer_outputs
 
 logger = logging.getLogger(__name__)
@@ -125,17 +125,8 @@ def _weights_as_inputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[st
     at peak on vgg19). Calibration runs a few batches, so the lost constant-weight
     optimizations do not matter.
     """
-    if not any(_is_large(t) for t in model.graph.initializer):
-        return model, {}
-    light = without_initializers(model)
-    weights = {}
-    for tensor in model.graph.initializer:
-        if not _is_large(tensor):
-            light.graph.initializer.append(tensor)
-            continue
-        weights[tensor.name] = numpy_helper.to_array(tensor)
-        light.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
-    return light, weights
+    light, taken = initializers_as_inputs(model, _is_large)
+    return light, {tensor.name: numpy_helper.to_array(tensor) for tensor in taken}
 
 
 def _is_large(tensor: onnx.TensorProto) -> bool:

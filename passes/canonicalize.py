@@ -18,7 +18,7 @@ from onnx_graphsurgeon.logger import G_LOGGER
 from onnx import helper, version_converter
 
 from haqc.errors import InputError, first_line
-from haqc.passes.base import Pass, copy_model, opset_version, without_initializers
+from haqc.passes.base import Pass, copy_model, initializers_as_inputs, opset_version
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class InferShapes(Pass[onnx.ModelProto]):
         # types and dims, except for small constants that data propagation reads (Reshape
         # shapes...), so inference runs on the graph with large initializers declared as typed
         # inputs instead, and the inferred value_info is put on a copy of the model.
-        light = _without_large_initializers(model)
+        light = initializers_as_inputs(model, _is_large)[0]
         try:
             inferred = onnx.shape_inference.infer_shapes(light, check_type=True, strict_mode=True, data_prop=True)
         except onnx.shape_inference.InferenceError as err:
@@ -155,19 +155,6 @@ class InferShapes(Pass[onnx.ModelProto]):
         return out
 
 
-def _without_large_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` whose large initializers are typed graph inputs instead (no weight data)."""
-    light = without_initializers(model)
-    declared = {i.name for i in model.graph.input}
-    for tensor in model.graph.initializer:
-        if _is_large(tensor):
-            if tensor.name not in declared:
-                light.graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
-        else:
-            light.graph.initializer.append(tensor)
-    return light
-
-
 def _is_large(tensor: onnx.TensorProto) -> bool:
     return tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.ByteSize() > _LARGE_INITIALIZER
 
@@ -178,7 +165,7 @@ def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
         model = pass_(model)
     # The checker serializes the model it checks (two more copies of every weight): check the
     # graph with large initializers as typed inputs; their data comes from our own folding.
-    onnx.checker.check_model(_without_large_initializers(model))
+    onnx.checker.check_model(initializers_as_inputs(model, _is_large)[0])
     return model
 
 
