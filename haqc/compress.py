@@ -97,7 +97,8 @@ def compress(
     prepared = prepare(model_path, config.input_shapes)
     layers = prepared.layers
     table = target.cost_table(layers)
-    costs = CostTable({"latency": table.latency_s, "energy": table.energy_j, "size": table.weight_bytes})
+    costs = CostTable({"latency": table.latency_s, "energy": table.energy_j, "size": table.weight_bytes},
+                      combine=target.combine)
     w8a8_costs = costs.w8a8()
     limits = {q: b.resolve(w8a8_costs.get(q)) for q, b in budgets.items()}
 

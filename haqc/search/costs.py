@@ -1,4 +1,5 @@
-"""Cost tables as the search sees them: numbers per (layer, w_bits, a_bits), summed over layers.
+"""Cost tables as the search sees them: numbers per (layer, w_bits, a_bits), combined over layers
+the target's way (``Target.combine``: a sum unless the target says otherwise; size always sums).
 
 The hardware target computes the tables once (haqc.hw_targets); the search
 only indexes them, so costing a policy is one vectorized fancy-index sum and
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -31,9 +32,13 @@ class CostTable:
 
     Built from ``{"latency": ..., "energy": ..., "size": ...}``; a quantity
     given as None (a target without an energy model) is simply absent.
+    ``combine`` turns a policy's per-layer latencies or energies into the
+    model's (the target's ``combine``; default: the sum).
     """
 
-    def __init__(self, tables: Mapping[str, np.ndarray | None]) -> None:
+    def __init__(self, tables: Mapping[str, np.ndarray | None],
+                 combine: Callable[[np.ndarray], float] | None = None) -> None:
+        self.combine = combine
         self.tables: dict[str, np.ndarray] = {}
         for quantity, table in tables.items():
             if table is None:
@@ -61,7 +66,12 @@ class CostTable:
     def cost(self, w_bits: np.ndarray, a_bits: np.ndarray) -> dict[str, float]:
         """The model's cost of a policy (one w and a in 2..8 per layer), per quantity."""
         wi, ai = self._index(w_bits), self._index(a_bits)
-        return {q: float(t[self._rows, wi, ai].sum()) for q, t in self.tables.items()}
+        return {q: self._combine(q, t[self._rows, wi, ai]) for q, t in self.tables.items()}
+
+    def _combine(self, quantity: str, per_layer: np.ndarray) -> float:
+        if self.combine is None or quantity == "size":
+            return float(per_layer.sum())
+        return float(self.combine(per_layer))
 
     def layer_cost(self, layer: int, w_bits: int, a_bits: int) -> dict[str, float]:
         """One layer's cost, per quantity (what lowering that layer saves, for the greedy baseline)."""

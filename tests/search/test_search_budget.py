@@ -121,3 +121,21 @@ def test_unreachable_lists_every_violated_quantity():
 def test_enforcement_raises_rather_than_loop_forever():
     with pytest.raises(BudgetUnreachableError, match="cheapest policy costs 12"):
         enforce_budget(additive_costs(N), {"latency": 10.0}, unpinned(), ALL8, ALL8)
+
+
+def test_a_target_that_combines_by_maximum_is_enforced_by_its_maximum():
+    """A layer-pipelined target's latency is its slowest layer: the search must check that, not
+    the sum (which would lower bits the budget does not ask for); size still sums."""
+    latency = np.broadcast_to(np.add.outer(np.arange(2, 9), np.arange(2, 9)).astype(float), (N, 7, 7)).copy()
+    latency[0] *= 2  # layer 0 is the bottleneck: 32 at w8a8, the others 16
+    size = np.broadcast_to(np.arange(2, 9, dtype=float)[:, None], (7, 7)).copy()[None].repeat(N, axis=0)
+    table = CostTable({"latency": latency, "size": size}, combine=np.max)
+    assert table.w8a8() == {"latency": 32.0, "size": 24.0}
+    w, a = enforce_budget(table, {"latency": 28.0}, unpinned(), ALL8, ALL8)
+    # HAQ's walk lowers every layer one step in turn; it stops once the bottleneck meets
+    # 2 * (w + a) <= 28, after one round.
+    assert (w.tolist(), a.tolist()) == ([7, 7, 7], [7, 7, 7])
+    assert table.cost(w, a)["latency"] == 28.0
+    summed = CostTable({"latency": latency, "size": size})
+    w, a = enforce_budget(summed, {"latency": 28.0}, unpinned(), ALL8, ALL8)
+    assert summed.cost(w, a)["latency"] <= 28.0 and w.sum() + a.sum() < 7 * 6  # the sum asks for far more
