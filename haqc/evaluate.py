@@ -30,7 +30,8 @@ Metric = Callable[[np.ndarray, Union[np.ndarray, None]], float]
 # ENABLE_ALL, measured on the example (2 busy cores, session creation + 1,000 images):
 # fp32 0.59 s vs 1.45 s (BASIC) / 1.39 s (EXTENDED), thanks to the NCHWc conv layout;
 # int8 QDQ (from ORT's quantize_static) 0.25 s vs 1.61 s / 0.58 s, thanks to QLinearConv fusion; creation time is
-# the same. Sub-8-bit QDQ graphs have no fused kernels and cost ~1.5 s at every level.
+# the same. haqc's exports fuse the same way at every activation width, and with INT8 weight containers
+# (the search's unpacked export); packed INT4 / INT2 weights stay float Convs (docs/design.md).
 GRAPH_OPTIMIZATION = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 # With a dynamic batch dim: batches of 256 beat one 1,000-image run by 10-25% (smaller
 # activations stay in cache) and bound activation memory on big models.
