@@ -148,16 +148,19 @@ _LOGGING_CLI = ("import logging; logging.basicConfig(level=logging.INFO, format=
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("older_output", [False, True])
-def test_sigkill_during_finetuning_leaves_nothing_and_a_rerun_succeeds(tmp_path, older_output):
-    """``haqc quantize`` SIGKILLed while fine-tuning: the input and an older output (``--force``) are
-    unchanged, nothing else is written, and the same command run again writes a valid model."""
+@pytest.mark.parametrize(("command", "older_output"), [("quantize", False), ("quantize", True), ("compress", False)])
+def test_sigkill_during_finetuning_leaves_nothing_and_a_rerun_succeeds(tmp_path, command, older_output):
+    """``haqc quantize`` or ``compress`` SIGKILLed while fine-tuning: the input and an older output
+    (``--force``) are unchanged, nothing else is written, and the same command run again writes a
+    valid model."""
     train = np.load(EXAMPLE_DIR / "train.npz")  # 256 samples: an epoch well under a second
     np.savez(tmp_path / "train.npz", input=train["input"][:256], labels=train["labels"][:256])
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out = out_dir / "m.onnx"
-    args = [sys.executable, "-c", _LOGGING_CLI, "quantize", str(EXAMPLE), "--bits", "w4a8",
+    policy = ["--bits", "w4a8"] if command == "quantize" else [
+        "--target", "edge", "--latency", "0.6x", "--episodes", "3", "--data", str(EXAMPLE_DIR / "val.npz")]
+    args = [sys.executable, "-c", _LOGGING_CLI, command, str(EXAMPLE), *policy,
             "--calib-data", str(EXAMPLE_DIR / "calib.npz"), "--train-data", str(tmp_path / "train.npz"),
             "--finetune-epochs", "10", "-o", str(out)]
     if older_output:
@@ -173,7 +176,7 @@ def test_sigkill_during_finetuning_leaves_nothing_and_a_rerun_succeeds(tmp_path,
         while "haqc.finetune: " not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert "haqc.finetune: " in log.read_text(), f"fine-tuning never started:\n{log.read_text()}"
-        time.sleep(random.Random(int(older_output)).uniform(0.0, 0.5))  # into a later epoch
+        time.sleep(random.Random(f"{command}{older_output}").uniform(0.0, 0.5))  # into a later epoch
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
