@@ -226,6 +226,7 @@ class LinearQuantize(Pass[onnx.ModelProto]):
         inits = {t.name: t for t in model.graph.initializer}
         nodes_by_name = {n.name: n for n in graph.node}
         sources = input_sources(model, self.layers)
+        activations = _Activations(model)
         new_inits: list[TensorProto] = []
         before: dict[str, list[onnx.NodeProto]] = {}  # layer name -> nodes to put before it
         after: dict[str, list[onnx.NodeProto]] = {}  # tensor -> nodes to put after its producer
@@ -240,10 +241,12 @@ class LinearQuantize(Pass[onnx.ModelProto]):
             if bits.a_bits is not None:
                 # On this edge only: other readers of the input (a residual Add) see floats.
                 prefix, source = f"{layer.name}/a{bits.a_bits}", sources[layer.name]
-                node.input[0] = self._fake_quant(layer.input, bits.a_bits, prefix, new_inits, emitted)
+                node.input[0] = self._fake_quant(layer.input, bits.a_bits, prefix, new_inits, emitted,
+                                                 activations=activations)
                 if source != layer.input:  # the same QDQ before the reshapes too (it is idempotent)
                     qdq = after.setdefault(source, [])
-                    renamed[source] = self._fake_quant(layer.input, bits.a_bits, f"{prefix}/source", new_inits, qdq, source)
+                    renamed[source] = self._fake_quant(layer.input, bits.a_bits, f"{prefix}/source", new_inits, qdq,
+                                                       source, activations)
             if bits.w_bits is not None and bits.a_bits is not None and len(node.input) > 2 and node.input[2]:
                 a_scale = activation_qparams(self.calibration, layer.input, bits.a_bits)[1]
                 bias = numpy_helper.to_array(inits[node.input[2]])
@@ -251,10 +254,9 @@ class LinearQuantize(Pass[onnx.ModelProto]):
         for tensor in requantized_outputs(model, self.layers, self.policy):
             qdq = after.setdefault(tensor, [])
             renamed[tensor] = self._fake_quant(tensor, REQUANT_BITS, f"{tensor}/requant{REQUANT_BITS}", new_inits, qdq)
-        dropped = _absorb_activations(model, [*before.values(), *after.values()], new_inits)
         nodes = []
         for node in graph.node:
-            if node.name in dropped:
+            if node.name in activations.dropped:
                 continue
             for n in (*before.get(node.name, ()), node):
                 for i, name in enumerate(n.input):
@@ -268,9 +270,11 @@ class LinearQuantize(Pass[onnx.ModelProto]):
         graph.node.extend(nodes)
         return out
 
-    def _fake_quant(self, tensor: str, bits: int, prefix: str, inits: list, nodes: list, source: str | None = None) -> str:
-        """Emit [Clip] -> QuantizeLinear -> DequantizeLinear of ``source`` (default ``tensor``) with
-        ``tensor``'s calibrated parameters; returns the dequantized name."""
+    def _fake_quant(self, tensor: str, bits: int, prefix: str, inits: list, nodes: list, source: str | None = None,
+                    activations: "_Activations | None" = None) -> str:
+        """Emit QuantizeLinear -> [integer Clip] -> DequantizeLinear of ``source`` (default ``tensor``)
+        with ``tensor``'s calibrated parameters; returns the dequantized name. With ``activations``,
+        an unsigned low-bit QDQ quantizes the input of a Relu / Clip it makes redundant."""
         clip, scale, signed = activation_qparams(self.calibration, tensor, bits)
         lo, hi = activation_range(bits, signed)
         inits.append(numpy_helper.from_array(np.array(scale, np.float32), f"{prefix}/scale"))
@@ -278,7 +282,10 @@ class LinearQuantize(Pass[onnx.ModelProto]):
         # Runtime fuses a Conv into QLinearConv only when its input and output share one type.
         zero_point = -activation_range(8, True)[0] if signed else 0
         inits.append(helper.make_tensor(f"{prefix}/zero_point", TensorProto.UINT8, [], [zero_point]))
-        nodes.append(helper.make_node("QuantizeLinear", [source or tensor, f"{prefix}/scale", f"{prefix}/zero_point"],
+        x = source or tensor
+        if activations is not None and bits < 8 and not signed:
+            x = activations.bypass(x, hi * scale)
+        nodes.append(helper.make_node("QuantizeLinear", [x, f"{prefix}/scale", f"{prefix}/zero_point"],
                                       [f"{prefix}/q"], name=f"{prefix}/Quantize"))
         q = f"{prefix}/q"
         if bits < 8:  # the 8-bit container's range alone would allow more levels: clamp the codes
@@ -316,30 +323,28 @@ def _dequantize_bias(layer: Layer, bias: np.ndarray, scale: np.ndarray, inits: l
     return f"{prefix}/dq"
 
 
-def _absorb_activations(model: onnx.ModelProto, emitted: list[list[onnx.NodeProto]], new_inits: list) -> set[str]:
-    """Quantize the input of a Relu / Clip (and drop it) when an unsigned sub-8-bit QDQ is its
-    one reader and clamps at least as tightly: the same numbers, one float op less.
+class _Activations:
+    """The Relu / Clip nodes a low-bit QDQ makes redundant, found while the QDQs are emitted.
 
-    The clamp to the b-bit codes comes after QuantizeLinear, so the producing Conv then runs
-    as an integer kernel; ONNX Runtime itself folds such a Clip only into an 8-bit Q.
+    The clamp to the b-bit codes comes after QuantizeLinear, so quantizing the activation's
+    input instead gives the same codes and lets the producing Conv run as an integer kernel;
+    ONNX Runtime itself folds such a Clip only into an 8-bit QuantizeLinear.
     """
-    readers = tensor_readers(model)
-    producer = tensor_producers(model)
-    constants = {t.name: t for t in (*model.graph.initializer, *new_inits)}
-    dropped = set()
-    for group in emitted:
-        quantized = {n.output[0]: n for n in group if n.op_type == "QuantizeLinear"}
-        for clamp in (n for n in group if n.op_type == "Clip" and n.input[0] in quantized):
-            quantize = quantized[clamp.input[0]]
-            act = producer.get(quantize.input[0])
-            zero_point = int(numpy_helper.to_array(constants[quantize.input[2]]))
-            if act is None or zero_point != 0 or len(readers.get(act.output[0], [])) != 1:
-                continue
-            top = float(numpy_helper.to_array(constants[clamp.input[2]])) * float(numpy_helper.to_array(constants[quantize.input[1]]))
-            if _passes_unchanged(act, constants, top):
-                quantize.input[0] = act.input[0]
-                dropped.add(act.name)
-    return dropped
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.readers = tensor_readers(model)
+        self.producer = tensor_producers(model)
+        self.constants = {t.name: t for t in model.graph.initializer}
+        self.dropped: set[str] = set()
+
+    def bypass(self, tensor: str, top: float) -> str:
+        """The input of the Relu / Clip writing ``tensor`` (now dropped) when the QDQ about to read
+        ``tensor`` is its one reader and it leaves [0, top] unchanged; else ``tensor``."""
+        act = self.producer.get(tensor)
+        if act is None or len(self.readers.get(tensor, [])) != 1 or not _passes_unchanged(act, self.constants, top):
+            return tensor
+        self.dropped.add(act.name)
+        return act.input[0]
 
 
 def _passes_unchanged(act: onnx.NodeProto, constants: dict[str, TensorProto], top: float) -> bool:
