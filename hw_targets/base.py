@@ -314,3 +314,13 @@ def ceil_div(x: np.ndarray, d: Any) -> np.ndarray:
 def align_to(x: np.ndarray, d: Any) -> np.ndarray:
     """Round x up to a multiple of d (padding a matrix dimension to the array size)."""
     return ceil_div(x, d) * d
+
+
+def roofline(cycles: np.ndarray, dram_bytes: np.ndarray, clock_hz: float, dram_bytes_per_s: float) -> dict[str, np.ndarray]:
+    """Latency of an array whose fetch, compute and write-back overlap (double-buffered): the
+    longer of compute and memory time; with its parts, for ``breakdown_arrays``."""
+    compute_s = cycles / clock_hz
+    memory_s = dram_bytes / dram_bytes_per_s
+    return {"latency_s": np.maximum(compute_s, memory_s), "compute_s": compute_s, "memory_s": memory_s,
+            "cycles": cycles, "dram_bytes": dram_bytes}
+

@@ -23,6 +23,7 @@ from haqc.hw_targets.base import (
     align_to,
     ceil_div,
     quantized_weight_bytes,
+    roofline,
 )
 
 from haqc.errors import InputError
@@ -70,17 +71,9 @@ class BitSerialOverlay(ParametricTarget):
         rhs_bytes = g.groups * a * align_to(n, p.dn) * k_pad / 8.0
         result_bytes = g.groups * (p.result_bits / 8.0) * align_to(n, p.dn) * align_to(g.m, p.dm)
         dram_bytes = lhs_bytes + rhs_bytes + result_bytes
-        compute_s = cycles / p.clock_hz
-        memory_s = dram_bytes / p.dram_bytes_per_s
         energy = None
         if p.binary_op_energy_j is not None:
             energy = cycles * (p.dm * p.dk * p.dn) * p.binary_op_energy_j + dram_bytes * p.dram_energy_j_per_byte
-        return {
-            "latency_s": np.maximum(compute_s, memory_s),
-            "energy_j": energy,
-            "weight_bytes": quantized_weight_bytes(g.params, g.c_out, w),
-            "compute_s": compute_s,
-            "memory_s": memory_s,
-            "cycles": cycles,
-            "dram_bytes": dram_bytes,
-        }
+        timing = roofline(cycles, dram_bytes, p.clock_hz, p.dram_bytes_per_s)
+        return {"latency_s": timing.pop("latency_s"), "energy_j": energy,
+                "weight_bytes": quantized_weight_bytes(g.params, g.c_out, w), **timing}

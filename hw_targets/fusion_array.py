@@ -25,6 +25,7 @@ from haqc.hw_targets.base import (
     align_to,
     ceil_div,
     quantized_weight_bytes,
+    roofline,
 )
 
 logger = logging.getLogger(__name__)
@@ -77,8 +78,6 @@ class BitFusionArray(ParametricTarget):
             + g.input_elems * p.batch * a_stored / 8.0
             + g.output_elems * p.batch * p.output_bits / 8.0
         )
-        compute_s = cycles / p.clock_hz
-        memory_s = dram_bytes / p.dram_bytes_per_s
         core_j = cycles * (p.rows * p.cols) * p.unit_cycle_energy_j
         sram_j = (
             macs * w_stored / 8.0 * p.wbuf_energy_j_per_byte
@@ -86,15 +85,7 @@ class BitFusionArray(ParametricTarget):
             + out_bytes * p.obuf_energy_j_per_byte
         )
         dram_j = dram_bytes * p.dram_energy_j_per_byte
-        return {
-            "latency_s": np.maximum(compute_s, memory_s),
-            "energy_j": core_j + sram_j + dram_j,
-            "weight_bytes": quantized_weight_bytes(g.params, g.c_out, w),
-            "compute_s": compute_s,
-            "memory_s": memory_s,
-            "cycles": cycles,
-            "dram_bytes": dram_bytes,
-            "core_energy_j": core_j,
-            "sram_energy_j": sram_j,
-            "dram_energy_j": dram_j,
-        }
+        timing = roofline(cycles, dram_bytes, p.clock_hz, p.dram_bytes_per_s)
+        return {"latency_s": timing.pop("latency_s"), "energy_j": core_j + sram_j + dram_j,
+                "weight_bytes": quantized_weight_bytes(g.params, g.c_out, w), **timing,
+                "core_energy_j": core_j, "sram_energy_j": sram_j, "dram_energy_j": dram_j}
