@@ -1,0 +1,128 @@
+"""Calibration: one-pass histograms, the four clip rules, the clip cache."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from haqc.passes.calibrate import (BINS, CLIP_METHODS, KL_MAX_BITS, Calibration, TensorStats, calibrate,
+                                   choose_clip)
+from haqc.passes.canonicalize import canonicalize
+from haqc.passes.extract import extract_layers
+
+RNG = np.random.default_rng(0)
+
+
+def _stats(*batches: np.ndarray) -> TensorStats:
+    s = TensorStats()
+    for b in batches:
+        s.update(b)
+    return s
+
+
+def _clip(x: np.ndarray, bits: int, method: str) -> float:
+    return Calibration({"t": _stats(x)}, method).clip("t", bits)
+
+
+def _quant_mse(x: np.ndarray, clip: float, bits: int) -> float:
+    """Squared error of the unsigned activation quantizer the export uses, at clip ``clip``."""
+    step = clip / (2**bits - 1)
+    return float(np.mean((np.clip(np.round(np.clip(x, 0, clip) / step), 0, 2**bits - 1) * step - x) ** 2))
+
+
+def test_range_doubling_keeps_the_histogram_of_one_pass():
+    small = RNG.uniform(0, 1, 10_000)
+    large = RNG.uniform(-3.5, 3.5, 10_000)
+    s = _stats(small, large)
+    assert s.minimum == pytest.approx(large.min()) and s.signed
+    assert s.absmax == pytest.approx(np.abs(large).max())
+    assert s.hist_range >= s.absmax and s.hist.sum() == 20_000
+    direct = np.histogram(np.abs(np.concatenate([small, large])), bins=BINS, range=(0, s.hist_range))[0]
+    assert np.abs(s.hist - direct).max() <= 2  # the same bins, up to float rounding at bin edges
+
+
+def test_non_negative_tensor_is_unsigned():
+    assert not _stats(np.maximum(RNG.standard_normal(1000), 0)).signed
+
+
+def test_max_and_percentile():
+    x = np.abs(RNG.standard_normal(200_000))
+    assert _clip(x, 8, "max") == pytest.approx(x.max())
+    p = _clip(x, 8, "percentile")
+    assert np.quantile(x, 0.9999) <= p <= np.quantile(x, 0.9999) + 2 * x.max() / BINS
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_mse_clip_quantizes_better_than_the_max(bits):
+    x = np.abs(RNG.standard_t(3, 100_000))  # heavy-tailed, as trained activations are
+    c = _clip(x, bits, "mse")
+    assert c < x.max()
+    assert _quant_mse(x, c, bits) < _quant_mse(x, float(x.max()), bits)
+
+
+def test_more_bits_clip_no_tighter():
+    x = np.abs(RNG.standard_t(3, 100_000))
+    for method in CLIP_METHODS:
+        clips = [_clip(x, b, method) for b in range(2, 9)]
+        assert all(a <= b * 1.02 for a, b in zip(clips, clips[1:])), (method, clips)
+
+
+def test_kl_searches_below_five_bits_and_keeps_the_max_from_five():
+    x = np.abs(RNG.standard_t(3, 100_000))
+    assert _clip(x, KL_MAX_BITS - 1, "kl") < 0.9 * x.max()
+    for bits in range(KL_MAX_BITS, 9):
+        assert _clip(x, bits, "kl") == pytest.approx(x.max())
+
+
+@pytest.mark.parametrize("bits", [5, 6, 7, 8])
+def test_kl_uniform_policies_keep_the_example_accurate(example, bits):
+    """The example's stem sees MNIST pixels (mostly exactly 0 or 1), so its activations sit on a
+    few spikes; an entropy search over them once clipped a 5.3 range at 0.25 (w6a6 top-1 23%)."""
+    from haqc.evaluate import Evaluator
+    from haqc.policy import LayerBits, uniform_policy
+    from haqc.quantize import QuantizeOptions, Quantizer
+
+    prepared = example["prepared"]
+    quantizer = Quantizer(prepared, example["calib"], QuantizeOptions(clip_method="kl"))
+    evaluator = Evaluator(example["val"])
+    fp32 = evaluator.evaluate(prepared.model).accuracy
+    policy = uniform_policy(prepared.layers, LayerBits(bits, bits))
+    assert evaluator.evaluate(quantizer.export(policy)).accuracy >= fp32 - 0.01
+
+
+def test_all_zero_tensor_gets_a_positive_clip():
+    for method in CLIP_METHODS:
+        assert choose_clip(np.zeros(BINS, np.int64), 1.0, 0.0, 255, method) > 0
+
+
+def test_clip_cache_and_override():
+    calib = Calibration({"t": _stats(np.abs(RNG.standard_normal(1000)))}, "mse")
+    first = calib.clip("t", 4)
+    assert calib.clip("t", 4) == first and calib.clip("t", 4, "max") != first
+    calib.set_clip("t", 4, 0.5)
+    assert calib.clip("t", 4) == 0.5 and calib.clip("t", 3) != 0.5
+    with pytest.raises(ValueError, match="unknown clip method"):
+        Calibration({}, "entropy")
+
+
+def test_calibrate_records_each_layer_input_as_ort_computes_it():
+    """x -> Conv -> Relu -> Conv: the second layer's input is the Relu output (unsigned)."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["y"], name="conv2"),
+    ]
+    inits = [numpy_helper.from_array(RNG.standard_normal(s).astype(np.float32), n)
+             for n, s in (("w1", (4, 2, 1, 1)), ("w2", (3, 4, 1, 1)))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 5, 5])], inits)
+    model = canonicalize(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    layers = extract_layers(model).layers
+    x = [RNG.standard_normal((8, 2, 5, 5)).astype(np.float32) for _ in range(3)]
+    calib = calibrate(model, layers, [{"x": b} for b in x])
+    w1 = numpy_helper.to_array(inits[0]).reshape(4, 2)
+    relu = np.maximum(np.einsum("oc,nchw->nohw", w1, np.concatenate(x)), 0)
+    assert calib.signed(layers[0].input) and not calib.signed(layers[1].input)
+    assert calib.stats[layers[0].input].absmax == pytest.approx(np.abs(np.concatenate(x)).max())
+    assert calib.stats[layers[1].input].absmax == pytest.approx(relu.max(), rel=1e-5)
+    assert calib.stats[layers[1].input].hist.sum() == relu.size
