@@ -204,6 +204,16 @@ class FinetuneConfig:
     max_steps: int | None = None  # stop after this many optimizer steps (short per-episode tuning)
 
 
+@dataclass(frozen=True)
+class Tuned:
+    """What fine-tuning trained: the float model to re-quantize and the quantizer settings the
+    training ran under, which the export must reuse to compute what was trained."""
+
+    model: onnx.ModelProto
+    clips: dict[str, float]  # activation clip by layer name (trained when trainable_clip)
+    weight_scales: dict[str, np.ndarray]  # linear weight scale by weight name
+
+
 def finetune(
     model: onnx.ModelProto,
     layers: list[Layer],
@@ -212,9 +222,9 @@ def finetune(
     labels: np.ndarray | None,
     config: FinetuneConfig,
     teacher_logits: np.ndarray | None = None,
-) -> tuple[onnx.ModelProto, dict[str, float]]:
+) -> Tuned:
     """Train the weights under fake quantization; return the float model with them written back,
-    and the (possibly trained) activation clips by layer name.
+    and the activation clips and weight scales of the last epoch.
 
     Labels give a cross-entropy loss; without labels the fp32 model's logits
     (``teacher_logits``) are distilled with a KL loss.
@@ -252,7 +262,8 @@ def finetune(
             optimizer.step()
             schedule.step()
             total += float(loss.detach()) * len(idx)
-        _refresh_scales(simulation, layers)
+        if epoch + 1 < config.epochs:  # scales follow the weights between epochs, not after the last
+            _refresh_scales(simulation, layers)
         logger.info("fine-tune epoch %d/%d: loss %.4f", epoch + 1, config.epochs, total / n)
     module.eval()
     trained = module.initializer_arrays()
@@ -261,7 +272,9 @@ def finetune(
         if isinstance(fq, CodebookFakeQuant):
             trained[layer.weight] = fq.codebook.detach().cpu()[fq.indices.cpu()].numpy()
     clips = {name: float(fq.clip.detach().cpu()) for name, fq in simulation.activations.items()}
-    return _write_back(model, trained), clips
+    scales = {layer.weight: fq.scale.detach().cpu().numpy().reshape(-1) for layer in layers
+              if isinstance(fq := simulation.weights.get(layer.name), WeightFakeQuant)}
+    return Tuned(_write_back(model, trained), clips, scales)
 
 
 def _loss(out: Tensor, target: Tensor, supervised: bool, temperature: float) -> Tensor:

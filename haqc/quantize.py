@@ -16,7 +16,7 @@ import onnx
 from haqc.data import Dataset, input_specs, load_dataset
 from haqc.errors import InputError
 from haqc.evaluate import EvalResult, Evaluator, make_session, num_classes, predictions
-from haqc.finetune import FinetuneConfig, build_simulation, finetune
+from haqc.finetune import FinetuneConfig, Tuned, build_simulation, finetune
 from haqc.io import check_output_path, save_model
 from haqc.layers import Layer
 from haqc.passes.calibrate import Calibration, ClipMethod, calibrate
@@ -66,24 +66,25 @@ class Quantizer:
     def layers(self) -> list[Layer]:
         return self.prepared.layers
 
-    def _new_linear(self) -> LinearQuantize | None:
+    def _new_linear(self, weight_scales: dict[str, np.ndarray] | None = None) -> LinearQuantize | None:
         if self.calibration is None:
             return None
-        return LinearQuantize(self.prepared.layers, self.calibration, self.options.per_channel)
+        return LinearQuantize(self.prepared.layers, self.calibration, self.options.per_channel,
+                              weight_scales=weight_scales)
 
-    def export(self, policy: Policy, model: onnx.ModelProto | None = None, packed: bool = True) -> onnx.ModelProto:
-        """The quantized model for ``policy`` (of the prepared model, or of fine-tuned ``model``).
+    def export(self, policy: Policy, tuned: Tuned | None = None, packed: bool = True) -> onnx.ModelProto:
+        """The quantized model for ``policy`` (of the prepared model, or of a fine-tuned one).
 
         ``packed=False`` keeps linear weights in INT8 rather than INT4 / INT2: the same numbers
         in a larger file that ONNX Runtime runs as integer kernels, for evaluations that are
         not the final output (the search's).
         """
-        base = self.prepared.model if model is None else model
+        base = self.prepared.model if tuned is None else tuned.model
         if self.options.method == "kmeans":
-            quantizer = self._kmeans if model is None else KMeansQuantize(self.layers, {}, seed=self.options.seed)
+            quantizer = self._kmeans if tuned is None else KMeansQuantize(self.layers, {}, seed=self.options.seed)
             quantizer.policy = policy
             return quantizer(base)
-        quantizer = self._linear if model is None else self._new_linear()
+        quantizer = self._linear if tuned is None else self._new_linear(tuned.weight_scales)
         quantizer.packed = packed
         return quantizer.with_policy(policy)(base)
 
@@ -98,12 +99,12 @@ class Quantizer:
     ) -> onnx.ModelProto:
         """Fine-tune ``policy`` under fake quantization; return the re-quantized export."""
         simulation = self.simulate(policy, trainable_clip)
-        trained, clips = finetune(self.prepared.model, self.layers, simulation, inputs, labels, config, teacher_logits)
+        tuned = finetune(self.prepared.model, self.layers, simulation, inputs, labels, config, teacher_logits)
         if self.calibration is not None and trainable_clip:
-            for name, clip in clips.items():
+            for name, clip in tuned.clips.items():
                 layer = next(l for l in self.layers if l.name == name)
                 self.calibration.set_clip(layer.input, policy[name].a_bits, clip)
-        return self.export(policy, trained)
+        return self.export(policy, tuned)
 
     def simulate(self, policy: Policy, trainable_clip: bool = False):
         """The torch fake-quant simulation of ``policy`` (what fine-tuning trains)."""

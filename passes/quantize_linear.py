@@ -54,14 +54,18 @@ def weight_levels(bits: int) -> int:
     return 2 ** (bits - 1) - 1
 
 
-def quantize_weight(w: np.ndarray, bits: int, axis: int | None) -> QuantizedWeight:
+def quantize_weight(w: np.ndarray, bits: int, axis: int | None, scale: np.ndarray | None = None) -> QuantizedWeight:
     """Symmetric quantization per output channel (``axis``) or per tensor (``axis=None``).
 
     Below 5 bits the clip per channel minimises the squared error over a grid
-    of fractions of |w|max; at 5+ bits the clip is |w|max.
+    of fractions of |w|max; at 5+ bits the clip is |w|max. A given ``scale`` (one per
+    channel, or a scalar) is used as is: fine-tuned weights are exported with the scales they
+    were trained under, since scales chosen afresh from them round them differently.
     """
     levels = weight_levels(bits)
     moved = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1) if axis is not None else w.reshape(1, -1)
+    if scale is not None:
+        return _round_to(moved, np.asarray(scale, np.float32).reshape(-1), w, bits, axis)
     # The float64 arithmetic runs over slices of about _CHUNK elements (whole rows, or columns of
     # a single row): a large layer (vgg19's fc6, 103M weights) would otherwise take several
     # float64 temporaries of 0.8 GB each. Every step is elementwise or a per-row max, so the
@@ -84,10 +88,15 @@ def quantize_weight(w: np.ndarray, bits: int, axis: int | None) -> QuantizedWeig
         clip = absmax * ratio
     else:
         clip = absmax
-    scale = (clip / levels).astype(np.float32)
+    return _round_to(moved, (clip / levels).astype(np.float32), w, bits, axis)
+
+
+def _round_to(moved: np.ndarray, scale: np.ndarray, w: np.ndarray, bits: int, axis: int | None) -> QuantizedWeight:
+    """Round the rows of ``moved`` (``w`` with its channel axis first) to ``scale``'s levels."""
+    levels = weight_levels(bits)
     scale64 = scale.astype(np.float64)[:, None]
     q = np.empty(moved.shape, np.int8)
-    for rows, cols in slices:
+    for rows, cols in _slices(moved.shape):
         q[rows, cols] = np.clip(np.round(moved[rows, cols].astype(np.float64) / scale64[rows]), -levels, levels)
     if axis is None:
         return QuantizedWeight(q.reshape(w.shape), scale.reshape(()), bits, None)
@@ -188,10 +197,12 @@ class LinearQuantize(Pass[onnx.ModelProto]):
     """Insert QDQ for every layer the policy quantizes; caches quantized weights per (layer, bits)."""
 
     def __init__(self, layers: list[Layer], calibration: Calibration, per_channel: bool = True,
-                 packed: bool = True) -> None:
+                 packed: bool = True, weight_scales: dict[str, np.ndarray] | None = None) -> None:
         self.layers = layers
         self.calibration = calibration
         self.per_channel = per_channel
+        # Scales to use rather than choose, by weight name: those fine-tuning trained under.
+        self.weight_scales = weight_scales or {}
         # packed=False stores every weight in INT8: the same numbers, and ONNX Runtime runs INT8
         # weights (only) as integer kernels, which is what an evaluation during the search wants.
         self.packed = packed
@@ -209,7 +220,8 @@ class LinearQuantize(Pass[onnx.ModelProto]):
     def quantized_weight(self, layer: Layer, array: np.ndarray, bits: int) -> QuantizedWeight:
         key = (layer.weight, bits)
         if key not in self._weights:
-            self._weights[key] = quantize_weight(array, bits, layer.weight_axis if self.per_channel else None)
+            axis = layer.weight_axis if self.per_channel else None
+            self._weights[key] = quantize_weight(array, bits, axis, self.weight_scales.get(layer.weight))
         return self._weights[key]
 
     def requires(self, model: onnx.ModelProto) -> None:
