@@ -18,6 +18,7 @@ import onnx
 
 from haqc.errors import AccuracyDropError, InputError
 from haqc.evaluate import Evaluator
+from haqc.finetune import DEFAULT_LR
 from haqc.hw_targets import load_target, parse_budget
 from haqc.hw_targets.base import Target
 from haqc.hw_targets.summary import as_units, combine_costs
@@ -49,7 +50,7 @@ class CompressConfig:
     seed: int = 0
     quantize: QuantizeOptions = QuantizeOptions()
     finetune_epochs: int | None = None
-    lr: float = 1e-4
+    lr: float = DEFAULT_LR
     device: str = "cpu"
     pin_first: bool = True
     pin_last: bool = True

@@ -16,7 +16,7 @@ import onnx
 from haqc.data import Dataset, input_specs, load_dataset
 from haqc.errors import InputError
 from haqc.evaluate import EvalResult, Evaluator, make_session, num_classes, predictions
-from haqc.finetune import FinetuneConfig, Tuned, build_simulation, finetune
+from haqc.finetune import DEFAULT_LR, FinetuneConfig, Tuned, build_simulation, finetune
 from haqc.io import check_output_path, save_model
 from haqc.layers import Layer
 from haqc.passes.calibrate import Calibration, ClipMethod, calibrate
@@ -192,7 +192,7 @@ def quantize_file(
     val_data: str | None = None,
     train_data: str | None = None,
     finetune_epochs: int | None = None,
-    lr: float = 1e-4,
+    lr: float = DEFAULT_LR,
     device: str = "cpu",
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     force: bool = False,

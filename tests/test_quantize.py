@@ -66,16 +66,30 @@ def test_finetuned_export_computes_what_was_trained(example, quantizer):
     assert np.mean(exported == expected) >= 0.995
 
 
-@pytest.mark.slow
-def test_one_epoch_finetune_recovers_at_least_half_the_gap(example, quantizer, evaluator):
-    """w3a3: the widest uniform setting whose loss is measurable on the example (w4a4 loses ~0.2 points,
-    two images of 1,000, too few to measure a recovery)."""
+def _recovery(example, quantizer, evaluator, policy):
+    """(fp32, before, after one epoch at the default lr) top-1 for ``policy``."""
     fp32 = evaluator.evaluate(example["prepared"].model).accuracy
-    policy = _policy(example, 3, 3)
     before = evaluator.evaluate(quantizer.export(policy)).accuracy
     train = example["train"]
-    tuned = quantizer.finetune(policy, train.inputs, train.labels, FinetuneConfig(epochs=1, lr=1e-4))
-    after = evaluator.evaluate(tuned).accuracy
+    after = evaluator.evaluate(quantizer.finetune(policy, train.inputs, train.labels, FinetuneConfig(epochs=1))).accuracy
+    return fp32, before, after
+
+
+@pytest.mark.slow
+def test_one_epoch_finetune_recovers_at_least_half_the_w4a4_gap(example, evaluator):
+    """w4a4 with plain-range (max) activation clips, ONNX Runtime's default calibration: 2.1
+    points lost on the example (23 digits lost, 2 gained: far beyond the noise of 1,000).
+    With haqc's default mse clips w4a4 loses 0.4 points, too few to measure a recovery."""
+    quantizer = Quantizer(example["prepared"], example["calib"], QuantizeOptions(clip_method="max"))
+    fp32, before, after = _recovery(example, quantizer, evaluator, _policy(example, 4, 4))
+    assert before <= fp32 - 0.015, "w4a4 with max clips should cost measurable accuracy"
+    assert after - before >= (fp32 - before) / 2, (fp32, before, after)
+
+
+@pytest.mark.slow
+def test_one_epoch_finetune_recovers_at_least_half_the_w3a3_gap(example, quantizer, evaluator):
+    """w3a3 with the default clips: about half the digits lost, most of them recovered."""
+    fp32, before, after = _recovery(example, quantizer, evaluator, _policy(example, 3, 3))
     assert before < fp32 - 0.02, "w3a3 should cost measurable accuracy"
     assert after - before >= (fp32 - before) / 2, (fp32, before, after)
 
@@ -84,5 +98,5 @@ def test_label_free_finetune_distills_from_fp32(example, quantizer, evaluator):
     train = example["train"].subset(512, seed=0)
     teacher = predictions(make_session(example["prepared"].model), train)
     policy = _policy(example, 4, 4)
-    tuned = quantizer.finetune(policy, train.inputs, None, FinetuneConfig(epochs=1, lr=1e-4), teacher_logits=teacher)
+    tuned = quantizer.finetune(policy, train.inputs, None, FinetuneConfig(epochs=1), teacher_logits=teacher)
     assert evaluator.evaluate(tuned).accuracy >= evaluator.evaluate(quantizer.export(policy)).accuracy - 0.01

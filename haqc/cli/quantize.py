@@ -8,6 +8,7 @@ import click
 from haqc.cli import main
 from haqc.cli.inspect import input_shape_option, parse_input_shapes
 from haqc.errors import InputError
+from haqc.finetune import DEFAULT_LR
 from haqc.passes.calibrate import CLIP_METHODS
 from haqc.quantize import DEFAULT_CLIP_METHOD, METHODS, QuantizeOptions, quantize_file
 
@@ -18,7 +19,7 @@ def finetune_options(func):
         [
             click.option("--train-data", type=click.Path(path_type=str), help="Training .npz for fine-tuning (labels: cross-entropy; none: distillation)."),
             click.option("--finetune-epochs", type=click.IntRange(min=0), default=None, help="Fine-tuning epochs (default: 1 with --train-data, else 0)."),
-            click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True, help="Fine-tuning learning rate (Adam, cosine schedule)."),
+            click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_LR, show_default=True, help="Fine-tuning learning rate (Adam, cosine schedule)."),
             click.option("--device", default="cpu", show_default=True, help="Torch device for fine-tuning, e.g. cuda."),
         ]
     ):
