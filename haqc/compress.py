@@ -18,7 +18,7 @@ import onnx
 
 from haqc.errors import AccuracyDropError, InputError
 from haqc.evaluate import Evaluator
-from haqc.finetune import DEFAULT_LR
+from haqc.finetune import DEFAULT_LR, FinetuneConfig
 from haqc.hw_targets import load_target, parse_budget
 from haqc.hw_targets.base import Target
 from haqc.hw_targets.summary import as_units, combine_costs
@@ -52,6 +52,7 @@ class CompressConfig:
     finetune_epochs: int | None = None
     lr: float = DEFAULT_LR
     device: str = "cpu"
+    trainable_clip: bool = False
     pin_first: bool = True
     pin_last: bool = True
     reward_lambda: float = 0.1
@@ -61,6 +62,10 @@ class CompressConfig:
     max_accuracy_drop: float | None = None  # percentage points
     input_shapes: dict[str, tuple[int, ...]] | None = None
     ddpg: DDPGConfig | None = None
+
+    def finetune(self, epochs: int, max_steps: int | None = None) -> FinetuneConfig:
+        return FinetuneConfig(epochs=epochs, lr=self.lr, seed=self.seed, device=self.device, max_steps=max_steps,
+                              trainable_clip=self.trainable_clip)
 
 
 @dataclass
@@ -113,8 +118,7 @@ def compress(
 
     def evaluate(policy: Policy) -> float:
         if config.search_finetune_steps:
-            model = finetune_export(quantizer, policy, train, 1, config.lr, config.device, config.seed,
-                                    max_steps=config.search_finetune_steps)
+            model = finetune_export(quantizer, policy, train, config.finetune(1, config.search_finetune_steps))
         else:  # unpacked: the same numbers, run as ONNX Runtime integer kernels
             model = quantizer.export(policy, packed=False)
         return evaluator.evaluate(model, "the quantized model").accuracy
@@ -142,7 +146,7 @@ def compress(
     searched_acc = final_acc = result.accuracy
     finetuned_acc = None
     if epochs:
-        tuned = finetune_export(quantizer, result.policy, train, epochs, config.lr, config.device, config.seed)
+        tuned = finetune_export(quantizer, result.policy, train, config.finetune(epochs))
         final, tuned_result = keep_better(evaluator, final, searched_acc, tuned)
         finetuned_acc = tuned_result.accuracy
         final_acc = finetuned_acc if final is tuned else searched_acc

@@ -205,6 +205,7 @@ class FinetuneConfig:
     device: str = "cpu"
     temperature: float = 1.0  # distillation temperature (label-free mode)
     max_steps: int | None = None  # stop after this many optimizer steps (short per-episode tuning)
+    trainable_clip: bool = False  # learn each layer's input clip too (PACT); the export uses it
 
 
 @dataclass(frozen=True)
@@ -213,7 +214,7 @@ class Tuned:
     training ran under, which the export must reuse to compute what was trained."""
 
     model: onnx.ModelProto
-    clips: dict[str, float]  # activation clip by layer name (trained when trainable_clip)
+    clips: dict[str, float]  # input clip by layer name (learned when trainable_clip)
     weight_scales: dict[str, np.ndarray]  # linear weight scale by weight name
 
 

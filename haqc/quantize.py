@@ -66,11 +66,12 @@ class Quantizer:
     def layers(self) -> list[Layer]:
         return self.prepared.layers
 
-    def _new_linear(self, weight_scales: dict[str, np.ndarray] | None = None) -> LinearQuantize | None:
+    def _new_linear(self, tuned: Tuned | None = None) -> LinearQuantize | None:
         if self.calibration is None:
             return None
+        scales, clips = (tuned.weight_scales, tuned.clips) if tuned is not None else (None, None)
         return LinearQuantize(self.prepared.layers, self.calibration, self.options.per_channel,
-                              weight_scales=weight_scales)
+                              weight_scales=scales, input_clips=clips)
 
     def export(self, policy: Policy, tuned: Tuned | None = None, packed: bool = True) -> onnx.ModelProto:
         """The quantized model for ``policy`` (of the prepared model, or of a fine-tuned one).
@@ -84,7 +85,7 @@ class Quantizer:
             quantizer = self._kmeans if tuned is None else KMeansQuantize(self.layers, {}, seed=self.options.seed)
             quantizer.policy = policy
             return quantizer(base)
-        quantizer = self._linear if tuned is None else self._new_linear(tuned.weight_scales)
+        quantizer = self._linear if tuned is None else self._new_linear(tuned)
         quantizer.packed = packed
         return quantizer.with_policy(policy)(base)
 
@@ -95,15 +96,10 @@ class Quantizer:
         labels: np.ndarray | None,
         config: FinetuneConfig,
         teacher_logits: np.ndarray | None = None,
-        trainable_clip: bool = False,
     ) -> onnx.ModelProto:
         """Fine-tune ``policy`` under fake quantization; return the re-quantized export."""
-        simulation = self.simulate(policy, trainable_clip)
+        simulation = self.simulate(policy, config.trainable_clip)
         tuned = finetune(self.prepared.model, self.layers, simulation, inputs, labels, config, teacher_logits)
-        if self.calibration is not None and trainable_clip:
-            for name, clip in tuned.clips.items():
-                layer = next(l for l in self.layers if l.name == name)
-                self.calibration.set_clip(layer.input, policy[name].a_bits, clip)
         return self.export(policy, tuned)
 
     def simulate(self, policy: Policy, trainable_clip: bool = False):
@@ -169,15 +165,11 @@ def keep_better(evaluator: Evaluator, quantized: onnx.ModelProto, accuracy: floa
     return quantized, result
 
 
-def finetune_export(
-    quantizer: Quantizer, policy: Policy, train: Dataset, epochs: int, lr: float, device: str, seed: int,
-    max_steps: int | None = None,
-) -> onnx.ModelProto:
+def finetune_export(quantizer: Quantizer, policy: Policy, train: Dataset, config: FinetuneConfig) -> onnx.ModelProto:
     """Fine-tune ``policy`` on ``train`` (labels, else distillation from the fp32 model) and re-export."""
     teacher = None
     if train.labels is None:
         teacher = predictions(make_session(quantizer.prepared.model), train)
-    config = FinetuneConfig(epochs=epochs, lr=lr, seed=seed, device=device, max_steps=max_steps)
     return quantizer.finetune(policy, train.inputs, train.labels, config, teacher_logits=teacher)
 
 
@@ -194,6 +186,7 @@ def quantize_file(
     finetune_epochs: int | None = None,
     lr: float = DEFAULT_LR,
     device: str = "cpu",
+    trainable_clip: bool = False,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     force: bool = False,
 ) -> dict:
@@ -211,7 +204,8 @@ def quantize_file(
         summary["fp32"] = _scores(evaluator.evaluate(prepared.model, "the fp32 model"))
         summary["quantized"] = _scores(evaluator.evaluate(quantized, "the quantized model"))
     if run.epochs:
-        tuned = finetune_export(quantizer, policy, run.train, run.epochs, lr, device, options.seed)
+        config = FinetuneConfig(epochs=run.epochs, lr=lr, seed=options.seed, device=device, trainable_clip=trainable_clip)
+        tuned = finetune_export(quantizer, policy, run.train, config)
         if evaluator is None:
             quantized = tuned
         else:  # with validation data, keep the fine-tuned weights only if they do not score worse

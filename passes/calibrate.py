@@ -85,10 +85,6 @@ class Calibration:
             self._cache[key] = choose_clip(s.hist, s.hist_range, s.absmax, levels, rule)
         return self._cache[key]
 
-    def set_clip(self, tensor: str, bits: int, value: float) -> None:
-        """Override a clip (e.g. one trained PACT-style during fine-tuning)."""
-        self._cache[(tensor, bits, self.method)] = float(value)
-
 
 def calibrate(
     model: onnx.ModelProto,

@@ -120,11 +120,13 @@ def dequantize(qw: QuantizedWeight) -> np.ndarray:
     return (qw.q.astype(np.float32) * scale).astype(np.float32)
 
 
-def activation_qparams(calibration: Calibration, tensor: str, bits: int) -> tuple[float, float, bool]:
+def activation_qparams(calibration: Calibration, tensor: str, bits: int,
+                       clip: float | None = None) -> tuple[float, float, bool]:
     """(clip c, scale s, signed) for an activation: [0, c] with 2^b-1 steps if non-negative, else
-    [-c - s, c] with 2^b steps (the full two's-complement range, as int8 kernels use it)."""
+    [-c - s, c] with 2^b steps (the full two's-complement range, as int8 kernels use it).
+    ``clip`` replaces the calibrated one (a clip fine-tuning learned)."""
     signed = calibration.signed(tensor)
-    clip = calibration.clip(tensor, bits)
+    clip = calibration.clip(tensor, bits) if clip is None else clip
     return clip, float(np.float32(clip / activation_levels(bits, signed))), signed
 
 
@@ -197,12 +199,15 @@ class LinearQuantize(Pass[onnx.ModelProto]):
     """Insert QDQ for every layer the policy quantizes; caches quantized weights per (layer, bits)."""
 
     def __init__(self, layers: list[Layer], calibration: Calibration, per_channel: bool = True,
-                 packed: bool = True, weight_scales: dict[str, np.ndarray] | None = None) -> None:
+                 packed: bool = True, weight_scales: dict[str, np.ndarray] | None = None,
+                 input_clips: dict[str, float] | None = None) -> None:
         self.layers = layers
         self.calibration = calibration
         self.per_channel = per_channel
-        # Scales to use rather than choose, by weight name: those fine-tuning trained under.
+        # What fine-tuning trained under, used rather than chosen: scales by weight name, input
+        # clips by layer name (per layer: two layers reading one tensor may learn two clips).
         self.weight_scales = weight_scales or {}
+        self.input_clips = input_clips or {}
         # packed=False stores every weight in INT8: the same numbers, and ONNX Runtime runs INT8
         # weights (only) as integer kernels, which is what an evaluation during the search wants.
         self.packed = packed
@@ -253,19 +258,23 @@ class LinearQuantize(Pass[onnx.ModelProto]):
             if bits.a_bits is not None:
                 # On this edge only: other readers of the input (a residual Add) see floats.
                 prefix, source = f"{layer.name}/a{bits.a_bits}", sources[layer.name]
-                node.input[0] = self._fake_quant(layer.input, bits.a_bits, prefix, new_inits, emitted,
-                                                 activations=activations)
+                qparams = activation_qparams(self.calibration, layer.input, bits.a_bits,
+                                             self.input_clips.get(layer.name))
+                node.input[0] = self._fake_quant(qparams, bits.a_bits, prefix, new_inits, emitted, layer.input,
+                                                 activations)
                 if source != layer.input:  # the same QDQ before the reshapes too (it is idempotent)
                     qdq = after.setdefault(source, [])
-                    renamed[source] = self._fake_quant(layer.input, bits.a_bits, f"{prefix}/source", new_inits, qdq,
+                    renamed[source] = self._fake_quant(qparams, bits.a_bits, f"{prefix}/source", new_inits, qdq,
                                                        source, activations)
             if bits.w_bits is not None and bits.a_bits is not None and len(node.input) > 2 and node.input[2]:
-                a_scale = activation_qparams(self.calibration, layer.input, bits.a_bits)[1]
+                a_scale = qparams[1]
                 bias = numpy_helper.to_array(inits[node.input[2]])
                 node.input[2] = _dequantize_bias(layer, bias, bias_scale(a_scale, qw.scale), new_inits, emitted)
         for tensor in requantized_outputs(model, self.layers, self.policy):
             qdq = after.setdefault(tensor, [])
-            renamed[tensor] = self._fake_quant(tensor, REQUANT_BITS, f"{tensor}/requant{REQUANT_BITS}", new_inits, qdq)
+            qparams = activation_qparams(self.calibration, tensor, REQUANT_BITS)
+            renamed[tensor] = self._fake_quant(qparams, REQUANT_BITS, f"{tensor}/requant{REQUANT_BITS}", new_inits,
+                                               qdq, tensor)
         nodes = []
         for node in graph.node:
             if node.name in activations.dropped:
@@ -282,19 +291,18 @@ class LinearQuantize(Pass[onnx.ModelProto]):
         graph.node.extend(nodes)
         return out
 
-    def _fake_quant(self, tensor: str, bits: int, prefix: str, inits: list, nodes: list, source: str | None = None,
-                    activations: "_Activations | None" = None) -> str:
-        """Emit QuantizeLinear -> [integer Clip] -> DequantizeLinear of ``source`` (default ``tensor``)
-        with ``tensor``'s calibrated parameters; returns the dequantized name. With ``activations``,
-        an unsigned low-bit QDQ quantizes the input of a Relu / Clip it makes redundant."""
-        clip, scale, signed = activation_qparams(self.calibration, tensor, bits)
+    def _fake_quant(self, qparams: tuple[float, float, bool], bits: int, prefix: str, inits: list, nodes: list,
+                    x: str, activations: "_Activations | None" = None) -> str:
+        """Emit QuantizeLinear -> [integer Clip] -> DequantizeLinear of ``x`` with ``qparams``
+        (``activation_qparams``); returns the dequantized name. With ``activations``, an unsigned
+        low-bit QDQ quantizes the input of a Relu / Clip it makes redundant."""
+        _, scale, signed = qparams
         lo, hi = activation_range(bits, signed)
         inits.append(numpy_helper.from_array(np.array(scale, np.float32), f"{prefix}/scale"))
         # Signed values are stored as uint8 offset by 128: the same numbers as int8, and ONNX
         # Runtime fuses a Conv into QLinearConv only when its input and output share one type.
         zero_point = -activation_range(8, True)[0] if signed else 0
         inits.append(helper.make_tensor(f"{prefix}/zero_point", TensorProto.UINT8, [], [zero_point]))
-        x = source or tensor
         if activations is not None and bits < 8 and not signed:
             x = activations.bypass(x, hi * scale)
         nodes.append(helper.make_node("QuantizeLinear", [x, f"{prefix}/scale", f"{prefix}/zero_point"],

@@ -53,6 +53,16 @@ def test_report_schema_and_reapplied_policy(tmp_path):
     assert json.loads(result.output)["quantized"]["accuracy"] == pytest.approx(data["result"]["accuracy_before_finetune"])
 
 
+def test_quantize_fine_tunes_with_learned_clips(tmp_path):
+    out = tmp_path / "q.onnx"
+    result = CliRunner().invoke(main, ["quantize", str(EXAMPLE), "--bits", "w4a4", *map(str, DATA), "--train-data",
+                                       str(EXAMPLE_DIR / "calib.npz"), "--trainable-clip", "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["finetuned"]["accuracy"] > 0.9 and summary["kept"] in ("finetuned", "quantized")
+    assert out.exists()
+
+
 def _strip_timing(report: dict) -> dict:
     report = dict(report)
     report.pop("seconds")
@@ -160,7 +170,8 @@ def test_energy_budget_on_bitfusion():
 
 def test_ddpg_overrides_and_search_finetune_steps():
     ok = _compress("--latency", "0.5x", "--episodes", "2", "--ddpg", "actor_lr=3e-4", "--ddpg", "hidden=64",
-                   "--search-finetune-steps", "2", "--train-data", EXAMPLE_DIR / "calib.npz", "--quiet")
+                   "--search-finetune-steps", "2", "--trainable-clip", "--train-data", EXAMPLE_DIR / "calib.npz",
+                   "--quiet")
     assert ok.exit_code == 0, ok.output
     for bad, pattern in ((("--ddpg", "foo=1"), "KEY=VALUE"), (("--ddpg", "hidden=big"), "hidden takes a int"),
                          (("--search-finetune-steps", "2"), "needs --train-data")):

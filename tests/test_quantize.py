@@ -66,6 +66,25 @@ def test_finetuned_export_computes_what_was_trained(example, quantizer):
     assert np.mean(exported == expected) >= 0.995
 
 
+def test_trainable_clips_are_learned_exported_and_kept_out_of_the_calibration(example, quantizer):
+    """PACT: the gradient reaches each input clip; the export uses the learned clips (ORT = the
+    trained simulation); the shared calibration, which later exports read, stays as calibrated."""
+    val, train = example["val"], example["train"].subset(1024, seed=0)
+    layers = quantizer.layers
+    calibrated = {l.name: quantizer.calibration.clip(l.input, 3) for l in layers}
+    policy = _policy(example, 3, 3)
+    simulation = quantizer.simulate(policy, trainable_clip=True)
+    tuned = finetune(example["prepared"].model, layers, simulation, train.inputs, train.labels,
+                     FinetuneConfig(epochs=1, trainable_clip=True))
+    moved = [n for n, c in tuned.clips.items() if abs(c - calibrated[n]) > 1e-3 * calibrated[n]]
+    assert len(moved) >= len(layers) // 2, tuned.clips
+    exported = predictions(make_session(quantizer.export(policy, tuned)), val).argmax(-1)
+    with torch.no_grad():
+        simulated = simulation.module(**{k: torch.from_numpy(v) for k, v in val.inputs.items()}).numpy().argmax(-1)
+    assert np.mean(exported == simulated) >= 0.995
+    assert {l.name: quantizer.calibration.clip(l.input, 3) for l in layers} == calibrated
+
+
 def _recovery(example, quantizer, evaluator, policy):
     """(fp32, before, after one epoch at the default lr) top-1 for ``policy``."""
     fp32 = evaluator.evaluate(example["prepared"].model).accuracy

@@ -46,7 +46,7 @@ from haqc.search import DDPGConfig, format_costs
 @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (for CI).")
 def compress_command(model, target, latency, energy, size, data, method, calib_data, clip_method, per_tensor, seed,
-                     train_data, finetune_epochs, lr, device, strategy, episodes, no_pin_first, no_pin_last,
+                     train_data, finetune_epochs, lr, trainable_clip, device, strategy, episodes, no_pin_first, no_pin_last,
                      reward_lambda, search_finetune_steps, ddpg_overrides, workdir, resume, max_accuracy_drop, input_shapes, output, report_path, plot_path,
                      force, quiet, as_json) -> None:
     """Find per-layer bitwidths for MODEL that meet a budget on a target, and export them."""
@@ -55,7 +55,7 @@ def compress_command(model, target, latency, energy, size, data, method, calib_d
         target=target, budgets=budgets, data=data, calib_data=calib_data, train_data=train_data,
         strategy=strategy, episodes=episodes, seed=seed,
         quantize=QuantizeOptions(method=method, clip_method=clip_method, per_channel=not per_tensor, seed=seed),
-        finetune_epochs=finetune_epochs, lr=lr, device=device, pin_first=not no_pin_first,
+        finetune_epochs=finetune_epochs, lr=lr, device=device, trainable_clip=trainable_clip, pin_first=not no_pin_first,
         pin_last=not no_pin_last, reward_lambda=reward_lambda, workdir=workdir, resume=resume,
         max_accuracy_drop=max_accuracy_drop, input_shapes=parse_input_shapes(input_shapes),
         search_finetune_steps=search_finetune_steps, ddpg=parse_ddpg_overrides(ddpg_overrides),

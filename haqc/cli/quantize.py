@@ -20,6 +20,7 @@ def finetune_options(func):
             click.option("--train-data", type=click.Path(path_type=str), help="Training .npz for fine-tuning (labels: cross-entropy; none: distillation)."),
             click.option("--finetune-epochs", type=click.IntRange(min=0), default=None, help="Fine-tuning epochs (default: 1 with --train-data, else 0)."),
             click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_LR, show_default=True, help="Fine-tuning learning rate (Adam, cosine schedule)."),
+            click.option("--trainable-clip", is_flag=True, help="Also learn each layer's activation clip while fine-tuning (PACT)."),
             click.option("--device", default="cpu", show_default=True, help="Torch device for fine-tuning, e.g. cuda."),
         ]
     ):
@@ -54,7 +55,7 @@ def quantize_options(func):
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def quantize(model, bits, policy_path, method, calib_data, clip_method, per_tensor, seed, train_data,
-             finetune_epochs, lr, device, data, input_shapes, output, force, as_json) -> None:
+             finetune_epochs, lr, trainable_clip, device, data, input_shapes, output, force, as_json) -> None:
     """Quantize MODEL with a fixed policy and write an ONNX model ONNX Runtime runs."""
     if (bits is None) == (policy_path is None):
         raise InputError("give exactly one of --bits (e.g. w4a8) or --policy FILE.json")
@@ -71,6 +72,7 @@ def quantize(model, bits, policy_path, method, calib_data, clip_method, per_tens
         finetune_epochs=finetune_epochs,
         lr=lr,
         device=device,
+        trainable_clip=trainable_clip,
         input_shapes=parse_input_shapes(input_shapes),
         force=force,
     )
