@@ -64,6 +64,7 @@ class CompressConfig:
     ddpg: DDPGConfig | None = None
 
     def finetune(self, epochs: int, max_steps: int | None = None) -> FinetuneConfig:
+        """The fine-tuning settings, for the final tune or (``max_steps``) a search candidate's."""
         return FinetuneConfig(epochs=epochs, lr=self.lr, seed=self.seed, device=self.device, max_steps=max_steps,
                               trainable_clip=self.trainable_clip)
 
