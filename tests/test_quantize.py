@@ -25,6 +25,15 @@ def _policy(example, w, a):
     return uniform_policy(example["prepared"].layers, LayerBits(w, a))
 
 
+def _ort_top1(model, dataset) -> np.ndarray:
+    return predictions(make_session(model), dataset).argmax(-1)
+
+
+def _torch_top1(module, dataset) -> np.ndarray:
+    with torch.no_grad():
+        return module(**{k: torch.from_numpy(v) for k, v in dataset.inputs.items()}).numpy().argmax(-1)
+
+
 def test_w8a8_within_half_a_point_of_fp32(example, quantizer, evaluator):
     fp32 = evaluator.evaluate(example["prepared"].model).accuracy
     w8a8 = evaluator.evaluate(quantizer.export(_policy(example, 8, 8))).accuracy
@@ -37,10 +46,8 @@ def test_simulation_agrees_with_exported_model(example, quantizer):
     val = example["val"]
     for w, a in ((8, 8), (4, 4), (3, 5)):
         policy = _policy(example, w, a)
-        exported = predictions(make_session(quantizer.export(policy)), val).argmax(-1)
-        module = quantizer.simulate(policy).module.eval()
-        with torch.no_grad():
-            simulated = module(**{k: torch.from_numpy(v) for k, v in val.inputs.items()}).numpy().argmax(-1)
+        exported = _ort_top1(quantizer.export(policy), val)
+        simulated = _torch_top1(quantizer.simulate(policy).module.eval(), val)
         assert np.mean(exported == simulated) >= 0.995, (w, a)
 
 
@@ -56,14 +63,12 @@ def test_finetuned_export_computes_what_was_trained(example, quantizer):
     # What was trained: the trained weights under the scales training started from (one epoch).
     trained = quantizer.simulate(policy).module.eval()
     weights = dict(simulation.module.named_parameters())
-    inputs = {k: torch.from_numpy(v) for k, v in val.inputs.items()}
     with torch.no_grad():
         for name, p in trained.named_parameters():
             p.copy_(weights[name])
-        expected = trained(**inputs).numpy().argmax(-1)
-        assert np.array_equal(simulation.module(**inputs).numpy().argmax(-1), expected)
-    exported = predictions(make_session(quantizer.export(policy, tuned)), val).argmax(-1)
-    assert np.mean(exported == expected) >= 0.995
+    expected = _torch_top1(trained, val)
+    assert np.array_equal(_torch_top1(simulation.module, val), expected)
+    assert np.mean(_ort_top1(quantizer.export(policy, tuned), val) == expected) >= 0.995
 
 
 def test_trainable_clips_are_learned_exported_and_kept_out_of_the_calibration(example, quantizer):
@@ -78,10 +83,8 @@ def test_trainable_clips_are_learned_exported_and_kept_out_of_the_calibration(ex
                      FinetuneConfig(epochs=1, trainable_clip=True))
     moved = [n for n, c in tuned.clips.items() if abs(c - calibrated[n]) > 1e-3 * calibrated[n]]
     assert len(moved) >= len(layers) // 2, tuned.clips
-    exported = predictions(make_session(quantizer.export(policy, tuned)), val).argmax(-1)
-    with torch.no_grad():
-        simulated = simulation.module(**{k: torch.from_numpy(v) for k, v in val.inputs.items()}).numpy().argmax(-1)
-    assert np.mean(exported == simulated) >= 0.995
+    exported = _ort_top1(quantizer.export(policy, tuned), val)
+    assert np.mean(exported == _torch_top1(simulation.module, val)) >= 0.995
     assert {l.name: quantizer.calibration.clip(l.input, 3) for l in layers} == calibrated
 
 
