@@ -11,6 +11,8 @@ from typing import Callable, Generic, TypeVar
 
 import onnx
 
+from haqc.layers import Layer
+
 R = TypeVar("R")
 
 
@@ -88,3 +90,43 @@ def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     return out
+
+
+# Elementwise activations an integer kernel applies before it writes its output: ONNX Runtime
+# drops a Relu or Clip between a quantized Conv / Gemm and the QuantizeLinear of its output
+# when the quantized range lies inside the activation's.
+FUSED_ACTIVATIONS = ("Relu", "Clip")
+
+
+def tensor_readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> the nodes that read it (each once)."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for tensor in dict.fromkeys(node.input):
+            readers.setdefault(tensor, []).append(node)
+    return readers
+
+
+def tensor_producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    """Tensor name -> the node that writes it (graph inputs and initializers have none)."""
+    return {out: node for node in model.graph.node for out in node.output}
+
+
+def layer_outputs(model: onnx.ModelProto, layers: list[Layer]) -> dict[str, str]:
+    """Layer name -> the tensor an integer kernel for the layer writes: its output after a chain
+    of Relu / Clip nodes that each have that one reader. Layers ending in a graph output are
+    left out: model outputs stay float."""
+    readers = tensor_readers(model)
+    graph_outputs = {o.name for o in model.graph.output}
+    nodes = {n.name: n for n in model.graph.node}
+    found = {}
+    for layer in layers:
+        tensor = nodes[layer.name].output[0]
+        while tensor not in graph_outputs:
+            after = readers.get(tensor, [])
+            if len(after) != 1 or after[0].op_type not in FUSED_ACTIVATIONS or after[0].input[0] != tensor:
+                break
+            tensor = after[0].output[0]
+        if tensor not in graph_outputs:
+            found[layer.name] = tensor
+    return found

@@ -18,8 +18,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from haqc.layers import Layer
-from haqc.passes.base import initializers_as_inputs
-from haqc.passes.extract import layer_outputs
+from haqc.passes.base import initializers_as_inputs, layer_outputs
 
 logger = logging.getLogger(__name__)
 

@@ -27,9 +27,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from haqc.errors import InputError
 from haqc.layers import Layer
-from haqc.passes.base import Pass, without_initializers
+from haqc.passes.base import Pass, layer_outputs, tensor_producers, tensor_readers, without_initializers
 from haqc.passes.calibrate import Calibration
-from haqc.passes.extract import layer_outputs, tensor_producers, tensor_readers
 from haqc.policy import LayerBits, Policy
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,8 @@ from conftest import EXAMPLE, LIGHT_MODELS, light_params, light_path
 from haqc.errors import InputError
 from haqc.layers import STATE_FEATURES
 from haqc.passes.canonicalize import canonicalize
-from haqc.passes.extract import extract_layers, layer_outputs, normalized_state
+from haqc.passes.base import layer_outputs
+from haqc.passes.extract import extract_layers, normalized_state
 from haqc.pipeline import prepare
 
 
