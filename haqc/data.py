@@ -11,7 +11,7 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, Mapping, Union
 
 import numpy as np
 import onnx
@@ -116,7 +116,7 @@ class Dataset:
 
 
 def load_dataset(
-    path: str | os.PathLike,
+    path: str | os.PathLike | Mapping[str, np.ndarray],
     input_specs: list[InputSpec],
     *,
     role: str = "--data",
@@ -130,10 +130,15 @@ def load_dataset(
     inputs accept any integer dtype whose values fit. Labels must be 1-D integers,
     one per sample, within ``[0, num_classes)`` when ``num_classes`` is given.
     ``role`` names the option the file came from, so messages say which file is wrong.
+    ``path`` may also be a mapping of arrays, named as in a file.
     """
-    path = Path(path)
-    where = f"{role} {path}"
-    arrays = _read_npz(path, where)
+    if isinstance(path, Mapping):  # in-memory arrays, named as in a file
+        where = f"{role} (in-memory arrays)"
+        arrays = {str(k): np.asarray(v) for k, v in path.items()}
+    else:
+        path = Path(path)
+        where = f"{role} {path}"
+        arrays = _read_npz(path, where)
     inputs: dict[str, np.ndarray] = {}
     for name, shape, dtype in input_specs:
         key = _array_key(name, arrays, len(input_specs))
