@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from typing import Sequence
@@ -15,20 +15,26 @@ import onnx
 
 from haqc.hw_targets import cost_summary, load_target
 from haqc.passes.base import opset_version
-from haqc.passes.canonicalize import canonicalize
+from haqc.passes.canonicalize import InferShapes, canonicalize
 from haqc.passes.extract import Extraction, extract_layers
-from haqc.passes.load import InputShapes, graph_inputs, load_model
+from haqc.passes.load import InputShapes, check_input_shapes, graph_inputs, read_model, validate_model, with_input_shapes
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Prepared:
-    """A canonical model and its layer analysis; the starting point of every command."""
+    """A canonical model and its layer analysis; the starting point of every command.
+
+    ``model`` keeps the original interface (dynamic dims stay dynamic): it is what
+    is calibrated, quantized, exported and evaluated, with the data's own shapes.
+    ``extraction`` analysed the same graph (same node names) at ``input_shapes``.
+    """
 
     path: Path
     model: onnx.ModelProto
     extraction: Extraction
+    input_shapes: InputShapes = field(default_factory=dict)
 
     @property
     def layers(self):
@@ -39,10 +45,22 @@ class Prepared:
         return [i.name for i in graph_inputs(self.model)]
 
 
-def prepare(path: str | os.PathLike, input_shapes: InputShapes | None = None) -> Prepared:
-    """Load, canonicalize and analyse ``path``; raises InputError with one clear sentence."""
-    model = canonicalize(load_model(path, input_shapes))
-    return Prepared(Path(path), model, extract_layers(model))
+def prepare(path_or_model: str | os.PathLike | onnx.ModelProto, input_shapes: InputShapes | None = None) -> Prepared:
+    """Load, canonicalize and analyse a model; raises InputError with one clear sentence.
+
+    ``input_shapes`` fix only the copy the layers are analysed on: the canonical
+    model keeps the model's own input dims.
+    """
+    shapes = dict(input_shapes or {})
+    if isinstance(path_or_model, onnx.ModelProto):
+        path, source = Path("<in-memory model>"), validate_model(path_or_model, "the model")
+    else:
+        path, source = Path(path_or_model), read_model(path_or_model)
+    check_input_shapes(source, shapes)
+    model = canonicalize(source)
+    del source
+    analysis = InferShapes()(with_input_shapes(model, shapes))
+    return Prepared(path, model, extract_layers(analysis), shapes)
 
 
 LAYER_FIELDS = ("name", "op", "kind", "c_in", "c_out", "kernel", "stride", "groups", "feature_size", "params", "macs")
@@ -74,3 +92,109 @@ def inspect_summary(prepared: Prepared, targets: Sequence[str] = ()) -> dict:
             for row, per_layer in zip(rows, costs["per_layer"]):
                 row.setdefault("targets", {})[target.name] = per_layer
     return summary
+
+
+# The stages of ``haqc compress``, in order: prepare (above) -> cost table -> budget check ->
+# calibration -> search -> export -> fine-tune -> report. Each takes and returns typed values;
+# ``haqc.api.compress`` drives them.
+
+
+def cost_table(prepared: Prepared, target: Target, method: Method) -> CostTable:
+    """Stage 2: every layer at each option the target offers it (plus fp32 and all-8-bit for the report)."""
+    return target.cost_table(prepared.layers, method)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The budgets as given, and resolved to SI limits against the all-8-bit cost on the target."""
+
+    given: dict[str, str]  # quantity -> budget string ("0.5x", "20ms")
+    values: dict[str, float]  # quantity -> seconds / joules / bytes
+
+    def describe(self) -> dict[str, dict[str, str]]:
+        """The report's ``constraints``: each budget as given and its resolved limit with a unit."""
+        return {q: {"budget": self.given[q], "limit": format_costs(q, self.values[q])[0]} for q in self.given}
+
+
+def check_budgets(table: CostTable, budgets: Mapping[str, str], method: Method, *, pin_first: bool = True,
+                  pin_last: bool = True) -> Limits:
+    """Stage 3: parse and resolve ``budgets``; BudgetUnreachableError (exit 3) if even the cheapest
+    policy misses one. Runs before any calibration or evaluation, so a hopeless budget costs nothing."""
+    if not budgets:
+        raise InputError("give at least one budget in `budgets`: latency, energy or size (e.g. latency 0.5x)")
+    if method == "kmeans" and set(budgets) - {"size"}:
+        raise InputError("k-means quantization keeps activations in float, so it takes only a size budget")
+    parsed = {q: parse_budget(text, q) for q, text in budgets.items()}
+    reference = table.policy_cost([reference_option(method)] * table.n_layers)
+    values = {q: b.resolve(reference.get(q)) for q, b in parsed.items()}
+    check_budget(table, values, SearchSpace.build(table, pin_first, pin_last))
+    return Limits(dict(budgets), values)
+
+
+def search_policy(prepared: Prepared, table: CostTable, limits: Limits, score: Callable[[Policy], float],
+                  fp32_score: float, *, strategy: str, episodes: int, seed: int, pin_first: bool, pin_last: bool,
+                  reward_lambda: float, ddpg: DDPGConfig | None, workdir: str | os.PathLike | None, resume: bool,
+                  progress: Progress | None = None) -> SearchResult:
+    """Stage 5: search a policy that meets ``limits``, scoring candidates with ``score``."""
+    problem = SearchProblem(
+        layer_names=[l.name for l in prepared.layers],
+        state_matrix=prepared.extraction.state_matrix,
+        costs=table,
+        limits=limits.values,
+        evaluate=score,
+        fp32_accuracy=fp32_score,
+        pin_first=pin_first,
+        pin_last=pin_last,
+        reward_lambda=reward_lambda,
+    )
+    return search(problem, strategy, episodes, seed, config=ddpg, workdir=workdir, resume=resume, progress=progress)
+
+
+@dataclass(frozen=True)
+class Exported:
+    """Stages 6-7: the model to write and its scores before and after fine-tuning."""
+
+    model: onnx.ModelProto
+    accuracy: float  # of ``model``
+    searched: float  # the searched policy as calibrated
+    finetuned: float | None  # None: no fine-tuning ran
+
+
+def export_and_finetune(quantizer: Quantizer, policy: Policy, searched: float, evaluator: Evaluator,
+                        train: Dataset | None, finetune: FinetuneConfig | None) -> Exported:
+    """Stage 6 (export) and 7 (fine-tune): the fine-tuned weights are kept only if they score no worse."""
+    final = quantizer.export(policy)
+    if finetune is None or train is None:
+        return Exported(final, searched, searched, None)
+    tuned = finetune_export(quantizer, policy, train, finetune)
+    kept, tuned_result = keep_better(evaluator, final, searched, tuned)
+    return Exported(kept, tuned_result.accuracy if kept is tuned else searched, searched, tuned_result.accuracy)
+
+
+def build_report(*, source: str, target: Target, spec: str, table: CostTable, limits: Limits, prepared: Prepared,
+                 fp32: EvalResult, w8a8_score: float, method: Method, result: SearchResult, exported: Exported,
+                 seed: int, finetune_epochs: int, seconds: float) -> Report:
+    """Stage 8: the report, every cost read off ``table``."""
+    layers = prepared.layers
+    n = len(layers)
+    policy = result.policy
+    options = [policy[l.name] for l in layers]
+    columns = table.indices(options)
+    return Report(
+        model=source,
+        target={"name": getattr(target, "name", spec), "spec": spec, "batch": target.batch},
+        constraints=limits.describe(),
+        fp32=Scored(fp32.accuracy, table.policy_cost([FP32] * n)),
+        w8a8=Scored(w8a8_score, table.policy_cost([reference_option(method)] * n)),
+        result=Result(exported.accuracy, table.cost(columns), accuracy_before_finetune=exported.searched,
+                      accuracy_finetuned=exported.finetuned, meets_budget=result.meets_budget),
+        policy=policy,
+        layers=[LayerRow(l.name, l.kind, o.w_bits, o.a_bits, table.layer_cost(i, int(c)))
+                for i, (l, o, c) in enumerate(zip(layers, options, columns))],
+        search=SearchSummary(result.strategy, result.episodes, result.best_episode, round(result.seconds, 3),
+                             result.evaluations, seed, method, finetune_epochs),
+        history=result.history,
+        label_free=fp32.label_free,
+        signal=fp32.metric_name,
+        seconds=seconds,
+    )

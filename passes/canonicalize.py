@@ -2,9 +2,12 @@
 
 After ``canonicalize`` every quantizable weight is an initializer (real models
 compute weights with Constant / ConstantOfShape nodes), every node has a
-unique name, and every tensor has an inferred shape, so the extract and
-quantize passes can work on plain data. Numerics are preserved (tested
-against ONNX Runtime within 1e-4 relative).
+unique name, and tensors have inferred shapes where inference knows them, so
+the extract and quantize passes can work on plain data. The model's interface
+is kept: dynamic input dims stay dynamic, and nothing is folded that depends
+on them. Control flow (If / Loop / Scan bodies) and recurrent nodes pass
+through as they are. Numerics are preserved (tested against ONNX Runtime
+within 1e-4 relative).
 """
 from __future__ import annotations
 
@@ -63,12 +66,15 @@ class FoldConstants(Pass[onnx.ModelProto]):
     """Evaluate constant subgraphs, then fold BatchNorm and per-channel Mul/Add into layers."""
 
     def call(self, model: onnx.ModelProto) -> onnx.ModelProto:
-        graph = gs.import_onnx(model)
-        graph.fold_constants()
+        graph = gs.import_onnx(_slice_partial_shapes(model))
+        # Subgraph bodies stay as they are: folding inside them is not needed to find layers.
+        graph.fold_constants(recurse_subgraphs=False)
         graph.cleanup()
         while _fold_affine_once(graph):
             pass
-        graph.cleanup().toposort()
+        # No re-sort: the input is sorted and folding keeps that order. onnx-graphsurgeon's toposort
+        # ignores the outer tensors If / Loop / Scan bodies read, and could break that.
+        graph.cleanup()
         # gs.export_onnx copies every folded array into the protobuf while the graph still holds
         # it, with a transient bytes copy on top (~3x the weights at peak, ~2.2 GB on vgg19):
         # export large arrays as empty placeholders, then move each one in and drop it.
@@ -78,6 +84,44 @@ class FoldConstants(Pass[onnx.ModelProto]):
         gc.collect()  # the gs graph (and what folding replaced) is cyclic: free its arrays now, not later
         _attach_constants(out, detached)
         return _with_metadata(out, model)
+
+
+def _slice_partial_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``Shape(x, start, end)`` as ``Slice(Shape(x))``, which folds correctly.
+
+    onnx-graphsurgeon's shape folding ignores Shape's start / end attributes
+    (opset 15): on torch's dynamo BERT, ``Shape(mask, start=1, end=2)`` folded to
+    the whole shape, and the folded graph no longer ran in ONNX Runtime.
+    """
+    partial = [n for n in model.graph.node if n.op_type == "Shape" and any(a.name in ("start", "end") for a in n.attribute)]
+    if not partial:
+        return model
+    out = copy_model(model)
+    taken = {t for n in out.graph.node for t in (*n.input, *n.output)} | {t.name for t in out.graph.initializer}
+    nodes = []
+    for node in out.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type != "Shape" or not ({"start", "end"} & set(attrs)):
+            nodes.append(node)
+            continue
+        full, starts, ends = (_fresh(f"{node.output[0]}/{k}", taken) for k in ("full", "starts", "ends"))
+        out.graph.initializer.extend([
+            helper.make_tensor(starts, onnx.TensorProto.INT64, [1], [attrs.get("start", 0)]),
+            helper.make_tensor(ends, onnx.TensorProto.INT64, [1], [attrs.get("end", np.iinfo(np.int64).max)]),
+        ])
+        nodes.append(helper.make_node("Shape", [node.input[0]], [full], name=node.name))
+        nodes.append(helper.make_node("Slice", [full, starts, ends], list(node.output), name=f"{node.name}/slice"))
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
+
+
+def _fresh(name: str, taken: set[str]) -> str:
+    base, k = name, 1
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    taken.add(name)
+    return name
 
 
 # numpy dtypes whose ONNX raw_data is the little-endian array bytes
@@ -134,7 +178,14 @@ class NameNodes(Pass[onnx.ModelProto]):
 
 
 class InferShapes(Pass[onnx.ModelProto]):
-    """Strict shape inference so every layer's input and output shapes are known."""
+    """Shape inference so every layer's input and output shapes are known.
+
+    Strict first; where strict inference rejects a graph that ONNX Runtime runs
+    (torch's dynamo exports, a declared output shape the graph does not produce),
+    the lenient mode keeps what it could infer, and the analysis asks ONNX
+    Runtime for any layer shape still missing. The model's own value_info is
+    dropped first: inference writes it anew, and stale entries conflict.
+    """
 
     def call(self, model: onnx.ModelProto) -> onnx.ModelProto:
         # onnx.shape_inference serializes the model and parses it back (several copies of every
@@ -143,10 +194,15 @@ class InferShapes(Pass[onnx.ModelProto]):
         # shapes...), so inference runs on the graph with large initializers declared as typed
         # inputs instead, and the inferred value_info is put on a copy of the model.
         light = initializers_as_inputs(model, _is_large)[0]
+        del light.graph.value_info[:]
         try:
             inferred = onnx.shape_inference.infer_shapes(light, check_type=True, strict_mode=True, data_prop=True)
         except onnx.shape_inference.InferenceError as err:
-            raise InputError(f"shape inference failed: {first_line(err)}") from None
+            logger.info("strict shape inference failed (%s); inferring leniently", first_line(err))
+            try:
+                inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
+            except onnx.shape_inference.InferenceError as err:
+                raise InputError(f"shape inference failed: {first_line(err)}") from None
         out = copy_model(model)
         del out.graph.value_info[:]
         out.graph.value_info.extend(inferred.graph.value_info)

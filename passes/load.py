@@ -1,8 +1,10 @@
-"""Import: read an ONNX file (with external data), validate it, and fix its input shapes.
+"""Import: read an ONNX file (with external data), validate it, and check the input shapes to analyse it at.
 
 Everything a user can get wrong about the file itself is caught here and
 reported as one ``InputError`` sentence, so later passes may assume a valid
-model with known shapes (but a possibly dynamic batch).
+model. User input shapes only say what haqc analyses and calibrates with:
+``read_model`` keeps the model's own interface (what every output keeps),
+``with_input_shapes`` makes the fixed-shape copy the analysis runs on.
 """
 from __future__ import annotations
 
@@ -41,12 +43,12 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 
 
 def load_model(path: str | os.PathLike, input_shapes: InputShapes | None = None) -> onnx.ModelProto:
-    """Load and validate an ONNX model; apply user input shapes.
+    """Load and validate an ONNX model, with ``input_shapes`` applied (see ``with_input_shapes``)."""
+    return with_input_shapes(read_model(path), input_shapes or {})
 
-    A dynamic leading (batch) dimension may stay dynamic: ONNX Runtime then
-    evaluates any batch size, and analysis costs one sample. Any other dynamic
-    dimension must be fixed by ``input_shapes``.
-    """
+
+def read_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Load and validate an ONNX model, keeping its interface (dynamic dims stay dynamic)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"model file not found: {path}; check the path")
@@ -61,12 +63,24 @@ def load_model(path: str | os.PathLike, input_shapes: InputShapes | None = None)
     if not model.graph.node or not model.opset_import:
         raise InputError(f"{path} is not an ONNX model (no graph nodes or opset); pass a .onnx model file")
     _load_external_data(model, path)
+    return _validated(model, str(path))
+
+
+def validate_model(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    """An in-memory model, checked as ``read_model`` checks a file (a copy: the input is not changed)."""
+    if not model.graph.node or not model.opset_import:
+        raise InputError(f"{label} is not an ONNX model (no graph nodes or opset); pass a model")
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return _validated(out, label)
+
+
+def _validated(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as err:
-        raise InputError(f"{path} fails the ONNX checker: {first_line(err)}; fix or re-export the model") from None
+        raise InputError(f"{label} fails the ONNX checker: {first_line(err)}; fix or re-export the model") from None
     _strip_initializer_inputs(model)
-    _apply_input_shapes(model, input_shapes or {})
     return model
 
 
@@ -107,14 +121,33 @@ def _strip_initializer_inputs(model: onnx.ModelProto) -> None:
         model.graph.input.extend(real)
 
 
-def _apply_input_shapes(model: onnx.ModelProto, shapes: InputShapes) -> None:
-    inputs = {i.name: i for i in model.graph.input}
+def with_input_shapes(model: onnx.ModelProto, shapes: InputShapes) -> onnx.ModelProto:
+    """A copy of ``model`` with ``shapes`` fixed on its inputs, for analysis.
+
+    A dynamic leading (batch) dimension may stay dynamic: analysis counts one
+    sample. Any other dynamic dimension (a named one, ``-1`` or unset) must be
+    given; one error names every input that still needs a shape.
+    """
+    check_input_shapes(model, shapes)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for value in out.graph.input:
+        if value.name in shapes:
+            for dim, size in zip(value.type.tensor_type.shape.dim, shapes[value.name]):
+                dim.Clear()
+                dim.dim_value = size
+    return out
+
+
+def check_input_shapes(model: onnx.ModelProto, shapes: InputShapes) -> None:
+    """Raise InputError unless ``shapes`` fit ``model``'s inputs and fix every dynamic non-batch dim."""
+    inputs = {i.name: i for i in graph_inputs(model)}
     unknown = sorted(set(shapes) - set(inputs))
     if unknown:
         raise InputError(
-            f"--input-shape names unknown input {unknown[0]!r}; the model's inputs are: "
-            + ", ".join(inputs)
+            f"--input-shape names unknown input {unknown[0]!r}; the model's inputs are: " + ", ".join(inputs)
         )
+    missing = []
     for name, value in inputs.items():
         dims = value.type.tensor_type.shape.dim
         if name in shapes:
@@ -122,24 +155,49 @@ def _apply_input_shapes(model: onnx.ModelProto, shapes: InputShapes) -> None:
             if len(shape) != len(dims):
                 raise InputError(
                     f"--input-shape for {name!r} has {len(shape)} dims but the model's input has "
-                    f"{len(dims)}; give all {len(dims)} dims"
+                    f"{len(dims)} {_shape_text(dims)}; give all {len(dims)} dims"
                 )
             for dim, size in zip(dims, shape):
-                if dim.HasField("dim_value") and dim.dim_value != size:
+                if _fixed(dim) and dim.dim_value != size:
                     raise InputError(
                         f"--input-shape {name}={'x'.join(map(str, shape))} contradicts the model's "
                         f"fixed shape {_shape_text(dims)}"
                     )
-                dim.Clear()
-                dim.dim_value = size
-            continue
-        dynamic = [i for i, d in enumerate(dims) if not d.HasField("dim_value") or d.dim_value <= 0]
-        if [i for i in dynamic if i != 0]:
-            raise InputError(
-                f"input {name!r} has dynamic dimensions {_shape_text(dims)}; fix them with "
-                f"--input-shape {name}=" + "x".join("1" if i in dynamic else str(d.dim_value) for i, d in enumerate(dims))
-            )
+        elif any(not _fixed(d) for d in list(dims)[1:]):
+            missing.append(value)
+    if missing:
+        what = ", ".join(f"{v.name!r} {_shape_text(v.type.tensor_type.shape.dim)}" for v in missing)
+        hint = " ".join(f"--input-shape {v.name}={'x'.join(map(str, suggest_shape(v)))}" for v in missing)
+        raise InputError(
+            f"input{'s' if len(missing) > 1 else ''} {what} {'have' if len(missing) > 1 else 'has'} dynamic "
+            f"dimensions; give the sizes to analyse at, e.g. {hint}"
+        )
+
+
+# Sizes suggested for a dynamic dim the model does not fix: an image side, a sequence length.
+_SUGGESTED_SIDE = 224
+_SUGGESTED_LENGTH = 128
+
+
+def suggest_shape(value: onnx.ValueInfoProto) -> tuple[int, ...]:
+    """A shape to analyse ``value`` at: its fixed dims, batch 1, and a typical size for the other
+    dynamic dims (an image side for the spatial dims of a 4-D input, else a sequence length)."""
+    dims = list(value.type.tensor_type.shape.dim)
+    out = []
+    for i, dim in enumerate(dims):
+        if _fixed(dim):
+            out.append(dim.dim_value)
+        elif i == 0:
+            out.append(1)
+        else:
+            out.append(_SUGGESTED_SIDE if len(dims) == 4 and i >= 2 else _SUGGESTED_LENGTH)
+    return tuple(out)
+
+
+def _fixed(dim) -> bool:
+    """A dim with a positive size; a named dim, ``-1`` (old exporters' dynamic) or an unset one is dynamic."""
+    return dim.HasField("dim_value") and dim.dim_value > 0
 
 
 def _shape_text(dims) -> str:
-    return "[" + ", ".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?") for d in dims) + "]"
+    return "[" + ", ".join(str(d.dim_value) if _fixed(d) else (d.dim_param or "?") for d in dims) + "]"

@@ -5,7 +5,9 @@ errors (``HaqcError``) become one line on stderr and a documented exit code.
 """
 from __future__ import annotations
 
+import logging
 import sys
+import warnings
 
 import click
 
@@ -26,8 +28,42 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="haqc")
-def main() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Show haqc's progress log and ONNX Runtime's / onnx's own warnings.")
+def main(verbose: bool) -> None:
     """haqc: hardware-aware mixed-precision quantization for ONNX models."""
+    configure_logging(verbose)
+
+
+def configure_logging(verbose: bool) -> None:
+    """Quiet by default: what haqc must say is one line; library warnings (ONNX Runtime's
+    optimizer notes, onnx's and torch's Python warnings) only with ``--verbose``."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(2 if verbose else 3)
+    warnings.simplefilter("default" if verbose else "ignore")
+    log = logging.getLogger("haqc")
+    log.handlers = [h for h in log.handlers if not isinstance(h, _Stderr)]
+    if verbose:  # without a handler, haqc's warnings still reach stderr through logging's last resort
+        log.addHandler(_Stderr())
+        log.setLevel(logging.INFO)
+    else:
+        log.setLevel(logging.NOTSET)
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is now (click's test runner swaps it per invocation)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
 
 
 # Commands register themselves on import; keep this list in CLI order.

@@ -158,3 +158,47 @@ def test_light_models_preserve_numerics(name):
     assert np.std(expected) > 0, "the randomized model should not give a constant output"
     assert_close_rel(run_ort(canon, {feed: x})[0], expected)
     assert not [n for n in canon.graph.node if n.op_type in ("Constant", "ConstantOfShape")]
+
+
+def test_if_subgraphs_reading_outer_tensors_survive_intact():
+    """An If whose branches read an outer tensor its own inputs do not depend on: the graph is sorted
+    with the branches' outer reads counted, stays valid, and computes what the original does."""
+    def branch(name, op):
+        return helper.make_graph([helper.make_node(op, ["c", "c"], [f"{name}_out"])], name, [],
+                                 [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, None)])
+
+    nodes = [
+        helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+        helper.make_node("Greater", ["s", "zero"], ["cond"]),
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        helper.make_node("If", ["cond"], ["y"], then_branch=branch("then", "Add"), else_branch=branch("else", "Mul")),
+    ]
+    inits = [_const("w", RNG.standard_normal((2, 3, 1, 1))), _const("zero", np.array(0.0))]
+    model = _model(nodes, inits, [1, 3, 4, 4], None)
+    canon = _check_preserved(model, (1, 3, 4, 4))
+    if_node = next(n for n in canon.graph.node if n.op_type == "If")
+    assert [n.op_type for a in if_node.attribute for n in a.g.node] in (["Add", "Mul"], ["Mul", "Add"])
+    onnx.checker.check_model(canon)
+
+
+def test_partial_shape_folds_to_its_slice():
+    """Shape(x, start=1, end=2) of a fixed-size axis folds to [that size], not the whole shape."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"], start=1, end=2),
+        helper.make_node("Concat", ["minus1", "s"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["x", "shape"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(np.array([-1], np.int64), "minus1")]
+    canon = canonicalize(_model(nodes, inits, [3, 6], [3, 6], opset=15))
+    x = RNG.standard_normal((3, 6)).astype(np.float32)
+    np.testing.assert_array_equal(run_ort(canon, {"x": x})[0], x)
+    assert "Shape" not in _ops(canon)
+
+
+def test_dynamic_spatial_dims_stay_dynamic():
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Flatten", ["c"], ["y"])]
+    model = _model(nodes, [_const("w", RNG.standard_normal((2, 3, 1, 1)))], ["N", 3, "H", "W"], None)
+    canon = canonicalize(model)
+    for shape in ((1, 3, 4, 4), (3, 3, 6, 2)):
+        x = RNG.standard_normal(shape).astype(np.float32)
+        assert_close_rel(run_ort(canon, {"x": x})[0], run_ort(model, {"x": x})[0])

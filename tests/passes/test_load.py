@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from haqc.errors import InputError
-from haqc.passes.load import load_model, parse_input_shape
+from haqc.passes.load import check_input_shapes, load_model, parse_input_shape, read_model, with_input_shapes
 
 
 def _conv_model(x_shape) -> onnx.ModelProto:
@@ -81,9 +81,45 @@ def test_dynamic_batch_alone_is_kept(saved):
 
 def test_other_dynamic_dims_need_input_shape(saved):
     path = saved(_conv_model(["N", 3, "H", "W"]))
-    with pytest.raises(InputError, match=r"--input-shape x=1x3x1x1"):
+    with pytest.raises(InputError, match=r"'x' \[N, 3, H, W\] has dynamic dimensions.*--input-shape x=1x3x224x224$"):
         load_model(path)
     assert _dims(load_model(path, {"x": (2, 3, 8, 8)})) == [2, 3, 8, 8]
+
+
+def test_read_model_keeps_the_interface_the_shapes_only_fix_the_analysis_copy(saved):
+    path = saved(_conv_model(["N", 3, "H", "W"]))
+    model = read_model(path)
+    assert _dims(model) == ["N", 3, "H", "W"]
+    assert _dims(with_input_shapes(model, {"x": (1, 3, 8, 8)})) == [1, 3, 8, 8]
+    assert _dims(model) == ["N", 3, "H", "W"]
+
+
+@pytest.mark.parametrize("batch", [-1, 0, "batch"])
+def test_a_batch_of_minus_one_or_a_named_one_is_dynamic_not_a_contradiction(saved, batch):
+    model = _conv_model([1, 3, "H", "W"])
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    dim.Clear()
+    if isinstance(batch, str):
+        dim.dim_param = batch
+    else:
+        dim.dim_value = batch
+    assert _dims(load_model(saved(model), {"x": (1, 3, 48, 192)}))[1:] == [3, 48, 192]
+
+
+def test_every_input_needing_a_shape_is_named_in_one_message_with_typical_sizes():
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"]), helper.make_node("Identity", ["ids"], ["z"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"]),
+         helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "seq"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("z", TensorProto.INT64, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    with pytest.raises(InputError, match=r"inputs 'x' .* 'ids' \[N, seq\] have dynamic.*"
+                                         r"--input-shape x=1x3x224x224 --input-shape ids=1x128$"):
+        check_input_shapes(model, {})
+    check_input_shapes(model, {"x": (1, 3, 8, 8), "ids": (1, 16)})
 
 
 def test_input_shape_errors(saved):
