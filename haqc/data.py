@@ -48,14 +48,18 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """Validated samples: one array per model input (samples on axis 0) and optional int64 labels."""
+    """Validated samples: one array per model input (samples on axis 0) and optional int64 labels.
+
+    A scalar model input (a sample rate, a threshold) holds one 0-d value that
+    every batch is fed as is.
+    """
 
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None = None
     source: str = "in-memory data"  # how messages name it, e.g. "--data val.npz"
 
     def __len__(self) -> int:
-        return len(next(iter(self.inputs.values())))
+        return next((len(a) for a in self.inputs.values() if a.ndim), 1)
 
     def batches(self, batch_size: int) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
         """Yield (feed dict, label slice or None) in order; the last batch may be smaller."""
@@ -63,7 +67,7 @@ class Dataset:
             raise InputError(f"batch size must be a positive integer, got {batch_size}")
         for start in range(0, len(self), batch_size):
             stop = start + batch_size
-            feeds = {name: array[start:stop] for name, array in self.inputs.items()}
+            feeds = {name: array[start:stop] if array.ndim else array for name, array in self.inputs.items()}
             yield feeds, None if self.labels is None else self.labels[start:stop]
 
     def subset(self, n: int, seed: int = 0) -> Dataset:
@@ -74,7 +78,7 @@ class Dataset:
             return self
         index = np.sort(np.random.default_rng(seed).choice(len(self), n, replace=False))
         return Dataset(
-            {name: array[index] for name, array in self.inputs.items()},
+            {name: array[index] if array.ndim else array for name, array in self.inputs.items()},
             None if self.labels is None else self.labels[index],
             f"{self.source} (random {n} of {len(self)})",
         )
@@ -152,7 +156,7 @@ def load_dataset(
     _check_sample_counts(inputs, where)
     labels = arrays.get(LABELS)
     if labels is not None:
-        labels = _validate_labels(labels, len(next(iter(inputs.values()))), num_classes, where)
+        labels = _validate_labels(labels, len(Dataset(inputs)), num_classes, where)
     dataset = Dataset(inputs, labels, where)
     logger.info("%s: %d samples, inputs %s, %s", dataset.source, len(dataset), _names(inputs),
                 "labelled" if labels is not None else "no labels")
@@ -190,7 +194,7 @@ def _validate_input(name: str, array: np.ndarray, shape: tuple[Dim, ...], dtype:
     array = _cast(name, array, dtype, where)
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise InputError(f"{where}: input {name!r} contains NaN or Inf values; clean the data")
-    return np.ascontiguousarray(array)
+    return np.require(array, requirements="C")  # np.ascontiguousarray would make a scalar 1-D
 
 
 def _cast(name: str, array: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:
@@ -211,7 +215,7 @@ def _cast(name: str, array: np.ndarray, dtype: np.dtype, where: str) -> np.ndarr
 
 
 def _check_sample_counts(inputs: dict[str, np.ndarray], where: str) -> None:
-    counts = {name: len(array) for name, array in inputs.items()}
+    counts = {name: len(array) for name, array in inputs.items() if array.ndim} or {"": 1}  # scalars only: one sample
     if len(set(counts.values())) > 1:
         text = ", ".join(f"{name}: {n}" for name, n in counts.items())
         raise InputError(f"{where}: inputs have different sample counts ({text}); give every input the same number")

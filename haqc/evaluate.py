@@ -1,7 +1,7 @@
 """Evaluation with ONNX Runtime: the accuracy signal the search asks for hundreds of times.
 
 An ``Evaluator`` is built once per dataset (targets resolved, reference
-predictions cached); each ``evaluate(model)`` then costs one session creation
+outputs cached); each ``evaluate(model)`` then costs one session creation
 and one pass over the data. Models are run exactly as given, so a quantized
 graph is measured with the numerics it will ship with.
 """
@@ -39,6 +39,11 @@ DEFAULT_BATCH = 256
 
 TOP1 = "top1"
 TOP1_AGREEMENT = "top1-agreement"
+# The label-free signal for outputs that are not class logits: per output, the SQNR against the
+# fp32 output clipped to [0, FIDELITY_DB] dB and divided by FIDELITY_DB, averaged over outputs
+# (1 = within 40 dB of fp32, as w8a8 usually is; 0 = noise as large as the signal).
+FIDELITY = "sqnr-fidelity"
+FIDELITY_DB = 40.0
 
 # ORT's input type names ("tensor(float)") -> numpy dtype names where they differ.
 _ORT_DTYPES = {"float": "float32", "double": "float64", "string": "object"}
@@ -99,36 +104,78 @@ def batch_size_for(session: ort.InferenceSession, samples: int, requested: int |
     return requested or min(samples, DEFAULT_BATCH)
 
 
-def predictions(session: ort.InferenceSession, dataset: Dataset, batch_size: int | None = None) -> np.ndarray:
-    """The session's first output for every sample, concatenated along axis 0.
+def run_batches(session: ort.InferenceSession, dataset: Dataset, batch_size: int | None = None) -> list[list[np.ndarray]]:
+    """Every output of the session for each batch of ``dataset``: one list of outputs per batch.
 
     A model with a fixed batch dim gets its last, partial batch padded by
-    repeating the final sample; the padded rows are dropped from the result.
+    repeating the final sample; outputs that keep samples on axis 0 lose the
+    padded rows again, others (a scalar score, a list of detections) are kept whole.
     """
     size = batch_size_for(session, len(dataset), batch_size)
     pad = _fixed_batch(session) is not None
     names = [arg.name for arg in session.get_inputs()]
-    first = [session.get_outputs()[0].name]
-    outputs = []
+    results = []
     for feeds, _ in dataset.batches(size):
-        n = len(next(iter(feeds.values())))
+        n = len(dataset) if not any(v.ndim for v in feeds.values()) else len(next(v for v in feeds.values() if v.ndim))
         if pad and n < size:
-            feeds = {k: np.concatenate([v, np.repeat(v[-1:], size - n, axis=0)]) for k, v in feeds.items()}
+            feeds = {k: np.concatenate([v, np.repeat(v[-1:], size - n, axis=0)]) if v.ndim else v
+                     for k, v in feeds.items()}
         try:
-            (out,) = session.run(first, {name: feeds[name] for name in names})
+            outs = session.run(None, {name: feeds[name] for name in names})
         except _ORT_ERRORS as err:
             raise InputError(
                 f"ONNX Runtime failed to run the model on {dataset.source} ({first_line(err)}); "
                 "check that the data fits the model"
             ) from None
         rows = size if pad else n
-        if out.ndim == 0 or len(out) != rows:
-            raise InputError(
-                f"the model's first output has shape {list(out.shape)} for a batch of {rows}; "
-                "haqc evaluates models whose outputs keep samples on axis 0"
-            )
-        outputs.append(out[:n])
-    return np.concatenate(outputs)
+        results.append([o[:n] if pad and o.ndim and len(o) == rows else o for o in outs])
+    return results
+
+
+def predictions(session: ort.InferenceSession, dataset: Dataset, batch_size: int | None = None) -> np.ndarray:
+    """The session's first output for every sample, concatenated along axis 0."""
+    firsts = [outs[0] for outs in run_batches(session, dataset, batch_size)]
+    if not _per_sample(firsts, len(dataset)):
+        rows = min(len(dataset), batch_size_for(session, len(dataset), batch_size))
+        raise InputError(
+            f"the model's first output has shape {list(firsts[0].shape)} for a batch of {rows}; top-1 and "
+            "--metric score outputs that keep samples on axis 0 (without labels, haqc scores any output "
+            "against --reference)"
+        )
+    return np.concatenate(firsts)
+
+
+def _per_sample(batches: list[np.ndarray], samples: int) -> bool:
+    """Whether one output's per-batch arrays keep samples on axis 0 (their rows add up to the samples)."""
+    return all(b.ndim for b in batches) and sum(len(b) for b in batches) == samples
+
+
+def fidelity(outputs: list[list[np.ndarray]], reference: list[list[np.ndarray]]) -> float:
+    """The FIDELITY score in [0, 1] of ``outputs`` against ``reference`` (both from ``run_batches``).
+
+    Float outputs score their clipped SQNR over the whole set; other outputs (indices,
+    masks) the fraction of elements equal to the reference's.
+    """
+    scores = []
+    for k in range(len(reference[0])):
+        ref = np.concatenate([np.ravel(batch[k]) for batch in reference])
+        out = np.concatenate([np.ravel(batch[k]) for batch in outputs])
+        if ref.shape != out.shape:
+            scores.append(0.0)
+        elif ref.dtype.kind != "f":
+            scores.append(float(np.mean(out == ref)) if ref.size else 1.0)
+        else:
+            scores.append(min(max(sqnr_db(out, ref), 0.0), FIDELITY_DB) / FIDELITY_DB)
+    return float(np.mean(scores))
+
+
+def sqnr_db(out: np.ndarray, ref: np.ndarray) -> float:
+    """10 log10(|ref|^2 / |out - ref|^2): inf when equal, -inf when ``out`` is not finite."""
+    ref, out = np.asarray(ref, np.float64), np.asarray(out, np.float64)
+    if not np.isfinite(out).all():
+        return -math.inf
+    noise = float(np.sum((out - ref) ** 2))
+    return math.inf if noise == 0 else 10 * math.log10(max(float(np.sum(ref**2)), 1e-30) / noise)
 
 
 def load_metric(spec: str) -> Metric:
@@ -169,12 +216,15 @@ class EvalResult:
 
 
 class Evaluator:
-    """Scores models on one dataset: top-1 accuracy, top-1 agreement with a reference, or a plugin metric.
+    """Scores models on one dataset: top-1 accuracy, agreement with a reference, or a plugin metric.
 
-    Targets are the dataset's labels; without labels, the reference model's
-    top-1 predictions (computed once, here) stand in for them, so the score is
-    agreement with the fp32 model. A custom ``metric`` receives the model's
-    first output and those targets (None when there are neither labels nor a reference).
+    With labels: top-1 accuracy. Without labels, the reference (fp32) model's
+    outputs, computed once here, stand in: top-1 agreement when its first output
+    is 2-D class logits, else the bounded FIDELITY score of every output (argmax
+    agreement means nothing for a detector's boxes or an OCR model's sequences).
+    A custom ``metric`` (a callable or a ``module:function`` spec, as
+    ``load_metric`` takes) receives the model's first output and the targets:
+    the labels, else the reference's top-1 predictions, else None.
     """
 
     def __init__(
@@ -186,6 +236,7 @@ class Evaluator:
     ) -> None:
         self.dataset = dataset
         self.batch_size = batch_size
+        self.reference_outputs: list[list[np.ndarray]] | None = None  # FIDELITY's reference, per batch
         if isinstance(metric, str):
             self.metric_name, self.metric = metric, load_metric(metric)
         elif metric is not None:
@@ -207,20 +258,29 @@ class Evaluator:
             return None
         session = make_session(reference, "the reference model")
         self.dataset.check_specs(session_specs(session), "the reference model")
-        targets = predictions(session, self.dataset, self.batch_size).argmax(-1)
-        logger.info("reference predictions cached for %d samples (label-free mode)", len(targets))
-        return targets
+        batches = run_batches(session, self.dataset, self.batch_size)
+        firsts = [outs[0] for outs in batches]
+        if _per_sample(firsts, len(self.dataset)) and all(b.ndim == 2 and b.dtype.kind == "f" for b in firsts):
+            targets = np.concatenate(firsts).argmax(-1)
+            logger.info("reference predictions cached for %d samples (label-free mode)", len(targets))
+            return targets
+        if self.metric is None:
+            self.metric_name, self.reference_outputs = FIDELITY, batches
+            logger.info("the reference's outputs are not class logits: scoring %s against them", FIDELITY)
+        return None
 
     def evaluate(self, model: ModelSource | ort.InferenceSession, name: str = "the model") -> EvalResult:
         """Score ``model``; ``seconds`` covers session creation, inference and the metric."""
         start = time.perf_counter()
         session = model if isinstance(model, ort.InferenceSession) else make_session(model, name)
         self.dataset.check_specs(session_specs(session), name)
-        outputs = predictions(session, self.dataset, self.batch_size)
-        score = self._score(outputs, name)
+        if self.reference_outputs is not None:
+            score = fidelity(run_batches(session, self.dataset, self.batch_size), self.reference_outputs)
+        else:
+            score = self._score(predictions(session, self.dataset, self.batch_size), name)
         seconds = time.perf_counter() - start
-        logger.debug("%s: %s %.4f on %d samples in %.3f s", name, self.metric_name, score, len(outputs), seconds)
-        return EvalResult(score, len(outputs), seconds, self.label_free, self.metric_name)
+        logger.debug("%s: %s %.4f on %d samples in %.3f s", name, self.metric_name, score, len(self.dataset), seconds)
+        return EvalResult(score, len(self.dataset), seconds, self.label_free, self.metric_name)
 
     def _score(self, outputs: np.ndarray, name: str) -> float:
         if self.metric is not None:

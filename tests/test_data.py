@@ -260,3 +260,13 @@ def test_input_specs_reject_non_tensor_inputs():
                               [helper.make_tensor_value_info("n", TensorProto.INT64, [])])
     with pytest.raises(InputError, match="input 's' is not a tensor"):
         input_specs(helper.make_model(graph))
+
+
+def test_a_scalar_input_is_fed_whole_to_every_batch(tmp_path):
+    """A scalar model input (a sample rate) is one 0-d value, not samples: counted and sliced by the others."""
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.zeros((5, 3), np.float32), sr=np.array(16000))
+    ds = load_dataset(path, [("x", (None, 3), np.dtype(np.float32)), ("sr", (), np.dtype(np.int64))])
+    assert len(ds) == 5 and len(ds.subset(2)) == 2
+    batches = [feeds for feeds, _ in ds.batches(2)]
+    assert [len(f["x"]) for f in batches] == [2, 2, 1] and all(f["sr"].shape == () for f in batches)

@@ -10,6 +10,8 @@ from onnx import TensorProto, helper, numpy_helper
 from haqc.data import Dataset, input_specs, load_dataset
 from haqc.errors import InputError
 from haqc.evaluate import (
+    FIDELITY,
+    FIDELITY_DB,
     TOP1,
     TOP1_AGREEMENT,
     Evaluator,
@@ -17,7 +19,9 @@ from haqc.evaluate import (
     load_metric,
     make_session,
     num_classes,
+    fidelity,
     predictions,
+    sqnr_db,
 )
 
 N = 20
@@ -243,3 +247,46 @@ def test_example_accuracy():
     val = load_dataset(EXAMPLE.parent / "val.npz", input_specs(model), num_classes=num_classes(model))
     result = Evaluator(val).evaluate(model)
     assert result.samples == 1000 and result.accuracy >= 0.97
+
+
+def _scalar_score_model() -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0)], "sum",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("s", TensorProto.FLOAT, [])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_label_free_outputs_that_are_not_logits_score_fidelity_against_the_reference():
+    """A scalar score or a 3-D map is scored by clipped SQNR against the reference: 1 when equal,
+    lower as noise grows, bounded in [0, 1]; 2-D logits keep top-1 agreement."""
+    ds = Dataset({"x": np.random.default_rng(0).standard_normal((N, 4)).astype(np.float32)})
+    scalar = _scalar_score_model()
+    evaluator = Evaluator(ds, reference=scalar)
+    result = evaluator.evaluate(scalar)
+    assert (result.metric_name, result.accuracy, result.samples) == (FIDELITY, 1.0, N)
+    assert Evaluator(ds, reference=_linear(np.eye(4))).metric_name == TOP1_AGREEMENT
+    maps = Evaluator(ds, reference=_map(1.0), batch_size=7)
+    assert maps.metric_name == FIDELITY
+    assert 1.0 > maps.evaluate(_map(1.03)).accuracy > maps.evaluate(_map(1.5)).accuracy >= 0.0
+
+
+def _map(scale: float) -> onnx.ModelProto:
+    """x [N, 4] -> scale * x as [N, 4, 1]: an output with samples on axis 0 that is not class logits."""
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "k"], ["m"]), helper.make_node("Unsqueeze", ["m", "axes"], ["y"])], "map",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 1])],
+        [numpy_helper.from_array(np.array(scale, np.float32), "k"), numpy_helper.from_array(np.array([2], np.int64), "axes")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_fidelity_is_bounded_and_sqnr_is_the_usual_ratio():
+    ref = [[np.ones((4, 3), np.float32)]]
+    assert fidelity(ref, ref) == 1.0
+    assert fidelity([[np.full((4, 3), 1.1, np.float32)]], ref) == pytest.approx(20 / FIDELITY_DB)
+    assert fidelity([[np.full((4, 3), np.nan, np.float32)]], ref) == 0.0
+    assert fidelity([[np.array([1, 2])]], [[np.array([1, 3])]]) == 0.5  # integer outputs: equal elements
+    assert sqnr_db(np.full(4, 1.1), np.ones(4)) == pytest.approx(20.0)
