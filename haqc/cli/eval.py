@@ -8,8 +8,8 @@ import click
 from haqc.cli import main
 from haqc.cli.inspect import input_shape_option, parse_input_shapes
 from haqc.data import input_specs, load_dataset
-from haqc.evaluate import Evaluator, num_classes
-from haqc.passes.load import load_model
+from haqc.evaluate import FIDELITY, FIDELITY_DB, Evaluator, num_classes
+from haqc.passes.load import check_input_shapes, read_model
 
 
 @main.command("eval")
@@ -35,10 +35,12 @@ def eval_(
 ) -> None:
     """Measure MODEL on --data exactly as given (no canonicalization), so quantized models are scored as shipped."""
     shapes = parse_input_shapes(input_shapes)
-    proto = load_model(model, shapes)
+    proto = read_model(model)  # as given: the data's own shapes are what it runs at
+    if shapes:  # accepted for symmetry with the other commands, and checked; eval runs any shape
+        check_input_shapes(proto, shapes)
     classes = num_classes(proto) if metric is None else None
     dataset = load_dataset(data, input_specs(proto), role="--data", num_classes=classes)
-    ref = load_model(reference, shapes) if reference is not None and dataset.labels is None else None
+    ref = read_model(reference) if reference is not None and dataset.labels is None else None
     result = Evaluator(dataset, batch_size, metric, ref).evaluate(proto, model)
     if as_json:
         click.echo(json.dumps({
@@ -53,6 +55,8 @@ def eval_(
         return
     if metric is not None:
         what = f"metric {metric}" + (" (label-free)" if result.label_free else "")
+    elif result.metric_name == FIDELITY:
+        what = f"{FIDELITY} against {reference} (label-free; 1 = outputs within {FIDELITY_DB:g} dB SQNR of it)"
     elif result.label_free:
         what = f"agreement with {reference} (label-free)"
     else:
