@@ -1,15 +1,19 @@
 """Extract (analysis only): the quantizable layers of a canonical model, as plain records.
 
 Quantizable: Conv (incl. grouped / depthwise), ConvTranspose, Gemm, and MatMul
-whose second operand is a 2-D constant (x @ W). Layers come in execution
-order. Their shapes, MACs and HAQ state features are what hardware targets
-and the search see; they never look at the protobuf.
+whose second operand is a 2-D constant (x @ W; a transposed weight is folded
+into a constant by canonicalize). Layers come in execution order. Their
+shapes, MACs and HAQ state features are what hardware targets and the search
+see; they never look at the protobuf. Compute the export leaves in float
+(attention MatMuls between two activations, normalization, softmax, embedding
+lookups, control flow, recurrent cells) is listed in ``Extraction.kept_float``
+with the reason, so inspect can say what haqc does not quantize.
 """
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import networkx as nx
 import numpy as np
@@ -24,13 +28,41 @@ logger = logging.getLogger(__name__)
 QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
+# Ops that do real work but stay float in every export, and why (what inspect lists).
+FLOAT_REASONS = {
+    "If": "control flow: its branches run in float",
+    "Loop": "control flow: its body runs in float",
+    "Scan": "control flow: its body runs in float",
+    "LSTM": "recurrent cell: haqc quantizes Conv / Gemm / MatMul layers only",
+    "GRU": "recurrent cell: haqc quantizes Conv / Gemm / MatMul layers only",
+    "RNN": "recurrent cell: haqc quantizes Conv / Gemm / MatMul layers only",
+    "LayerNormalization": "normalization stays float",
+    "Softmax": "softmax stays float",
+    "Gelu": "activation stays float",
+    "Gather": "embedding lookup stays float",
+    "Einsum": "einsum is not a layer haqc quantizes",
+    "Attention": "fused attention stays float",
+}
+
+
+@dataclass(frozen=True)
+class FloatNode:
+    """A main-graph node haqc leaves in float, and why."""
+
+    name: str
+    op: str
+    reason: str
+
+
 @dataclass(frozen=True)
 class Extraction:
-    """The layers, their min-max normalized HAQ state matrix, and the model's dataflow graph."""
+    """The layers, their min-max normalized HAQ state matrix, the model's dataflow graph, and
+    the compute that stays float."""
 
     layers: list[Layer]
     state_matrix: np.ndarray  # (n_layers, len(STATE_FEATURES)), float32
     graph: nx.DiGraph  # nodes: ONNX node names (attr op, layer index or None); edges: tensors
+    kept_float: list[FloatNode] = field(default_factory=list)
 
 
 class ExtractLayers(Pass[Extraction]):
@@ -41,15 +73,21 @@ class ExtractLayers(Pass[Extraction]):
         inits = {t.name: t for t in model.graph.initializer}
         layers: list[Layer] = []
         skipped: list[str] = []
+        kept_float: list[FloatNode] = []
         for node in model.graph.node:
             if node.op_type not in QUANTIZABLE_OPS:
+                # A Gather of a constant table is an embedding; one of a shape is bookkeeping, not compute.
+                if node.op_type in FLOAT_REASONS and (node.op_type != "Gather" or node.input[0] in inits):
+                    kept_float.append(FloatNode(node.name, node.op_type, FLOAT_REASONS[node.op_type]))
                 continue
             weight = node.input[1] if len(node.input) > 1 else ""
             if node.op_type == "Gemm" and _attr(node, "transA", 0):
                 skipped.append(f"{node.name} (transposed input)")
+                kept_float.append(FloatNode(node.name, node.op_type, "transposed input (transA)"))
                 continue
             if weight not in inits or (node.op_type == "MatMul" and len(inits[weight].dims) != 2):
                 skipped.append(node.name)
+                kept_float.append(FloatNode(node.name, node.op_type, _why_not_a_layer(node, weight, inits)))
                 continue
             layers.append(_make_layer(len(layers), node, tuple(inits[weight].dims), shapes))
         if not layers:
@@ -60,7 +98,15 @@ class ExtractLayers(Pass[Extraction]):
             )
         if skipped:
             logger.info("not quantizable (weights not constant): %s", ", ".join(skipped))
-        return Extraction(layers, normalized_state(layers), _dataflow_graph(model, layers))
+        return Extraction(layers, normalized_state(layers), _dataflow_graph(model, layers), kept_float)
+
+
+def _why_not_a_layer(node: onnx.NodeProto, weight: str, inits: dict[str, onnx.TensorProto]) -> str:
+    if weight in inits:
+        return f"constant operand of rank {len(inits[weight].dims)}, not a 2-D weight"
+    if node.op_type == "MatMul":
+        return "both operands are activations (e.g. attention scores)"
+    return "weight is computed at run time, not a constant"
 
 
 def extract_layers(model: onnx.ModelProto) -> Extraction:

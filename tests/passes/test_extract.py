@@ -138,3 +138,24 @@ def test_layer_outputs_follow_single_reader_activations():
         opset_imports=[helper.make_opsetid("", 17)]))
     layers = extract_layers(model).layers
     assert layer_outputs(model, layers) == {"c1": "r2", "c2": "a2"}
+
+
+def test_attention_block_projections_are_layers_the_rest_is_listed_float():
+    """A weight reached through a Transpose of an initializer is folded into a constant: a layer. The
+    attention product of two activations, the softmax and the layer norm stay float, with reasons."""
+    nodes = [
+        helper.make_node("Transpose", ["wq"], ["wq_t"], perm=[1, 0]),
+        helper.make_node("MatMul", ["x", "wq_t"], ["q"], name="q_proj"),
+        helper.make_node("Transpose", ["q"], ["k_t"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "k_t"], ["scores"], name="scores"),
+        helper.make_node("Softmax", ["scores"], ["p"], axis=-1, name="softmax"),
+        helper.make_node("MatMul", ["p", "q"], ["ctx"], name="context"),
+        helper.make_node("LayerNormalization", ["ctx", "gamma"], ["y"], name="norm"),
+    ]
+    inits = [_w("wq", (8, 8)), _w("gamma", (8,))]
+    extraction = _extract(nodes, inits, [1, 5, 8])
+    (layer,) = extraction.layers
+    assert (layer.name, layer.kind, layer.c_in, layer.c_out, layer.rows) == ("q_proj", "matmul", 8, 8, 5)
+    kept = {f.name: (f.op, f.reason) for f in extraction.kept_float}
+    assert set(kept) == {"scores", "softmax", "context", "norm"}
+    assert "activations" in kept["scores"][1] and "normalization" in kept["norm"][1]
