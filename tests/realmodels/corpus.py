@@ -41,6 +41,7 @@ class CorpusModel:
     alt_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # a second size the original accepts
     int_high: dict[str, int] = field(default_factory=dict)  # integer inputs: values in [0, high)
     slow: bool = False  # heavy to compress on two cores: run by the slow tests only
+    inspect_only: bool = False  # hundreds of MB of folded weights: too slow to quantize in CI on two cores
 
     def feeds(self, model: onnx.ModelProto, batch: int, seed: int = SEED, alt: bool = False) -> dict[str, np.ndarray]:
         """Random inputs for ``model`` (the original) of ``batch`` samples at the analysis (or alt) shapes."""
@@ -272,7 +273,8 @@ def _models() -> dict[str, CorpusModel]:
     for light in ("bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50", "shufflenet",
                   "squeezenet", "vgg19", "zfnet512"):
         models.append(CorpusModel(f"light_{light}", "onnx backend test data (light zoo), seeded random weights",
-                                  _light(light), lambda: "light", slow=light in heavy))
+                                  _light(light), lambda: "light", slow=light in heavy,
+                                  inspect_only=light in ("bvlc_alexnet", "vgg19", "zfnet512")))
     return {m.name: m for m in models}
 
 

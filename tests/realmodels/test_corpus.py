@@ -21,8 +21,10 @@ from realmodels.corpus import MODELS, obtain
 SAMPLES = 8
 
 
-def _params():
-    return [pytest.param(n, marks=pytest.mark.slow) if m.slow else n for n, m in MODELS.items()]
+def _params(quantized: bool = True):
+    """Every corpus model (the slow ones marked); for the commands that quantize, not the inspect-only ones."""
+    return [pytest.param(n, marks=pytest.mark.slow) if m.slow else n for n, m in MODELS.items()
+            if not (quantized and m.inspect_only)]
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +74,7 @@ def _runs_where_the_original_runs(name: str, original, output) -> None:
     assert ran >= 1
 
 
-@pytest.mark.parametrize("name", _params())
+@pytest.mark.parametrize("name", _params(quantized=False))
 def test_inspect(corpus, name):
     path, _, shapes = corpus(name)
     summary = json.loads(_invoke("inspect", path, *shapes, "--json", "--target", "edge"))
