@@ -1,17 +1,18 @@
 """Fake quantization in torch and fine-tuning of a policy, written back into the ONNX graph.
 
 The canonical float model runs in haqc's executor with straight-through fake
-quantization that follows the export rules exactly (``quantize_weight``,
-``activation_qparams``, k-means codebooks), so after training the weights are
-written back as floats and the quantize pass re-exports the same numbers the
-simulation used.
+quantization that applies exactly the parameters the quantize pass computed
+for the policy (``LinearQuantize.plan``: weight scales, activation clips,
+scales and bounds, bias steps, requantized outputs; ``KMeansQuantize.plan``:
+codebooks and assignments), so after training the weights are written back as
+floats and the pass re-exports the same numbers the simulation used.
 """
 from __future__ import annotations
 
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -22,61 +23,74 @@ from torch import Tensor, nn
 from haqc.executor import OnnxModule
 from haqc.layers import Layer
 from haqc.passes.base import copy_model
-from haqc.passes.calibrate import Calibration
-from haqc.passes.quantize_linear import (REQUANT_BITS, activation_levels, activation_qparams, activation_range,
-                                         quantize_weight, requantized_outputs, weight_levels)
-from haqc.policy import LayerBits, Policy
+from haqc.passes.quantize_kmeans import Codebook
+from haqc.passes.quantize_linear import ActivationQuant, LinearPlan, QuantizedWeight
 
 logger = logging.getLogger(__name__)
 
-Method = Literal["linear", "kmeans"]
 # One epoch of Adam at 1e-4 left most of a 2-bit gap; 1e-3 was best or within 0.4 points of
 # the best of 1e-4..3e-3 on six uniform policies of the example (docs/design.md).
 DEFAULT_LR = 1e-3
 
 
 class WeightFakeQuant(nn.Module):
-    """Symmetric STE fake-quant with the export's scales (refreshed from the current weights)."""
+    """Symmetric STE fake-quant with the export's per-channel (or per-tensor) scale."""
 
-    def __init__(self, bits: int, axis: int | None, weight: np.ndarray) -> None:
+    def __init__(self, weight: QuantizedWeight, ndim: int) -> None:
         super().__init__()
-        self.bits, self.axis = bits, axis
+        self.bits, self.axis, self.ndim = weight.bits, weight.axis, ndim
+        self.levels = weight.levels
         self.register_buffer("scale", torch.zeros(()))
-        self.refresh(weight)
+        self.set_scale(weight.scale)
 
-    def refresh(self, weight: np.ndarray) -> None:
-        scale = torch.from_numpy(np.asarray(quantize_weight(weight, self.bits, self.axis).scale, np.float32))
+    def set_scale(self, scale: np.ndarray) -> None:
+        """Use the export's scale (re-planned from the current weights between epochs)."""
+        value = torch.from_numpy(np.asarray(scale, np.float32))
         if self.axis is not None:
-            shape = [1] * weight.ndim
+            shape = [1] * self.ndim
             shape[self.axis] = -1
-            scale = scale.reshape(shape)
-        self.scale = scale.to(self.scale.device)
+            value = value.reshape(shape)
+        self.scale = value.to(self.scale.device)
 
     def forward(self, w: Tensor) -> Tensor:
-        levels = weight_levels(self.bits)
-        q = torch.clamp(torch.round(w / self.scale), -levels, levels) * self.scale
+        q = torch.clamp(torch.round(w / self.scale), -self.levels, self.levels) * self.scale
         return w + (q - w).detach()
 
 
 class ActivationFakeQuant(nn.Module):
-    """STE fake-quant of an activation to [0, c] or [-c - s, c]; ``c`` trainable PACT-style if asked."""
+    """STE fake-quant of an activation to the export's float range, in its steps.
 
-    def __init__(self, bits: int, clip: float, signed: bool, trainable: bool = False) -> None:
+    Fixed, it applies the scale and bounds the pass computed. With ``trainable`` the clip is
+    learned PACT-style, so scale and bounds follow it: the same rule as ``ActivationQuant``
+    (float32 rounding of clip / levels, bounds from the stored scale), written in torch so the
+    gradient reaches the clip.
+    """
+
+    def __init__(self, quant: ActivationQuant, trainable: bool = False) -> None:
         super().__init__()
-        self.bits, self.signed = bits, signed
-        self.levels = activation_levels(bits, signed)
-        self.lowest = activation_range(bits, signed)[0]
-        clip_t = torch.tensor(float(clip), dtype=torch.float32)
+        self.trainable = trainable
+        self.lowest, self.highest = quant.codes
+        self.levels = self.highest
+        clip_t = torch.tensor(float(quant.clip), dtype=torch.float32)
         if trainable:
             self.clip = nn.Parameter(clip_t)
         else:
             self.register_buffer("clip", clip_t)
+            self.register_buffer("fixed_scale", torch.tensor(quant.scale, dtype=torch.float32))
+            self.register_buffer("fixed_bounds", torch.tensor(quant.bounds, dtype=torch.float32))
+
+    def scale(self) -> Tensor:
+        if not self.trainable:
+            return self.fixed_scale
+        return (self.clip.double() / self.levels).float()
 
     def forward(self, x: Tensor) -> Tensor:
-        # Scale and bound rounded to float32 from float64, exactly as the export computes them.
-        scale = (self.clip.double() / self.levels).float()
-        hi = (scale.double() * self.levels).float()
-        lo = (scale.double() * self.lowest).float()
+        scale = self.scale()
+        if self.trainable:
+            hi = (scale.double() * self.highest).float()
+            lo = (scale.double() * self.lowest).float()
+        else:
+            lo, hi = self.fixed_bounds[0], self.fixed_bounds[1]
         xc = torch.minimum(torch.maximum(x, lo), hi)  # gradient reaches clip where x saturates (PACT)
         q = torch.round(xc / scale) * scale
         return xc + (q - xc).detach()
@@ -90,8 +104,7 @@ class BiasFakeQuant(nn.Module):
         self.weight_fq, self.activation_fq = weight, activation
 
     def forward(self, b: Tensor) -> Tensor:
-        a_scale = (self.activation_fq.clip.double() / self.activation_fq.levels).float()
-        step = (a_scale * self.weight_fq.scale.reshape(-1)).double()
+        step = (self.activation_fq.scale() * self.weight_fq.scale.reshape(-1)).double()
         q = (torch.round(b.double() / step) * step).float()
         return b + (q - b).detach()
 
@@ -144,45 +157,36 @@ def isolate_layer_inputs(model: onnx.ModelProto, layers: list[Layer]) -> tuple[o
 def build_simulation(
     model: onnx.ModelProto,
     layers: list[Layer],
-    policy: Policy,
+    plan: LinearPlan | dict[str, Codebook],
     *,
-    method: Method = "linear",
-    calibration: Calibration | None = None,
-    per_channel: bool = True,
     trainable_clip: bool = False,
-    codebooks: Callable[[Layer, np.ndarray, int], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Simulation:
-    """The canonical float model as a torch module with the policy's fake quantization."""
+    """The canonical float model as a torch module applying ``plan``'s quantization (a linear pass's
+    plan, or a k-means pass's codebooks by layer)."""
     isolated, private = isolate_layer_inputs(model, layers)
     inits = {t.name: t for t in isolated.graph.initializer}
     weight_q: dict[str, nn.Module] = {}
     act_q: dict[str, ActivationFakeQuant] = {}
-    for layer in layers:
-        bits = policy.get(layer.name, LayerBits(None, None))
-        if bits.w_bits is not None:
-            w = numpy_helper.to_array(inits[layer.weight])
-            if method == "kmeans":
-                if codebooks is None:
-                    raise ValueError("k-means simulation needs a codebook function")
-                weight_q[layer.name] = CodebookFakeQuant(*codebooks(layer, w, bits.w_bits))
-            else:
-                weight_q[layer.name] = WeightFakeQuant(bits.w_bits, layer.weight_axis if per_channel else None, w)
-        if method == "linear" and bits.a_bits is not None:
-            if calibration is None:
-                raise ValueError("linear simulation of activations needs a calibration")
-            clip, _, signed = activation_qparams(calibration, layer.input, bits.a_bits)
-            act_q[layer.name] = ActivationFakeQuant(bits.a_bits, clip, signed, trainable_clip)
-    transforms: dict[str, nn.Module] = {layers_by(layers)[n].weight: m for n, m in weight_q.items()}
+    transforms: dict[str, nn.Module] = {}
+    requant: dict[str, ActivationFakeQuant] = {}
     nodes = {n.name: n for n in isolated.graph.node}
-    for name, act in act_q.items():  # both quantized: the export stores the bias in int32 steps
-        node, wq = nodes[name], weight_q.get(name)
-        if isinstance(wq, WeightFakeQuant) and len(node.input) > 2 and node.input[2] in inits:
-            transforms[node.input[2]] = BiasFakeQuant(wq, act)
-    requant = {}
-    if method == "linear":  # the 8-bit outputs of integer layers, as the export requantizes them
-        for tensor in requantized_outputs(model, layers, policy):
-            clip, _, signed = activation_qparams(calibration, tensor, REQUANT_BITS)
-            requant[tensor] = ActivationFakeQuant(REQUANT_BITS, clip, signed)
+    if isinstance(plan, LinearPlan):
+        for layer in layers:
+            quant = plan.layers[layer.name]
+            if quant.weight is not None:
+                weight_q[layer.name] = WeightFakeQuant(quant.weight, len(inits[layer.weight].dims))
+                transforms[layer.weight] = weight_q[layer.name]
+            if quant.activation is not None:
+                act_q[layer.name] = ActivationFakeQuant(quant.activation, trainable_clip)
+            if quant.bias_scale is not None:  # both quantized: the export stores the bias in int32 steps
+                transforms[nodes[layer.name].input[2]] = BiasFakeQuant(weight_q[layer.name], act_q[layer.name])
+        # the 8-bit outputs of integer layers, as the export requantizes them
+        requant = {tensor: ActivationFakeQuant(quant) for tensor, quant in plan.requantized.items()}
+    else:
+        for layer in layers:
+            if layer.name in plan:
+                weight_q[layer.name] = CodebookFakeQuant(plan[layer.name].codebook, plan[layer.name].indices)
+                transforms[layer.weight] = weight_q[layer.name]
     module = OnnxModule(
         isolated,
         weight_transforms=transforms,
@@ -226,12 +230,15 @@ def finetune(
     labels: np.ndarray | None,
     config: FinetuneConfig,
     teacher_logits: np.ndarray | None = None,
+    weight_quant: Callable[[Layer, np.ndarray, int], QuantizedWeight] | None = None,
 ) -> Tuned:
     """Train the weights under fake quantization; return the float model with them written back,
     and the activation clips and weight scales of the last epoch.
 
     Labels give a cross-entropy loss; without labels the fp32 model's logits
-    (``teacher_logits``) are distilled with a KL loss.
+    (``teacher_logits``) are distilled with a KL loss. ``weight_quant`` is the
+    quantize pass's rule for a layer's weights: between epochs the scales follow
+    the trained weights as the pass would choose them.
     """
     if labels is None and teacher_logits is None:
         raise ValueError("fine-tuning needs labels or teacher logits")
@@ -266,8 +273,8 @@ def finetune(
             optimizer.step()
             schedule.step()
             total += float(loss.detach()) * len(idx)
-        if epoch + 1 < config.epochs:  # scales follow the weights between epochs, not after the last
-            _refresh_scales(simulation, layers)
+        if epoch + 1 < config.epochs and weight_quant is not None:  # between epochs, not after the last
+            _refresh_scales(simulation, layers, weight_quant)
         logger.info("fine-tune epoch %d/%d: loss %.4f", epoch + 1, config.epochs, total / n)
     module.eval()
     trained = module.initializer_arrays()
@@ -290,13 +297,14 @@ def _loss(out: Tensor, target: Tensor, supervised: bool, temperature: float) -> 
     ) * (t * t)
 
 
-def _refresh_scales(simulation: Simulation, layers: list[Layer]) -> None:
-    """Recompute weight scales from the trained weights, as the re-export will."""
+def _refresh_scales(simulation: Simulation, layers: list[Layer],
+                    weight_quant: Callable[[Layer, np.ndarray, int], QuantizedWeight]) -> None:
+    """Re-plan weight scales from the trained weights, as the re-export will."""
     arrays = simulation.module.initializer_arrays()
     for layer in layers:
         fq = simulation.weights.get(layer.name)
         if isinstance(fq, WeightFakeQuant):
-            fq.refresh(arrays[layer.weight])
+            fq.set_scale(weight_quant(layer, arrays[layer.weight], fq.bits).scale)
 
 
 def _write_back(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:

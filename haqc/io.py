@@ -135,7 +135,7 @@ def check_output_path(path: str | os.PathLike, inputs: tuple[str | os.PathLike |
     if path.is_dir():
         raise InputError(f"output {path} is a directory; give a file name such as {path / 'model.onnx'}")
     if path.exists() and not force:
-        raise InputError(f"output {path} already exists; pass --force to overwrite it")
+        raise InputError(f"output {path} already exists; pass `force` to overwrite it")
     fd, probe = _create_temp(path, tempfile.mkstemp)
     os.close(fd)
     os.unlink(probe)

@@ -1,6 +1,8 @@
-"""The Python API behind the CLI: import a model, canonicalize it, extract its layers.
+"""The pipeline: its stages as functions over typed results.
 
-Everything the CLI does goes through here, so scripts can do the same.
+prepare (load, canonicalize, extract) -> cost table -> budget check ->
+calibration -> search -> export -> fine-tune -> report. ``haqc.api`` drives
+them for each command; scripts may call them one by one.
 """
 from __future__ import annotations
 
@@ -9,11 +11,23 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 import onnx
 
-from haqc.hw_targets import cost_summary, load_target
+from haqc.costs import CostTable
+from haqc.data import Dataset
+from haqc.errors import InputError
+from haqc.evaluation import EvalResult, Evaluator
+from haqc.finetune import FinetuneConfig
+from haqc.hw_targets import Target, cost_summary, load_target, parse_budget
+from haqc.policy import Policy
+from haqc.precision import FP32, Method, reference_option
+from haqc.quantities import format_costs
+from haqc.quantizer import Quantizer, finetune_export, keep_better
+from haqc.report import LayerRow, Report, Result, Scored, SearchSummary
+from haqc.search import DDPGConfig, SearchProblem, SearchResult, SearchSpace, check_budget, search
+from haqc.search.strategies import Progress
 from haqc.passes.base import opset_version
 from haqc.passes.canonicalize import InferShapes, canonicalize
 from haqc.passes.extract import Extraction, extract_layers
@@ -120,8 +134,6 @@ def check_budgets(table: CostTable, budgets: Mapping[str, str], method: Method, 
                   pin_last: bool = True) -> Limits:
     """Stage 3: parse and resolve ``budgets``; BudgetUnreachableError (exit 3) if even the cheapest
     policy misses one. Runs before any calibration or evaluation, so a hopeless budget costs nothing."""
-    if not budgets:
-        raise InputError("give at least one budget in `budgets`: latency, energy or size (e.g. latency 0.5x)")
     if method == "kmeans" and set(budgets) - {"size"}:
         raise InputError("k-means quantization keeps activations in float, so it takes only a size budget")
     parsed = {q: parse_budget(text, q) for q, text in budgets.items()}

@@ -11,28 +11,29 @@ from pathlib import Path
 
 from haqc.errors import InputError
 from haqc.io import atomic_write_bytes, atomic_write_text
+from haqc.report import Report
 
 _W_COLOR, _A_COLOR, _R_COLOR = "#1f77b4", "#ff7f0e", "#2ca02c"
 
 
-def write_plot(report: dict, path: str) -> None:
+def write_plot(report: Report, path: str) -> None:
     suffix = Path(path).suffix.lower()
     if suffix == ".html":
         atomic_write_text(path, _html(report))
     elif suffix == ".png":
         atomic_write_bytes(path, _png(report))
     else:
-        raise InputError(f"--plot {path}: use a .html or .png file name")
+        raise InputError(f"`plot` {path}: use a .html or .png file name")
 
 
-def _bits(report: dict) -> tuple[list[str], list[int], list[int]]:
-    rows = report["layers"]
-    w = [r["w_bits"] or 32 for r in rows]
-    a = [r["a_bits"] or 32 for r in rows]
-    return [r["layer"] for r in rows], w, a
+def _bits(report: Report) -> tuple[list[str], list[int], list[int]]:
+    rows = report.layers
+    w = [r.w_bits or 32 for r in rows]
+    a = [r.a_bits or 32 for r in rows]
+    return [r.layer for r in rows], w, a
 
 
-def _html(report: dict) -> str:
+def _html(report: Report) -> str:
     names, w, a = _bits(report)
     n = len(names)
     width, height, pad = max(480, 22 * n + 80), 260, 40
@@ -46,10 +47,10 @@ def _html(report: dict) -> str:
             y = height / 2 - h if sign < 0 else height / 2
             bars.append(f'<rect x="{x + 2:.1f}" y="{y:.1f}" width="{step - 4:.1f}" height="{h:.1f}" fill="{color}">'
                         f'<title>{html.escape(name)}: w{wb} a{ab}</title></rect>')
-    curve = _curve_svg(report.get("history", []), width, pad)
+    curve = _curve_svg(report.history, width, pad)
     return (
         "<!doctype html><meta charset='utf-8'><title>haqc policy</title>"
-        f"<h3>{html.escape(str(report['model']))} on {html.escape(report['target']['name'])}</h3>"
+        f"<h3>{html.escape(report.model)} on {html.escape(report.target['name'])}</h3>"
         f"<p><span style='color:{_W_COLOR}'>&#9632; weight bits (up)</span> "
         f"<span style='color:{_A_COLOR}'>&#9632; activation bits (down)</span>, one bar pair per layer, 8 bits full scale</p>"
         f"<svg width='{width}' height='{height}' style='border:1px solid #ccc'>"
@@ -73,16 +74,16 @@ def _curve_svg(history: list[dict], width: int, pad: int) -> str:
             f"style='border:1px solid #ccc'><polyline fill='none' stroke='{_R_COLOR}' points='{points}'/></svg>")
 
 
-def _png(report: dict) -> bytes:
+def _png(report: Report) -> bytes:
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise InputError("--plot FILE.png needs matplotlib (pip install 'haqc[plot]'); or use a .html file") from None
+        raise InputError("`plot` FILE.png needs matplotlib (pip install 'haqc[plot]'); or use a .html file") from None
     names, w, a = _bits(report)
-    history = report.get("history", [])
+    history = report.history
     fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.3 * len(names)), 6))
     x = range(len(names))
     axes[0].bar(x, w, color=_W_COLOR, label="weight bits")

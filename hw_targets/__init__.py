@@ -1,6 +1,6 @@
 """Hardware cost models: what a bitwidth policy costs on a named device.
 
-A target knows layer shapes (``haqc.layers.Layer``) and bitwidths, nothing
+A target knows layer shapes (``haqc.layers.Layer``) and precision options, nothing
 about ONNX or accuracy. Targets come from the ``haqc.hw_targets`` entry-point
 group (the built-ins ``edge``, ``cloud`` and ``bitfusion`` included) or from a
 TOML file. Models and sources: docs/cost_models.md; adding a target:
@@ -8,7 +8,8 @@ docs/writing_targets.md.
 """
 from __future__ import annotations
 
-from haqc.hw_targets.base import TABLE_BITS, CostTable, LayerCost, ParametricTarget, Target, weight_bytes
+from haqc.costs import CostTable, LayerCost
+from haqc.hw_targets.base import ParametricTarget, Target, weight_bytes
 from haqc.hw_targets.bitserial import BitSerialOverlay, BitSerialParams
 from haqc.hw_targets.budget import Budget, parse_budget
 from haqc.hw_targets.declarative import load_target_file
@@ -18,7 +19,6 @@ from haqc.hw_targets.summary import cost_summary
 
 __all__ = [
     "ENTRY_POINT_GROUP",
-    "TABLE_BITS",
     "BitFusionArray",
     "BitFusionParams",
     "BitSerialOverlay",

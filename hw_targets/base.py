@@ -1,11 +1,14 @@
 """The hardware-target interface: what a target answers, and the conventions every target shares.
 
-A target sees ``haqc.layers.Layer`` records and bitwidths, never protobufs or
-accuracy. It answers, per layer and per (w_bits, a_bits), the latency of one
-batch, its energy (``None`` when the target has no energy model: never a fake
-0) and the bytes of the layer's stored weights. Everything here is shared so
-that all targets, built-in or plugin, cost float layers and weight storage the
-same way (docs/cost_models.md, "Conventions").
+A target sees ``haqc.layers.Layer`` records and precision options, never
+protobufs or accuracy. It declares each layer's options (``options``, cheapest
+first; by default every (w, a) pair of its ``w_bits`` x ``a_bits``) and answers,
+per layer and per (w_bits, a_bits), the latency of one batch, its energy
+(``None`` when the target has no energy model: never a fake 0) and the bytes of
+the layer's stored weights. ``cost_table`` turns those answers into the one
+``haqc.costs.CostTable`` every stage reads. Everything here is shared so that
+all targets, built-in or plugin, cost float layers and weight storage the same
+way (docs/cost_models.md, "Conventions").
 """
 from __future__ import annotations
 
@@ -20,13 +23,13 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
+from haqc.costs import CostTable, LayerCost, padded
 from haqc.errors import InputError
 from haqc.layers import Layer
+from haqc.precision import FP32, SEARCH_BITS, Method, Option, grid, reference_option, weight_only
 
 logger = logging.getLogger(__name__)
 
-# The bitwidths the search chooses from and cost tables cover: index b - 2.
-TABLE_BITS: tuple[int, ...] = tuple(range(2, 9))
 # Bitwidths that mean "not quantized" when passed to Target.cost.
 FLOAT_MARKERS: tuple[Any, ...] = (None, 32)
 # A float layer runs as 16-bit fixed point: the accelerators have no float unit.
@@ -36,29 +39,7 @@ FLOAT_STORAGE_BYTES = 4
 # Per-output-channel quantization scale stored next to quantized weights (one float32).
 SCALE_BYTES_PER_CHANNEL = 4
 # Widest integer width a cost model is asked about (FLOAT_EXEC_BITS included).
-MAX_BITS = 16
-
-
-@dataclass(frozen=True)
-class LayerCost:
-    """The cost of one layer (or a whole model) for one batch of ``Target.batch`` samples."""
-
-    latency_s: float
-    energy_j: float | None  # None: this target cannot estimate energy
-    weight_bytes: float
-
-
-class CostTable(NamedTuple):
-    """Costs of every layer at every (w, a) in TABLE_BITS, indexed ``[layer, w - 2, a - 2]``.
-
-    Arrays have shape (n_layers, 7, 7); ``energy`` is None when the target has
-    no energy model. A policy's cost is a fancy-index reduction, see
-    ``Target.policy_cost``.
-    """
-
-    latency_s: np.ndarray
-    energy_j: np.ndarray | None
-    weight_bytes: np.ndarray
+MAX_COST_BITS = 16
 
 
 def quantized_weight_bytes(params: Any, c_out: Any, w_bits: Any) -> Any:
@@ -80,17 +61,19 @@ class Target(abc.ABC):
     """A hardware cost model. Subclass it and implement ``layer_cost``; see docs/writing_targets.md.
 
     Set ``name``, ``description`` and ``batch`` (class or instance attributes);
-    ``w_bits``/``a_bits`` are the bitwidths the search may choose on this
-    hardware. ``layer_cost`` must answer for every integer width in 1..16 (the
-    search's 2..8 and FLOAT_EXEC_BITS for float layers): return what the
-    hardware does with that width, e.g. run it on the next wider datapath.
+    ``w_bits``/``a_bits`` are the bitwidths the default ``options`` offer the
+    search on this hardware. ``layer_cost`` must answer for every integer width
+    in 1..16 (the options' widths and FLOAT_EXEC_BITS for float tensors):
+    return what the hardware does with that width, e.g. run it on the next
+    wider datapath. Override ``options`` to offer other choices per layer
+    (float, weight-only, a subset by layer kind).
     """
 
     name: str
     description: str
     batch: int = 1
-    w_bits: tuple[int, ...] = TABLE_BITS
-    a_bits: tuple[int, ...] = TABLE_BITS
+    w_bits: tuple[int, ...] = SEARCH_BITS
+    a_bits: tuple[int, ...] = SEARCH_BITS
 
     @abc.abstractmethod
     def layer_cost(self, layer: Layer, w_bits: int, a_bits: int) -> LayerCost:
@@ -105,50 +88,64 @@ class Target(abc.ABC):
             result = dataclasses.replace(result, weight_bytes=float(layer.params * FLOAT_STORAGE_BYTES))
         return result
 
-    def cost_table(self, layers: Sequence[Layer]) -> CostTable:
-        """All layers at all (w, a) in 2..8. This default loops over ``layer_cost``; models vectorize it."""
-        n, k = len(layers), len(TABLE_BITS)
-        latency = np.empty((n, k, k))
-        energy = np.empty((n, k, k))
-        size = np.empty((n, k, k))
-        has_energy = True
-        for i, layer in enumerate(layers):
-            for wi, w in enumerate(TABLE_BITS):
-                for ai, a in enumerate(TABLE_BITS):
-                    c = self.layer_cost(layer, w, a)
-                    latency[i, wi, ai] = c.latency_s
-                    size[i, wi, ai] = c.weight_bytes
-                    has_energy = has_energy and c.energy_j is not None
-                    energy[i, wi, ai] = c.energy_j if c.energy_j is not None else math.nan
-        return CostTable(latency, energy if has_energy else None, size)
+    def options(self, layer: Layer, method: Method = "linear") -> tuple[Option, ...]:
+        """The options the search may give ``layer``, cheapest first (the last is the most precise,
+        which pinned layers get). Default: every (w, a) of ``w_bits`` x ``a_bits`` within 2..8
+        (linear), or the weight widths alone (kmeans: activations stay float)."""
+        w = _search_levels(self.w_bits, "weight")
+        return grid(w, _search_levels(self.a_bits, "activation")) if method == "linear" else weight_only(w)
+
+    def cost_table(self, layers: Sequence[Layer], method: Method = "linear") -> CostTable:
+        """Every layer at each of its options, plus fp32 and the all-8-bit option for the report."""
+        rows = []
+        declared = []
+        for layer in layers:
+            options = tuple(self.options(layer, method))
+            if not options:
+                raise InputError(f"target {self.name!r} offers layer {layer.name!r} no precision option")
+            declared.append(len(options))
+            rows.append(options + tuple(o for o in (FP32, reference_option(method)) if o not in options))
+        values = self.option_costs(layers, rows)
+        return CostTable([l.name for l in layers], rows, values, declared=declared, combine=self.combine)
+
+    def option_costs(self, layers: Sequence[Layer], options: Sequence[Sequence[Option]]) -> dict[str, np.ndarray | None]:
+        """``{"latency", "energy", "size"}`` arrays (n_layers, max options), NaN-padded; energy None
+        when the target has none. This default loops over ``cost``; parametric models vectorize it."""
+        costs = [[self.cost(layer, o.w_bits, o.a_bits) for o in opts] for layer, opts in zip(layers, options)]
+        energies = [c.energy_j for row in costs for c in row]
+        return {
+            "latency": padded([[c.latency_s for c in row] for row in costs]),
+            "energy": None if None in energies else padded([[c.energy_j for c in row] for row in costs]),
+            "size": padded([[c.weight_bytes for c in row] for row in costs]),
+        }
 
     def combine(self, per_layer: np.ndarray) -> float:
         """A model's cost from its layers' costs: the sum. Override for e.g. a pipelined dataflow device."""
         return float(np.sum(per_layer))
-
-    def model_cost(self, latency_s: np.ndarray, energy_j: np.ndarray | None, weight_bytes: np.ndarray) -> LayerCost:
-        """A model's cost from its layers' costs: latency and energy via ``combine``, size always summed."""
-        return LayerCost(
-            latency_s=self.combine(latency_s),
-            energy_j=None if energy_j is None else self.combine(energy_j),
-            weight_bytes=float(np.sum(weight_bytes)),
-        )
-
-    def policy_cost(self, table: CostTable, w_bits: Sequence[int], a_bits: Sequence[int]) -> LayerCost:
-        """Total cost of a policy (one (w, a) in 2..8 per layer) from a cost table."""
-        first = TABLE_BITS[0]
-        pick = (np.arange(table.latency_s.shape[0]), np.asarray(w_bits) - first, np.asarray(a_bits) - first)
-        energy = None if table.energy_j is None else table.energy_j[pick]
-        return self.model_cost(table.latency_s[pick], energy, table.weight_bytes[pick])
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {getattr(self, 'name', '?')!r} batch={self.batch}>"
 
 
 def _check_bits(bits: Any, what: str) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= MAX_BITS:
-        raise InputError(f"{what} bitwidth must be an integer in 1..{MAX_BITS} (or None/32 for float), got {bits!r}")
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= MAX_COST_BITS:
+        raise InputError(f"{what} bitwidth must be an integer in 1..{MAX_COST_BITS} (or None/32 for float), got {bits!r}")
     return int(bits)
+
+
+def _search_levels(bits: Sequence[int], what: str) -> tuple[int, ...]:
+    """The widths of ``bits`` the search covers (2..8); an InputError if none."""
+    levels = tuple(sorted({int(b) for b in bits if b in SEARCH_BITS}))
+    if not levels:
+        raise InputError(
+            f"the target supports no {what} bitwidth in {SEARCH_BITS[0]}..{SEARCH_BITS[-1]} ({list(bits)}); "
+            "the search needs at least one"
+        )
+    dropped = sorted(set(bits) - set(levels))
+    if dropped:
+        logger.info("%s bitwidths %s are outside the search range %d..%d; skipped",
+                    what, dropped, SEARCH_BITS[0], SEARCH_BITS[-1])
+    return levels
 
 
 def check_target(obj: Any, origin: str) -> Target:
@@ -223,8 +220,8 @@ def _check_width_list(name: str, value: Any) -> None:
     if not isinstance(value, (list, tuple)) or not value:
         raise InputError(f"{name!r} must be a non-empty list of bitwidths, got {value!r}")
     for b in value:
-        if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= MAX_BITS:
-            raise InputError(f"{name!r} must list integers in 1..{MAX_BITS}, got {b!r}")
+        if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= MAX_COST_BITS:
+            raise InputError(f"{name!r} must list integers in 1..{MAX_COST_BITS}, got {b!r}")
 
 
 class LayerArrays(NamedTuple):
@@ -257,8 +254,8 @@ class LayerArrays(NamedTuple):
         )
 
     def expand(self) -> LayerArrays:
-        """Add two trailing axes so arrays broadcast against a (w, a) grid."""
-        return LayerArrays(*(a[:, None, None] for a in self))
+        """Add a trailing axis so arrays broadcast against each layer's row of options."""
+        return LayerArrays(*(a[:, None] for a in self))
 
 
 class ParametricTarget(Target):
@@ -293,17 +290,28 @@ class ParametricTarget(Target):
         parts = self.breakdown(layer, w_bits, a_bits)
         return LayerCost(parts["latency_s"], parts["energy_j"], parts["weight_bytes"])  # type: ignore[arg-type]
 
-    def cost_table(self, layers: Sequence[Layer]) -> CostTable:
-        bits = np.array(TABLE_BITS, dtype=np.float64)
+    def option_costs(self, layers: Sequence[Layer], options: Sequence[Sequence[Option]]) -> dict[str, np.ndarray | None]:
+        """Every (layer, option) in one broadcast evaluation of ``breakdown_arrays``."""
+        width = max(len(o) for o in options)
+        w = np.full((len(layers), width), float(FLOAT_EXEC_BITS))
+        a = w.copy()
+        float_weights = np.zeros(w.shape, dtype=bool)
+        for i, opts in enumerate(options):
+            for j, o in enumerate(opts):
+                w[i, j] = FLOAT_EXEC_BITS if o.w_bits is None else o.w_bits
+                a[i, j] = FLOAT_EXEC_BITS if o.a_bits is None else o.a_bits
+                float_weights[i, j] = o.w_bits is None
         g = LayerArrays.of(layers).expand()
-        parts = self.breakdown_arrays(g, bits[None, :, None], bits[None, None, :])
-        shape = (len(layers), len(TABLE_BITS), len(TABLE_BITS))
+        parts = self.breakdown_arrays(g, w, a)
+        valid = np.array([[j < len(opts) for j in range(width)] for opts in options])
+
+        def table(value: np.ndarray) -> np.ndarray:
+            return np.where(valid, np.broadcast_to(value, w.shape), np.nan)
+
+        size = np.where(float_weights, g.params * FLOAT_STORAGE_BYTES, np.broadcast_to(parts["weight_bytes"], w.shape))
         energy = parts["energy_j"]
-        return CostTable(
-            np.broadcast_to(parts["latency_s"], shape).copy(),
-            None if energy is None else np.broadcast_to(energy, shape).copy(),
-            np.broadcast_to(parts["weight_bytes"], shape).copy(),
-        )
+        return {"latency": table(parts["latency_s"]), "energy": None if energy is None else table(energy),
+                "size": table(size)}
 
 
 def ceil_div(x: np.ndarray, d: Any) -> np.ndarray:

@@ -15,8 +15,8 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+from haqc.precision import SEARCH_BITS
 from haqc.hw_targets.base import (
-    TABLE_BITS,
     LayerArrays,
     ModelParams,
     ParametricTarget,
@@ -41,8 +41,8 @@ class BitSerialParams(ModelParams):
     clock_hz: float
     dram_bytes_per_s: float
     batch: int
-    w_bits: tuple[int, ...] = TABLE_BITS
-    a_bits: tuple[int, ...] = TABLE_BITS
+    w_bits: tuple[int, ...] = SEARCH_BITS
+    a_bits: tuple[int, ...] = SEARCH_BITS
     result_bits: int = 32  # BISMO writes int32 accumulators back to DRAM
     # Optional energy model: both or neither (BISMO publishes no per-operation energy).
     binary_op_energy_j: float | None = None  # one 1-bit AND + popcount lane, one cycle

@@ -13,43 +13,18 @@ import logging
 import math
 import re
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 from haqc.errors import InputError
+from haqc.quantities import QUANTITIES, REPORT_UNITS, Quantity, parse_unit
 
 logger = logging.getLogger(__name__)
 
-Quantity = Literal["latency", "energy", "size"]
-
-# unit (lower case) -> (quantity, factor to the SI base unit)
-_UNITS: dict[str, tuple[Quantity, float]] = {
-    "s": ("latency", 1.0),
-    "ms": ("latency", 1e-3),
-    "us": ("latency", 1e-6),
-    "µs": ("latency", 1e-6),
-    "μs": ("latency", 1e-6),
-    "ns": ("latency", 1e-9),
-    "j": ("energy", 1.0),
-    "mj": ("energy", 1e-3),
-    "uj": ("energy", 1e-6),
-    "µj": ("energy", 1e-6),
-    "μj": ("energy", 1e-6),
-    "b": ("size", 1.0),
-    "kb": ("size", 1e3),
-    "mb": ("size", 1e6),
-    "gb": ("size", 1e9),
-    "kib": ("size", 2.0**10),
-    "mib": ("size", 2.0**20),
-    "gib": ("size", 2.0**30),
-}
 _RELATIVE = {"x": 1.0, "%": 0.01}
 _HINTS: dict[Quantity, str] = {
     "latency": "s, ms or us (e.g. 20ms)",
     "energy": "J, mJ or uJ (e.g. 5mJ)",
     "size": "B, KB, MB, GB, KiB, MiB or GiB (e.g. 2MB)",
 }
-# Display units (value in SI base units / factor).
-_DISPLAY: dict[Quantity, tuple[str, float]] = {"latency": ("ms", 1e-3), "energy": ("mJ", 1e-3), "size": ("MB", 1e6)}
 _NUMBER = re.compile(r"^\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*(\S*)\s*$")
 
 
@@ -72,14 +47,14 @@ class Budget:
     def __str__(self) -> str:
         if self.relative:
             return f"{self.value * 100:g}% of the all-8-bit {self.quantity}"
-        unit, factor = _DISPLAY[self.quantity]
+        unit, factor = REPORT_UNITS[self.quantity]
         return f"{self.value / factor:g} {unit}"
 
 
 def parse_budget(text: str, quantity: Quantity) -> Budget:
     """Parse ``20ms``, ``0.2J``, ``1.5MiB``, ``0.6x`` or ``60%``; anything else is an InputError."""
-    if quantity not in get_args(Quantity):
-        raise ValueError(f"quantity must be one of {get_args(Quantity)}, got {quantity!r}")
+    if quantity not in QUANTITIES:
+        raise ValueError(f"quantity must be one of {QUANTITIES}, got {quantity!r}")
     relative_hint = f"or a fraction of the all-8-bit {quantity} (0.6x or 60%)"
     match = _NUMBER.match(text)
     if not match:
@@ -91,8 +66,8 @@ def parse_budget(text: str, quantity: Quantity) -> Budget:
         raise InputError(f"{quantity} budget {text!r} has no unit: use {_HINTS[quantity]}, {relative_hint}")
     if unit in _RELATIVE:
         budget = Budget(quantity, number * _RELATIVE[unit], relative=True)
-    elif unit in _UNITS:
-        unit_quantity, factor = _UNITS[unit]
+    elif (known := parse_unit(unit)) is not None:
+        unit_quantity, factor = known
         if unit_quantity != quantity:
             raise InputError(
                 f"{text!r} is a{'n' if unit_quantity == 'energy' else ''} {unit_quantity}, not a {quantity} budget:"

@@ -17,8 +17,8 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+from haqc.precision import SEARCH_BITS
 from haqc.hw_targets.base import (
-    TABLE_BITS,
     LayerArrays,
     ModelParams,
     ParametricTarget,
@@ -45,8 +45,8 @@ class BitFusionParams(ModelParams):
     ibuf_energy_j_per_byte: float
     obuf_energy_j_per_byte: float  # one read plus one write
     dram_energy_j_per_byte: float
-    w_bits: tuple[int, ...] = TABLE_BITS
-    a_bits: tuple[int, ...] = TABLE_BITS
+    w_bits: tuple[int, ...] = SEARCH_BITS
+    a_bits: tuple[int, ...] = SEARCH_BITS
     bricks_per_unit: int = 16
     brick_bits: int = 2
     output_bits: int = 32  # partial sums / outputs leave the array at accumulator width

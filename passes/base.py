@@ -9,7 +9,9 @@ from __future__ import annotations
 import abc
 from typing import Callable, Generic, TypeVar
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 
 from haqc.layers import Layer
 
@@ -130,3 +132,42 @@ def layer_outputs(model: onnx.ModelProto, layers: list[Layer]) -> dict[str, str]
         if tensor not in graph_outputs:
             found[layer.name] = tensor
     return found
+
+
+class GraphBuilder:
+    """Fresh names, constants and nodes for a pass that adds to a graph.
+
+    Names never collide with the graph's own (or each other): a taken base name
+    gets a ``_1``, ``_2``... suffix. Constants and nodes collect here; the pass
+    places them.
+    """
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        g = model.graph
+        self.taken = {t.name for t in (*g.initializer, *g.input, *g.output, *g.value_info)}
+        self.taken |= {name for node in g.node for name in (*node.output, node.name)}
+        self.initializers: list[onnx.TensorProto] = []
+
+    def fresh(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.taken:
+            name, k = f"{base}_{k}", k + 1
+        self.taken.add(name)
+        return name
+
+    def const(self, base: str, value: np.ndarray | onnx.TensorProto) -> str:
+        """Add a constant (an array, or a ready tensor such as a packed INT4 one) under a fresh name."""
+        name = self.fresh(base)
+        if isinstance(value, onnx.TensorProto):
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(value)
+            tensor.name = name
+        else:
+            tensor = onnx.numpy_helper.from_array(np.asarray(value), name)
+        self.initializers.append(tensor)
+        return name
+
+    def node(self, op: str, inputs: list[str], base: str, *, name: str | None = None, **attrs) -> onnx.NodeProto:
+        """A node with one fresh output; the node is named like it unless ``name`` gives another base."""
+        out = self.fresh(base)
+        return onnx.helper.make_node(op, inputs, [out], name=self.fresh(name) if name else out, **attrs)

@@ -24,8 +24,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from haqc.errors import InputError
 from haqc.layers import Layer
-from haqc.passes.base import Pass, opset_version, without_initializers
-from haqc.policy import MAX_BITS, MIN_BITS, Policy
+from haqc.passes.base import GraphBuilder, Pass, opset_version, without_initializers
+from haqc.policy import Policy
+from haqc.precision import MAX_BITS, MIN_BITS
 
 logger = logging.getLogger(__name__)
 
@@ -92,16 +93,17 @@ class KMeansQuantize(Pass[onnx.ModelProto]):
     """Replace each policy layer's weight by packed indices + codebook; ``None`` w_bits stay float.
 
     Activation bits are ignored (the model-size setting quantizes weights only).
-    Codebooks and packed indices are cached per (weight, bits, weight contents);
-    reuse one instance across episodes by assigning a new ``policy``, so the
-    search fits each (layer, bits) once and an episode only concatenates bytes.
+    ``cache`` (the caller's, shared across policies) holds codebooks and packed
+    indices per (weight, bits, weight contents), so the search fits each
+    (layer, bits) once and an episode only concatenates bytes.
     """
 
-    def __init__(self, layers: list[Layer], policy: Policy, seed: int = 0) -> None:
+    def __init__(self, layers: list[Layer], policy: Policy, seed: int = 0,
+                 cache: dict[tuple[str, int, bytes], Codebook] | None = None) -> None:
         self.layers = layers
         self.policy = policy
         self.seed = seed
-        self._cache: dict[tuple[str, int, bytes], _Packed] = {}
+        self.cache = {} if cache is None else cache
 
     def requires(self, model: onnx.ModelProto) -> None:
         opset = opset_version(model)
@@ -120,11 +122,19 @@ class KMeansQuantize(Pass[onnx.ModelProto]):
             if inits[weight].data_type not in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE):
                 raise InputError(f"layer {layer!r} has non-float weights; k-means quantizes float weights only")
 
-    def call(self, model: onnx.ModelProto) -> onnx.ModelProto:
-        groups: dict[int, list[_Packed]] = {}
+    def plan(self, model: onnx.ModelProto) -> dict[str, Codebook]:
+        """Each quantized layer's codebook and packed indices (what the export stores; fine-tuning trains
+        the centroids with these assignments)."""
+        self.requires(model)
         inits = {t.name: t for t in model.graph.initializer}
-        for weight, (bits, layer) in self._weight_bits().items():
-            groups.setdefault(bits, []).append(self._packed(weight, numpy_helper.to_array(inits[weight]), bits, layer))
+        chosen = self._weight_bits()
+        return {layer.name: self._packed(layer.weight, numpy_helper.to_array(inits[layer.weight]), *chosen[layer.weight])
+                for layer in self.layers if layer.weight in chosen}
+
+    def call(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        groups: dict[int, list[Codebook]] = {}
+        for packed in {p.weight: p for p in self.plan(model).values()}.values():
+            groups.setdefault(packed.bits, []).append(packed)
         out = without_initializers(model)  # a full copy would hold the replaced float weights once more
         quantized = {packed.weight for group in groups.values() for packed in group}
         out.graph.initializer.extend(t for t in model.graph.initializer if t.name not in quantized)
@@ -148,29 +158,31 @@ class KMeansQuantize(Pass[onnx.ModelProto]):
                 )
         return chosen
 
-    def _packed(self, weight: str, values: np.ndarray, bits: int, layer: str) -> _Packed:
+    def _packed(self, weight: str, values: np.ndarray, bits: int, layer: str) -> Codebook:
         key = (weight, bits, hashlib.blake2b(np.ascontiguousarray(values), digest_size=16).digest())
-        if key not in self._cache:
+        if key not in self.cache:
             if not np.all(np.isfinite(values)):
                 raise InputError(f"layer {layer!r} has NaN or infinite weights; k-means needs finite weights")
             codebook, indices = fit_codebook(values, bits, self.seed)
-            self._cache[key] = _Packed(weight, values.shape, codebook.astype(values.dtype), pack_indices(indices, bits))
-        return self._cache[key]
-
-
-def kmeans_quantize(model: onnx.ModelProto, layers: list[Layer], policy: Policy, seed: int = 0) -> onnx.ModelProto:
-    """One-shot KMeansQuantize; keep an instance instead when quantizing the same model repeatedly."""
-    return KMeansQuantize(layers, policy, seed)(model)
+            self.cache[key] = Codebook(weight, values.shape, bits, codebook.astype(values.dtype),
+                                       pack_indices(indices, bits))
+        return self.cache[key]
 
 
 @dataclass(frozen=True)
-class _Packed:
+class Codebook:
     """One weight tensor, quantized: its codebook and its index bit planes [bits, ceil(n/8)]."""
 
     weight: str
     shape: tuple[int, ...]
+    bits: int
     codebook: np.ndarray
     planes: np.ndarray
+
+    @property
+    def indices(self) -> np.ndarray:
+        """Each weight's centroid (int64, the weight's shape)."""
+        return unpack_indices(self.planes, self.shape)
 
 
 class _Expander:
@@ -186,24 +198,22 @@ class _Expander:
 
     def __init__(self, model: onnx.ModelProto) -> None:
         self.graph = model.graph
-        g = model.graph
-        self.taken = {t.name for t in (*g.initializer, *g.input, *g.output, *g.value_info)}
-        self.taken |= {name for node in g.node for name in (*node.output, node.name)}
-        self.inits: list[onnx.TensorProto] = []
+        self.build = GraphBuilder(model)
         self.nodes: list[onnx.NodeProto] = []
 
-    def emit(self, groups: dict[int, list[_Packed]]) -> None:
-        self.taken |= {member.weight for members in groups.values() for member in members}
-        shifts = self._const("kq.shifts", np.arange(7, -1, -1, dtype=np.uint8))
-        one = self._const("kq.one", np.array(1, dtype=np.uint8))
-        axis0 = self._const("kq.axis0", np.array([0], dtype=np.int64))
-        flat = self._const("kq.flat", np.array([-1], dtype=np.int64))
+    def emit(self, groups: dict[int, list[Codebook]]) -> None:
+        build = self.build
+        build.taken |= {member.weight for members in groups.values() for member in members}
+        shifts = build.const("kq.shifts", np.arange(7, -1, -1, dtype=np.uint8))
+        one = build.const("kq.one", np.array(1, dtype=np.uint8))
+        axis0 = build.const("kq.axis0", np.array([0], dtype=np.int64))
+        flat = build.const("kq.flat", np.array([-1], dtype=np.int64))
         shapes: dict[tuple[int, ...], str] = {}
         for bits, members in sorted(groups.items()):
-            p = self._fresh(f"kq{bits}")
+            p = build.fresh(f"kq{bits}")
             planes = np.concatenate([member.planes for member in members], axis=1)
-            codes = self._const(f"{p}.codes", planes.reshape(bits, -1, 1))
-            powers = self._const(f"{p}.pow", (1 << np.arange(bits, dtype=np.int32)).reshape(bits, 1, 1))
+            codes = build.const(f"{p}.codes", planes.reshape(bits, -1, 1))
+            powers = build.const(f"{p}.pow", (1 << np.arange(bits, dtype=np.int32)).reshape(bits, 1, 1))
             x = self._node("BitShift", [codes, shifts], f"{p}.shr", direction="RIGHT")
             x = self._node("BitwiseAnd", [x, one], f"{p}.bit")
             x = self._node("Cast", [x], f"{p}.int", to=TensorProto.INT32)
@@ -215,41 +225,29 @@ class _Expander:
             indices: list[str] = []  # the Split output holding each layer's indices
             for j, member in enumerate(members):
                 count = math.prod(member.shape)
-                indices.append(self._fresh(f"{p}.i{j}"))
+                indices.append(build.fresh(f"{p}.i{j}"))
                 sizes.append(count)
                 parts.append(indices[-1])
                 if count % 8:  # the layer's planes end mid-byte: its padding is an unused output
                     sizes.append(8 - count % 8)
-                    parts.append(self._fresh(f"{p}.pad{j}"))
-            split = self._const(f"{p}.sizes", np.array(sizes, dtype=np.int64))
-            self.nodes.append(helper.make_node("Split", [x, split], parts, name=self._fresh(f"{p}.split")))
+                    parts.append(build.fresh(f"{p}.pad{j}"))
+            split = build.const(f"{p}.sizes", np.array(sizes, dtype=np.int64))
+            self.nodes.append(helper.make_node("Split", [x, split], parts, name=build.fresh(f"{p}.split")))
             for j, member in enumerate(members):
                 if member.shape not in shapes:
-                    shapes[member.shape] = self._const(f"kq.shape{len(shapes)}", np.array(member.shape, dtype=np.int64))
-                book = self._const(f"{p}.cb{j}", member.codebook)
+                    shapes[member.shape] = build.const(f"kq.shape{len(shapes)}", np.array(member.shape, dtype=np.int64))
+                book = build.const(f"{p}.cb{j}", member.codebook)
                 r = self._node("Reshape", [indices[j], shapes[member.shape]], f"{p}.r{j}")
-                self.nodes.append(helper.make_node("Gather", [book, r], [member.weight], name=self._fresh(f"{p}.g{j}")))
-        self.graph.initializer.extend(self.inits)
+                self.nodes.append(helper.make_node("Gather", [book, r], [member.weight], name=build.fresh(f"{p}.g{j}")))
+        self.graph.initializer.extend(build.initializers)
         nodes = self.nodes + list(self.graph.node)  # the expansion reads only constants: it goes first
         del self.graph.node[:]
         self.graph.node.extend(nodes)
 
-    def _fresh(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.taken:
-            name, k = f"{base}_{k}", k + 1
-        self.taken.add(name)
-        return name
-
-    def _const(self, base: str, value: np.ndarray) -> str:
-        name = self._fresh(base)
-        self.inits.append(numpy_helper.from_array(value, name))
-        return name
-
     def _node(self, op: str, inputs: list[str], base: str, **attrs) -> str:
-        out = self._fresh(base)
-        self.nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
-        return out
+        node = self.build.node(op, inputs, base, **attrs)
+        self.nodes.append(node)
+        return node.output[0]
 
 
 def _histogram(xs: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:

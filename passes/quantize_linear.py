@@ -1,4 +1,4 @@
-"""Linear quantization: a per-layer (w_bits, a_bits) policy becomes a QDQ ONNX model.
+"""Linear quantization: a per-layer precision policy becomes a QDQ ONNX model.
 
 Weights are stored as integers in the smallest ONNX type that holds them
 (INT2 / INT4 / INT8, packed) and expanded by DequantizeLinear (INT2: Cast +
@@ -12,9 +12,10 @@ Such an integer layer's output is requantized to 8 bits where no quantized
 layer input does it already (``requantized_outputs``), so the export runs
 as ONNX Runtime's integer kernels.
 
-The same rules (``quantize_weight``, ``activation_qparams``,
-``requantized_outputs``) drive the torch fake-quant used for fine-tuning,
-so the simulation and the export agree.
+``LinearQuantize.plan`` hands out every parameter the export uses (weight
+scales and integers, activation clips and scales, bias steps, the
+requantized outputs) as data: the torch fake-quant used for fine-tuning
+applies exactly those, so the simulation and the export agree.
 """
 from __future__ import annotations
 
@@ -27,9 +28,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from haqc.errors import InputError
 from haqc.layers import Layer
-from haqc.passes.base import Pass, layer_outputs, tensor_producers, tensor_readers, without_initializers
+from haqc.passes.base import GraphBuilder, Pass, layer_outputs, tensor_producers, tensor_readers, without_initializers
 from haqc.passes.calibrate import Calibration
-from haqc.policy import LayerBits, Policy
+from haqc.policy import Policy
+from haqc.precision import FP32
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,11 @@ class QuantizedWeight:
     scale: np.ndarray  # float32, one per output channel (or a scalar)
     bits: int
     axis: int | None  # None: per tensor
+
+    @property
+    def levels(self) -> int:
+        """The largest magnitude of the integers: 2^(b-1) - 1."""
+        return weight_levels(self.bits)
 
 
 def weight_levels(bits: int) -> int:
@@ -119,16 +126,6 @@ def dequantize(qw: QuantizedWeight) -> np.ndarray:
     return (qw.q.astype(np.float32) * scale).astype(np.float32)
 
 
-def activation_qparams(calibration: Calibration, tensor: str, bits: int,
-                       clip: float | None = None) -> tuple[float, float, bool]:
-    """(clip c, scale s, signed) for an activation: [0, c] with 2^b-1 steps if non-negative, else
-    [-c - s, c] with 2^b steps (the full two's-complement range, as int8 kernels use it).
-    ``clip`` replaces the calibrated one (a clip fine-tuning learned)."""
-    signed = calibration.signed(tensor)
-    clip = calibration.clip(tensor, bits) if clip is None else clip
-    return clip, float(np.float32(clip / activation_levels(bits, signed))), signed
-
-
 def activation_levels(bits: int, signed: bool) -> int:
     """Positive integer levels of a b-bit activation: 2^(b-1) - 1 signed, 2^b - 1 unsigned."""
     return weight_levels(bits) if signed else 2**bits - 1
@@ -138,6 +135,45 @@ def activation_range(bits: int, signed: bool) -> tuple[int, int]:
     """The integer range of a b-bit activation: [-2^(b-1), 2^(b-1) - 1] signed, [0, 2^b - 1] unsigned."""
     levels = activation_levels(bits, signed)
     return (-levels - 1 if signed else 0), levels
+
+
+@dataclass(frozen=True)
+class ActivationQuant:
+    """How one activation is quantized: [0, c] with 2^b - 1 steps if non-negative, else [-c - s, c]
+    with 2^b steps (the full two's-complement range, as int8 kernels use it). What the QDQ holds
+    and what the fine-tuning simulation applies."""
+
+    bits: int
+    clip: float
+    signed: bool
+
+    @property
+    def scale(self) -> float:
+        """The step, rounded to float32 as ONNX stores it."""
+        return float(np.float32(self.clip / activation_levels(self.bits, self.signed)))
+
+    @property
+    def codes(self) -> tuple[int, int]:
+        """The integer range the codes are clamped to."""
+        return activation_range(self.bits, self.signed)
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """The float range the dequantized values span (float32, as computed from the stored scale)."""
+        lo, hi = self.codes
+        return float(np.float32(self.scale * lo)), float(np.float32(self.scale * hi))
+
+    @property
+    def zero_point(self) -> int:
+        """Signed values are stored as uint8 offset by 128: the same numbers as int8, and ONNX Runtime
+        fuses a Conv into QLinearConv only when its input and output share one type."""
+        return -activation_range(8, True)[0] if self.signed else 0
+
+
+def activation_quant(calibration: Calibration, tensor: str, bits: int, clip: float | None = None) -> ActivationQuant:
+    """The calibrated quantization of ``tensor`` at ``bits``; ``clip`` replaces the calibrated clip
+    (one fine-tuning learned)."""
+    return ActivationQuant(bits, calibration.clip(tensor, bits) if clip is None else clip, calibration.signed(tensor))
 
 
 REQUANT_BITS = 8
@@ -185,48 +221,69 @@ def requantized_outputs(model: onnx.ModelProto, layers: list[Layer], policy: Pol
     return list(dict.fromkeys(out))
 
 
-def _bits(policy: Policy, layer: str) -> LayerBits:
-    return policy.get(layer, LayerBits(None, None))
-
-
 def _integer(policy: Policy, layer: str) -> bool:
-    bits = _bits(policy, layer)
-    return bits.w_bits is not None and bits.a_bits is not None
+    return policy.get(layer, FP32).integer
+
+
+@dataclass(frozen=True)
+class LayerQuant:
+    """What the export computes for one layer: its integer weights, input quantization and bias step."""
+
+    weight: QuantizedWeight | None = None
+    activation: ActivationQuant | None = None
+    bias_scale: np.ndarray | None = None  # int32 bias step per output channel (integer layers with a bias)
+
+
+@dataclass(frozen=True)
+class LinearPlan:
+    """The quantization parameters of one policy on one model: what ``LinearQuantize`` emits and
+    what fine-tuning simulates. ``requantized`` maps the 8-bit outputs of integer layers."""
+
+    layers: dict[str, LayerQuant]
+    requantized: dict[str, ActivationQuant]
+
+
+WeightCache = dict[tuple[str, int, "int | None"], QuantizedWeight]
 
 
 class LinearQuantize(Pass[onnx.ModelProto]):
-    """Insert QDQ for every layer the policy quantizes; caches quantized weights per (layer, bits)."""
+    """Insert QDQ for every layer ``policy`` quantizes.
 
-    def __init__(self, layers: list[Layer], calibration: Calibration, per_channel: bool = True,
+    Configuration is fixed at construction. ``cache`` (owned by the caller, one per set of
+    weights) memoizes quantized weights per (weight, bits, axis) across policies, so a search
+    quantizes each (layer, bits) once. What fine-tuning trained under is used rather than chosen:
+    ``weight_scales`` by weight name, ``input_clips`` by layer name (per layer: two layers reading
+    one tensor may learn two clips). ``packed=False`` stores every weight in INT8: the same numbers,
+    and ONNX Runtime runs INT8 weights (only) as integer kernels, which is what an evaluation during
+    the search wants.
+    """
+
+    def __init__(self, layers: list[Layer], calibration: Calibration, policy: Policy, *, per_channel: bool = True,
                  packed: bool = True, weight_scales: dict[str, np.ndarray] | None = None,
-                 input_clips: dict[str, float] | None = None) -> None:
-        self.layers = layers
-        self.calibration = calibration
-        self.per_channel = per_channel
-        # What fine-tuning trained under, used rather than chosen: scales by weight name, input
-        # clips by layer name (per layer: two layers reading one tensor may learn two clips).
-        self.weight_scales = weight_scales or {}
-        self.input_clips = input_clips or {}
-        # packed=False stores every weight in INT8: the same numbers, and ONNX Runtime runs INT8
-        # weights (only) as integer kernels, which is what an evaluation during the search wants.
-        self.packed = packed
-        self.policy: Policy = {}
-        self._weights: dict[tuple[str, int], QuantizedWeight] = {}
-
-    def with_policy(self, policy: Policy) -> "LinearQuantize":
-        for name, bits in policy.items():
-            for b in (bits.w_bits, bits.a_bits):
+                 input_clips: dict[str, float] | None = None, cache: WeightCache | None = None) -> None:
+        for name, option in policy.items():
+            for b in (option.w_bits, option.a_bits):
                 if b is not None and b < LINEAR_MIN_BITS:
                     raise InputError(f"layer {name!r}: linear quantization needs >= {LINEAR_MIN_BITS} bits, got {b}")
+        self.layers = layers
+        self.calibration = calibration
         self.policy = policy
-        return self
+        self.per_channel = per_channel
+        self.packed = packed
+        self.weight_scales = weight_scales or {}
+        self.input_clips = input_clips or {}
+        self.cache = {} if cache is None else cache
 
-    def quantized_weight(self, layer: Layer, array: np.ndarray, bits: int) -> QuantizedWeight:
-        key = (layer.weight, bits)
-        if key not in self._weights:
-            axis = layer.weight_axis if self.per_channel else None
-            self._weights[key] = quantize_weight(array, bits, axis, self.weight_scales.get(layer.weight))
-        return self._weights[key]
+    def weight_quant(self, layer: Layer, array: np.ndarray, bits: int) -> QuantizedWeight:
+        """``layer``'s weights at ``bits`` as this pass quantizes them (cached unless a scale is imposed)."""
+        axis = layer.weight_axis if self.per_channel else None
+        scale = self.weight_scales.get(layer.weight)
+        if scale is not None:
+            return quantize_weight(array, bits, axis, scale)
+        key = (layer.weight, bits, axis)
+        if key not in self.cache:
+            self.cache[key] = quantize_weight(array, bits, axis)
+        return self.cache[key]
 
     def requires(self, model: onnx.ModelProto) -> None:
         inits = {t.name for t in model.graph.initializer}
@@ -234,7 +291,29 @@ class LinearQuantize(Pass[onnx.ModelProto]):
         if missing:
             raise InputError(f"layer {missing[0]!r} has no constant weight; canonicalize the model first")
 
+    def plan(self, model: onnx.ModelProto) -> LinearPlan:
+        """Every quantization parameter the export of ``model`` uses (an analysis; ``model`` is unchanged)."""
+        self.requires(model)
+        inits = {t.name: t for t in model.graph.initializer}
+        nodes = {n.name: n for n in model.graph.node}
+        layers = {}
+        for layer in self.layers:
+            option = self.policy.get(layer.name, FP32)
+            qw = qa = step = None
+            if option.w_bits is not None:
+                qw = self.weight_quant(layer, numpy_helper.to_array(inits[layer.weight]), option.w_bits)
+            if option.a_bits is not None:
+                qa = activation_quant(self.calibration, layer.input, option.a_bits, self.input_clips.get(layer.name))
+            node = nodes[layer.name]
+            if qw is not None and qa is not None and len(node.input) > 2 and node.input[2]:
+                step = bias_scale(qa.scale, qw.scale)
+            layers[layer.name] = LayerQuant(qw, qa, step)
+        requantized = {t: activation_quant(self.calibration, t, REQUANT_BITS)
+                       for t in requantized_outputs(model, self.layers, self.policy)}
+        return LinearPlan(layers, requantized)
+
     def call(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        plan = self.plan(model)
         # The structure is copied without weights and only the initializers still used come
         # back: a full copy would hold every float weight once more (0.6 GB on vgg19).
         out = without_initializers(model)
@@ -242,38 +321,30 @@ class LinearQuantize(Pass[onnx.ModelProto]):
         inits = {t.name: t for t in model.graph.initializer}
         nodes_by_name = {n.name: n for n in graph.node}
         sources = input_sources(model, self.layers)
+        build = GraphBuilder(model)
         activations = _Activations(model)
-        new_inits: list[TensorProto] = []
         before: dict[str, list[onnx.NodeProto]] = {}  # layer name -> nodes to put before it
         after: dict[str, list[onnx.NodeProto]] = {}  # tensor -> nodes to put after its producer
         renamed: dict[str, str] = {}  # tensor -> the name all its readers read instead
         for layer in self.layers:
-            bits = _bits(self.policy, layer.name)
+            quant = plan.layers[layer.name]
             node = nodes_by_name[layer.name]
             emitted = before.setdefault(layer.name, [])
-            if bits.w_bits is not None:
-                qw = self.quantized_weight(layer, numpy_helper.to_array(inits[layer.weight]), bits.w_bits)
-                node.input[1] = _dequantize_weight(layer, qw, new_inits, emitted, self.packed)
-            if bits.a_bits is not None:
+            if quant.weight is not None:
+                node.input[1] = _dequantize_weight(build, layer, quant.weight, emitted, self.packed)
+            if quant.activation is not None:
                 # On this edge only: other readers of the input (a residual Add) see floats.
-                prefix, source = f"{layer.name}/a{bits.a_bits}", sources[layer.name]
-                qparams = activation_qparams(self.calibration, layer.input, bits.a_bits,
-                                             self.input_clips.get(layer.name))
-                node.input[0] = self._fake_quant(qparams, bits.a_bits, prefix, new_inits, emitted, layer.input,
-                                                 activations)
+                qa, prefix, source = quant.activation, f"{layer.name}/a{quant.activation.bits}", sources[layer.name]
+                node.input[0] = _fake_quant(build, qa, prefix, emitted, layer.input, activations)
                 if source != layer.input:  # the same QDQ before the reshapes too (it is idempotent)
                     qdq = after.setdefault(source, [])
-                    renamed[source] = self._fake_quant(qparams, bits.a_bits, f"{prefix}/source", new_inits, qdq,
-                                                       source, activations)
-            if bits.w_bits is not None and bits.a_bits is not None and len(node.input) > 2 and node.input[2]:
-                a_scale = qparams[1]
+                    renamed[source] = _fake_quant(build, qa, f"{prefix}/source", qdq, source, activations)
+            if quant.bias_scale is not None:
                 bias = numpy_helper.to_array(inits[node.input[2]])
-                node.input[2] = _dequantize_bias(layer, bias, bias_scale(a_scale, qw.scale), new_inits, emitted)
-        for tensor in requantized_outputs(model, self.layers, self.policy):
-            qdq = after.setdefault(tensor, [])
-            qparams = activation_qparams(self.calibration, tensor, REQUANT_BITS)
-            renamed[tensor] = self._fake_quant(qparams, REQUANT_BITS, f"{tensor}/requant{REQUANT_BITS}", new_inits,
-                                               qdq, tensor)
+                node.input[2] = _dequantize_bias(build, layer, bias, quant.bias_scale, emitted)
+        for tensor, qa in plan.requantized.items():
+            renamed[tensor] = _fake_quant(build, qa, f"{tensor}/requant{REQUANT_BITS}", after.setdefault(tensor, []),
+                                          tensor)
         nodes = []
         for node in graph.node:
             if node.name in activations.dropped:
@@ -285,35 +356,30 @@ class LinearQuantize(Pass[onnx.ModelProto]):
             for tensor in node.output:
                 nodes.extend(after.get(tensor, ()))
         used = {i for n in nodes for i in n.input}
-        graph.initializer.extend([t for t in model.graph.initializer if t.name in used] + new_inits)
+        graph.initializer.extend([t for t in model.graph.initializer if t.name in used] + build.initializers)
         del graph.node[:]
         graph.node.extend(nodes)
         return out
 
-    def _fake_quant(self, qparams: tuple[float, float, bool], bits: int, prefix: str, inits: list, nodes: list,
-                    x: str, activations: "_Activations | None" = None) -> str:
-        """Emit QuantizeLinear -> [integer Clip] -> DequantizeLinear of ``x`` with ``qparams``
-        (``activation_qparams``); returns the dequantized name. With ``activations``, an unsigned
-        low-bit QDQ quantizes the input of a Relu / Clip it makes redundant."""
-        _, scale, signed = qparams
-        lo, hi = activation_range(bits, signed)
-        inits.append(numpy_helper.from_array(np.array(scale, np.float32), f"{prefix}/scale"))
-        # Signed values are stored as uint8 offset by 128: the same numbers as int8, and ONNX
-        # Runtime fuses a Conv into QLinearConv only when its input and output share one type.
-        zero_point = -activation_range(8, True)[0] if signed else 0
-        inits.append(helper.make_tensor(f"{prefix}/zero_point", TensorProto.UINT8, [], [zero_point]))
-        if activations is not None and bits < 8 and not signed:
-            x = activations.bypass(x, hi * scale)
-        nodes.append(helper.make_node("QuantizeLinear", [x, f"{prefix}/scale", f"{prefix}/zero_point"],
-                                      [f"{prefix}/q"], name=f"{prefix}/Quantize"))
-        q = f"{prefix}/q"
-        if bits < 8:  # the 8-bit container's range alone would allow more levels: clamp the codes
-            inits.append(helper.make_tensor(f"{prefix}/lo", TensorProto.UINT8, [], [zero_point + lo]))
-            inits.append(helper.make_tensor(f"{prefix}/hi", TensorProto.UINT8, [], [zero_point + hi]))
-            nodes.append(helper.make_node("Clip", [q, f"{prefix}/lo", f"{prefix}/hi"], [f"{prefix}/clipped"], name=f"{prefix}/Clip"))
-            q = f"{prefix}/clipped"
-        nodes.append(helper.make_node("DequantizeLinear", [q, f"{prefix}/scale", f"{prefix}/zero_point"], [f"{prefix}/dq"], name=f"{prefix}/Dequantize"))
-        return f"{prefix}/dq"
+
+def _fake_quant(build: GraphBuilder, qa: ActivationQuant, prefix: str, nodes: list, x: str,
+                activations: "_Activations | None" = None) -> str:
+    """Emit QuantizeLinear -> [integer Clip] -> DequantizeLinear of ``x``; returns the dequantized name.
+    With ``activations``, an unsigned low-bit QDQ quantizes the input of a Relu / Clip it makes redundant."""
+    lo, hi = qa.codes
+    scale = build.const(f"{prefix}/scale", np.array(qa.scale, np.float32))
+    zero_point = build.const(f"{prefix}/zero_point", np.array(qa.zero_point, np.uint8))
+    if activations is not None and qa.bits < 8 and not qa.signed:
+        x = activations.bypass(x, hi * qa.scale)
+    q = build.node("QuantizeLinear", [x, scale, zero_point], f"{prefix}/q", name=f"{prefix}/Quantize")
+    nodes.append(q)
+    if qa.bits < 8:  # the 8-bit container's range alone would allow more levels: clamp the codes
+        bounds = [build.const(f"{prefix}/{k}", np.array(qa.zero_point + v, np.uint8)) for k, v in (("lo", lo), ("hi", hi))]
+        q = build.node("Clip", [q.output[0], *bounds], f"{prefix}/clipped", name=f"{prefix}/Clip")
+        nodes.append(q)
+    dq = build.node("DequantizeLinear", [q.output[0], scale, zero_point], f"{prefix}/dq", name=f"{prefix}/Dequantize")
+    nodes.append(dq)
+    return dq.output[0]
 
 
 def bias_scale(activation_scale: float, weight_scale: np.ndarray) -> np.ndarray:
@@ -326,7 +392,7 @@ def quantize_bias(bias: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return np.round(bias.astype(np.float64) / scale.astype(np.float64)).astype(np.int32)
 
 
-def _dequantize_bias(layer: Layer, bias: np.ndarray, scale: np.ndarray, inits: list, nodes: list) -> str:
+def _dequantize_bias(build: GraphBuilder, layer: Layer, bias: np.ndarray, scale: np.ndarray, nodes: list) -> str:
     """Store the bias as int32 with scale s_a * s_w, as integer hardware (and ORT's QDQ fusion) does.
 
     Leaving it float would let ONNX Runtime requantize it on load with that same
@@ -334,12 +400,11 @@ def _dequantize_bias(layer: Layer, bias: np.ndarray, scale: np.ndarray, inits: l
     """
     prefix = f"{layer.name}/bias"
     scale = np.broadcast_to(scale, bias.shape).astype(np.float32)
-    inits.append(numpy_helper.from_array(quantize_bias(bias, scale), f"{prefix}/q"))
-    inits.append(numpy_helper.from_array(scale, f"{prefix}/scale"))
-    inits.append(numpy_helper.from_array(np.zeros(bias.shape, np.int32), f"{prefix}/zero_point"))
-    nodes.append(helper.make_node("DequantizeLinear", [f"{prefix}/q", f"{prefix}/scale", f"{prefix}/zero_point"],
-                                  [f"{prefix}/dq"], name=f"{prefix}/Dequantize", axis=0))
-    return f"{prefix}/dq"
+    inputs = [build.const(f"{prefix}/q", quantize_bias(bias, scale)), build.const(f"{prefix}/scale", scale),
+              build.const(f"{prefix}/zero_point", np.zeros(bias.shape, np.int32))]
+    dq = build.node("DequantizeLinear", inputs, f"{prefix}/dq", name=f"{prefix}/Dequantize", axis=0)
+    nodes.append(dq)
+    return dq.output[0]
 
 
 class _Activations:
@@ -399,7 +464,7 @@ def _int_tensor(name: str, values: np.ndarray, data_type: int) -> TensorProto:
     return tensor
 
 
-def _dequantize_weight(layer: Layer, qw: QuantizedWeight, inits: list, nodes: list, packed: bool = True) -> str:
+def _dequantize_weight(build: GraphBuilder, layer: Layer, qw: QuantizedWeight, nodes: list, packed: bool = True) -> str:
     """Emit the stored integer weight and its dequantization; returns the float weight's name.
 
     INT2 weights are dequantized by Cast + Mul instead of DequantizeLinear:
@@ -409,27 +474,20 @@ def _dequantize_weight(layer: Layer, qw: QuantizedWeight, inits: list, nodes: li
     """
     prefix = f"{layer.weight}/w{qw.bits}"
     data_type = container_type(qw.bits) if packed else TensorProto.INT8
-    inits.append(_int_tensor(f"{prefix}/q", qw.q, data_type))
+    q = build.const(f"{prefix}/q", _int_tensor(f"{prefix}/q", qw.q, data_type))
     name = f"{layer.name}/w{qw.bits}/Dequantize"
     if data_type == TensorProto.INT2:
         shape = [1] * qw.q.ndim
         if qw.axis is not None:
             shape[qw.axis] = -1
-        inits.append(numpy_helper.from_array(qw.scale.reshape(shape) if qw.axis is not None else qw.scale, f"{prefix}/scale"))
-        nodes.append(helper.make_node("Cast", [f"{prefix}/q"], [f"{prefix}/float"], name=f"{name}/Cast", to=TensorProto.FLOAT))
-        nodes.append(helper.make_node("Mul", [f"{prefix}/float", f"{prefix}/scale"], [f"{prefix}/dq"], name=f"{name}/Mul"))
-        return f"{prefix}/dq"
-    inits.append(numpy_helper.from_array(qw.scale, f"{prefix}/scale"))
-    inits.append(_int_tensor(f"{prefix}/zero_point", np.zeros(qw.scale.shape, np.int8), data_type))
+        scale = build.const(f"{prefix}/scale", qw.scale.reshape(shape) if qw.axis is not None else qw.scale)
+        cast = build.node("Cast", [q], f"{prefix}/float", name=f"{name}/Cast", to=TensorProto.FLOAT)
+        mul = build.node("Mul", [cast.output[0], scale], f"{prefix}/dq", name=f"{name}/Mul")
+        nodes.extend([cast, mul])
+        return mul.output[0]
+    scale = build.const(f"{prefix}/scale", qw.scale)
+    zero_point = build.const(f"{prefix}/zero_point", _int_tensor(f"{prefix}/zero_point", np.zeros(qw.scale.shape, np.int8), data_type))
     attrs = {} if qw.axis is None else {"axis": qw.axis}
-    nodes.append(
-        helper.make_node("DequantizeLinear", [f"{prefix}/q", f"{prefix}/scale", f"{prefix}/zero_point"],
-                         [f"{prefix}/dq"], name=name, **attrs)
-    )
-    return f"{prefix}/dq"
-
-
-def linear_quantize(model: onnx.ModelProto, layers: list[Layer], calibration: Calibration, policy: Policy,
-                    per_channel: bool = True) -> onnx.ModelProto:
-    """One-shot form of LinearQuantize; reuse a LinearQuantize instance to cache weights across policies."""
-    return LinearQuantize(layers, calibration, per_channel).with_policy(policy)(model)
+    dq = build.node("DequantizeLinear", [q, scale, zero_point], f"{prefix}/dq", name=name, **attrs)
+    nodes.append(dq)
+    return dq.output[0]

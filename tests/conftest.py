@@ -84,7 +84,7 @@ EXAMPLE_DIR = EXAMPLE.parent
 def example():
     """The bundled example: prepared model and its validation / calibration / training sets."""
     from haqc.pipeline import prepare
-    from haqc.quantize import load_data
+    from haqc.quantizer import load_data
 
     prepared = prepare(EXAMPLE)
     return {

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from conftest import EXAMPLE, EXAMPLE_DIR, run_ort
 from haqc.cli import main
-from haqc.evaluate import Evaluator
+from haqc.evaluation import Evaluator
 
 DATA = ["--data", EXAMPLE_DIR / "val.npz", "--calib-data", EXAMPLE_DIR / "calib.npz"]
 

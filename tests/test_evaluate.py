@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from haqc.data import Dataset, input_specs, load_dataset
 from haqc.errors import InputError
-from haqc.evaluate import (
+from haqc.evaluation import (
     FIDELITY,
     FIDELITY_DB,
     TOP1,

@@ -5,15 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from haqc.evaluate import Evaluator, make_session, predictions
+from haqc.evaluation import Evaluator, make_session, predictions
 from haqc.finetune import FinetuneConfig, finetune
-from haqc.policy import LayerBits, uniform_policy
-from haqc.quantize import QuantizeOptions, Quantizer
+from haqc.policy import uniform_policy
+from haqc.precision import Option
+from haqc.quantizer import QuantizeOptions, Quantizer
 
 
 @pytest.fixture(scope="module")
 def quantizer(example):
-    return Quantizer(example["prepared"], example["calib"], QuantizeOptions())
+    return Quantizer.calibrated(example["prepared"], example["calib"], QuantizeOptions())
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def evaluator(example):
 
 
 def _policy(example, w, a):
-    return uniform_policy(example["prepared"].layers, LayerBits(w, a))
+    return uniform_policy(example["prepared"].layers, Option(w, a))
 
 
 def _ort_top1(model, dataset) -> np.ndarray:
@@ -102,7 +103,7 @@ def test_one_epoch_finetune_recovers_at_least_half_the_w4a4_gap(example, evaluat
     """w4a4 with plain-range (max) activation clips, ONNX Runtime's default calibration: 2.1
     points lost on the example (23 digits lost, 2 gained: far beyond the noise of 1,000).
     With haqc's default mse clips w4a4 loses 0.4 points, too few to measure a recovery."""
-    quantizer = Quantizer(example["prepared"], example["calib"], QuantizeOptions(clip_method="max"))
+    quantizer = Quantizer.calibrated(example["prepared"], example["calib"], QuantizeOptions(clip_method="max"))
     fp32, before, after = _recovery(example, quantizer, evaluator, _policy(example, 4, 4))
     assert before <= fp32 - 0.015, "w4a4 with max clips should cost measurable accuracy"
     assert after - before >= (fp32 - before) / 2, (fp32, before, after)

@@ -6,6 +6,7 @@ errors (``HaqcError``) become one line on stderr and a documented exit code.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import warnings
 
@@ -22,8 +23,24 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except HaqcError as err:
-            click.echo(f"error: {err}", err=True)
+            command = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+            click.echo(f"error: {as_flags(str(err), command)}", err=True)
             sys.exit(err.exit_code)
+
+
+# API parameters a command spells as several flags.
+_SPELLED = {"budgets": "--latency, --energy or --size"}
+
+
+def as_flags(message: str, command: click.Command | None) -> str:
+    """An API error in the command's terms: each `parameter` becomes the flag that sets it."""
+    flags = dict(_SPELLED)
+    for param in command.params if command is not None else ():
+        longest = max(param.opts, key=len)
+        if longest.startswith("--"):
+            flags[param.name] = longest
+            flags[longest[2:].replace("-", "_")] = longest
+    return re.sub(r"`([a-z_]+)`", lambda m: flags.get(m.group(1), m.group(1)), message)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -2,42 +2,45 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 
 import click
 
+from haqc.api import CompressConfig, compress
 from haqc.cli import main
 from haqc.cli.inspect import input_shape_option, parse_input_shapes
-from haqc.cli.quantize import finetune_options, quantize_options
-from haqc.compress import STRATEGIES, CompressConfig, compress
+from haqc.cli.quantize import finetune_options, quantize_options, run_options
 from haqc.errors import EXIT_INTERRUPTED, InputError
+from haqc.evaluation import TOP1_AGREEMENT
 from haqc.plot import write_plot
-from haqc.quantize import QuantizeOptions
-from haqc.search import DDPGConfig, format_costs
+from haqc.quantities import format_costs, in_report_units, report_key
+from haqc.report import Report
+from haqc.search import STRATEGIES, DDPGConfig
+
+DEFAULTS = CompressConfig()
 
 
 @main.command(name="compress")
 @click.argument("model", type=click.Path(path_type=str))
-@click.option("--target", default="edge", show_default=True, help="Target name (haqc targets) or a .toml file.")
+@click.option("--target", default=DEFAULTS.target, show_default=True, help="Target name (haqc targets) or a .toml file.")
 @click.option("--latency", help="Latency budget: 20ms, 1.5s, 300us, or relative to all-8-bit: 0.5x, 60%.")
 @click.option("--energy", help="Energy budget: 5mJ, 0.2J, or 0.5x / 50%.")
 @click.option("--size", help="Weight-size budget: 2MB, 500KB, 1.5MiB, or 0.25x / 25%.")
-@click.option("--data", type=click.Path(path_type=str), help="Validation .npz (inputs + optional labels).")
+@click.option("--data", type=click.Path(path_type=str), default=DEFAULTS.data, help="Validation .npz (inputs + optional labels).")
 @quantize_options
 @finetune_options
-@click.option("--strategy", type=click.Choice(STRATEGIES), default="ddpg", show_default=True)
-@click.option("--episodes", type=int, default=60, show_default=True, help="Search episodes (ddpg, random).")
-@click.option("--no-pin-first", is_flag=True, help="Let the search choose the first layer's bits (HAQ pins w8a8).")
-@click.option("--no-pin-last", is_flag=True, help="Let the search choose the last layer's bits (HAQ pins w8a8).")
-@click.option("--reward-lambda", type=float, default=0.1, show_default=True, help="HAQ's reward scale.")
-@click.option("--search-finetune-steps", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Fine-tune each candidate this many steps before measuring it (slow; needs --train-data).")
+@click.option("--strategy", type=click.Choice(list(STRATEGIES)), default=DEFAULTS.strategy, show_default=True)
+@click.option("--episodes", type=int, default=DEFAULTS.episodes, show_default=True, help="Search episodes (ddpg, random).")
+@click.option("--no-pin-first", is_flag=True, default=not DEFAULTS.pin_first, help="Let the search choose the first layer's bits (HAQ pins w8a8).")
+@click.option("--no-pin-last", is_flag=True, default=not DEFAULTS.pin_last, help="Let the search choose the last layer's bits (HAQ pins w8a8).")
+@click.option("--reward-lambda", type=float, default=DEFAULTS.reward_lambda, show_default=True, help="HAQ's reward scale.")
+@click.option("--search-finetune-steps", type=click.IntRange(min=0), default=DEFAULTS.search_finetune_steps,
+              show_default=True, help="Fine-tune each candidate this many steps before measuring it (slow; needs --train-data).")
 @click.option("--ddpg", "ddpg_overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a DDPG hyperparameter, e.g. --ddpg actor_lr=3e-4 (see docs/search.md).")
-@click.option("--workdir", type=click.Path(path_type=str), help="Checkpoint the search here after every episode.")
-@click.option("--resume", is_flag=True, help="Continue the search checkpointed in --workdir.")
-@click.option("--max-accuracy-drop", type=float, help="Exit 4 when top-1 drops more than this many points.")
+@click.option("--workdir", type=click.Path(path_type=str), default=DEFAULTS.workdir, help="Checkpoint the search here after every episode.")
+@click.option("--resume", is_flag=True, default=DEFAULTS.resume, help="Continue the search checkpointed in --workdir.")
+@click.option("--max-accuracy-drop", type=float, default=DEFAULTS.max_accuracy_drop, help="Exit 4 when top-1 drops more than this many points.")
 @input_shape_option
 @click.option("-o", "--output", type=click.Path(path_type=str), help="Where to write the compressed model.")
 @click.option("--report", "report_path", type=click.Path(path_type=str), help="Where to write the JSON report.")
@@ -45,28 +48,21 @@ from haqc.search import DDPGConfig, format_costs
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (for CI).")
-def compress_command(model, target, latency, energy, size, data, method, calib_data, clip_method, per_tensor, seed,
-                     train_data, finetune_epochs, lr, trainable_clip, device, strategy, episodes, no_pin_first, no_pin_last,
-                     reward_lambda, search_finetune_steps, ddpg_overrides, workdir, resume, max_accuracy_drop, input_shapes, output, report_path, plot_path,
-                     force, quiet, as_json) -> None:
+def compress_command(model, latency, energy, size, per_tensor, no_pin_first, no_pin_last, ddpg_overrides, input_shapes,
+                     output, report_path, plot_path, force, quiet, as_json, **options) -> None:
     """Find per-layer bitwidths for MODEL that meet a budget on a target, and export them."""
     budgets = {q: v for q, v in (("latency", latency), ("energy", energy), ("size", size)) if v is not None}
     config = CompressConfig(
-        target=target, budgets=budgets, data=data, calib_data=calib_data, train_data=train_data,
-        strategy=strategy, episodes=episodes, seed=seed,
-        quantize=QuantizeOptions(method=method, clip_method=clip_method, per_channel=not per_tensor, seed=seed),
-        finetune_epochs=finetune_epochs, lr=lr, device=device, trainable_clip=trainable_clip, pin_first=not no_pin_first,
-        pin_last=not no_pin_last, reward_lambda=reward_lambda, workdir=workdir, resume=resume,
-        max_accuracy_drop=max_accuracy_drop, input_shapes=parse_input_shapes(input_shapes),
-        search_finetune_steps=search_finetune_steps, ddpg=parse_ddpg_overrides(ddpg_overrides),
+        budgets=budgets, pin_first=not no_pin_first, pin_last=not no_pin_last, ddpg=parse_ddpg_overrides(ddpg_overrides),
+        input_shapes=parse_input_shapes(input_shapes), **run_options(per_tensor, **options),
     )
     show = not quiet and not as_json
-    bar = _Progress(episodes if strategy in ("ddpg", "random") else None, budgets) if show else None
+    bar = _Progress(config.episodes if config.strategy in ("ddpg", "random") else None, budgets) if show else None
     try:
-        result = compress(model, config, output=output, report_path=report_path, force=force,
+        result = compress(model, config, output=output, report=report_path, force=force,
                           progress=bar.update if bar else None)
     except KeyboardInterrupt:
-        click.echo("\ninterrupted; the search state is saved in --workdir (use --resume)" if workdir
+        click.echo("\ninterrupted; the search state is saved in --workdir (use --resume)" if config.workdir
                    else "\ninterrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
     finally:
@@ -75,7 +71,7 @@ def compress_command(model, target, latency, energy, size, data, method, calib_d
     if plot_path:
         write_plot(result.report, plot_path)
     if as_json:
-        click.echo(json.dumps(result.report, indent=2))
+        click.echo(result.to_json(), nl=False)
     elif show:
         click.echo(format_summary(result.report))
 
@@ -120,28 +116,31 @@ class _Progress:
             click.echo("", err=True)
 
 
-def format_summary(report: dict) -> str:
+def format_summary(report: Report) -> str:
     """The per-layer table and the fp32 / w8a8 / result comparison."""
-    lines = [f"{report['model']} on {report['target']['name']}: {report['search']['strategy']}, "
-             f"{report['search']['episodes']} episodes, {report['search']['evaluations']} evaluations, "
-             f"{report['search']['seconds']:.1f} s"]
-    total = sum(r["latency_ms"] for r in report["layers"]) or 1.0
+    search = report.search
+    lines = [f"{report.model} on {report.target['name']}: {search.strategy}, {search.episodes} episodes, "
+             f"{search.evaluations} evaluations, {search.seconds:.1f} s"]
+    total = in_report_units("latency", sum(r.costs["latency"] for r in report.layers)) or 1.0
     lines.append(f"  {'layer':<28} {'kind':<9} {'w':>2} {'a':>2} {'latency ms':>11} {'share':>6}")
-    for r in report["layers"]:
-        w = "f" if r["w_bits"] is None else r["w_bits"]
-        a = "f" if r["a_bits"] is None else r["a_bits"]
-        lines.append(f"  {r['layer'][:28]:<28} {r['kind']:<9} {w:>2} {a:>2} {r['latency_ms']:>11.4f} {100 * r['latency_ms'] / total:>5.1f}%")
+    for r in report.layers:
+        w = "f" if r.w_bits is None else r.w_bits
+        a = "f" if r.a_bits is None else r.a_bits
+        latency = in_report_units("latency", r.costs["latency"])
+        lines.append(f"  {r.layer[:28]:<28} {r.kind:<9} {w:>2} {a:>2} {latency:>11.4f} {100 * latency / total:>5.1f}%")
     lines.append("")
     lines.append(f"  {'':<8} {'top-1':>8} {'latency ms':>11} {'energy mJ':>10} {'size MB':>9}")
-    for key in ("fp32", "w8a8", "result"):
-        r = report[key]
-        energy = "-" if r["energy_mj"] is None else f"{r['energy_mj']:.4f}"
-        lines.append(f"  {key:<8} {100 * r['accuracy']:>7.2f}% {r['latency_ms']:>11.4f} {energy:>10} {r['size_mb']:>9.4f}")
-    budget = ", ".join(f"{q} <= {c['limit']} ({c['budget']})" for q, c in report["constraints"].items())
-    verdict = "meets" if report["result"]["meets_budget"] else "MISSES"
+    for key, row in (("fp32", report.fp32), ("w8a8", report.w8a8), ("result", report.result)):
+        units = row.to_dict()
+        energy = "-" if units[report_key("energy")] is None else f"{units[report_key('energy')]:.4f}"
+        lines.append(f"  {key:<8} {100 * row.accuracy:>7.2f}% {units[report_key('latency')]:>11.4f} {energy:>10} "
+                     f"{units[report_key('size')]:>9.4f}")
+    budget = ", ".join(f"{q} <= {c['limit']} ({c['budget']})" for q, c in report.constraints.items())
+    verdict = "meets" if report.result.meets_budget else "MISSES"
     lines.append(f"  result {verdict} the budget: {budget}")
-    if report.get("label_free"):
-        lines.append("  (label-free: accuracy is top-1 agreement with the fp32 model)")
-    if report.get("output"):
-        lines.append(f"  wrote {report['output']}")
+    if report.label_free:
+        what = "top-1 agreement with" if report.signal == TOP1_AGREEMENT else f"{report.signal} against"
+        lines.append(f"  (label-free: accuracy is {what} the fp32 model)")
+    if report.output:
+        lines.append(f"  wrote {report.output}")
     return "\n".join(lines)

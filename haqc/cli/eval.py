@@ -8,7 +8,7 @@ import click
 from haqc.cli import main
 from haqc.cli.inspect import input_shape_option, parse_input_shapes
 from haqc.data import input_specs, load_dataset
-from haqc.evaluate import FIDELITY, FIDELITY_DB, Evaluator, num_classes
+from haqc.evaluation import FIDELITY, FIDELITY_DB, Evaluator, num_classes
 from haqc.passes.load import check_input_shapes, read_model
 
 

@@ -5,9 +5,9 @@ import json
 
 import click
 
+from haqc.api import inspect as inspect_model
 from haqc.cli import main
 from haqc.passes.load import parse_input_shape
-from haqc.pipeline import inspect_summary, prepare
 
 
 def input_shape_option(func):
@@ -33,7 +33,7 @@ def parse_input_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def inspect(model: str, input_shapes: tuple[str, ...], targets: tuple[str, ...], as_json: bool) -> None:
     """List MODEL's quantizable layers with their shapes, MACs and HAQ state (and costs on targets)."""
-    summary = inspect_summary(prepare(model, parse_input_shapes(input_shapes)), targets)
+    summary = inspect_model(model, input_shapes=parse_input_shapes(input_shapes), targets=targets)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return

@@ -2,9 +2,10 @@
 
 After the agent has chosen every layer, the policy is made to fit: walk the
 layers from last to first, lowering each one's activation bits by one
-supported step and re-checking, then its weight bits and re-checking, and
-repeat the walk until every limit holds. Limits are absolute (seconds, joules,
-bytes); the caller resolves relative budgets against ``CostTable.w8a8()``.
+supported step and re-checking, then its weight bits and re-checking (an
+option list: one option cheaper), and repeat the walk until every limit
+holds. Limits are absolute (seconds, joules, bytes); the pipeline resolves
+relative budgets against the all-8-bit cost first.
 """
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from typing import Mapping
 
 import numpy as np
 
+from haqc.costs import CostTable
 from haqc.errors import BudgetUnreachableError
-from haqc.search.bits import BitSpace, lower
-from haqc.search.costs import CostTable, format_costs
+from haqc.quantities import format_costs
+from haqc.search.space import SearchSpace
 
 logger = logging.getLogger(__name__)
 
@@ -28,36 +30,32 @@ def violations(costs: Mapping[str, float], limits: Mapping[str, float]) -> list[
     return [q for q, limit in limits.items() if costs[q] > limit * (1.0 + REL_TOLERANCE)]
 
 
-def check_budget(table: CostTable, limits: Mapping[str, float], space: BitSpace) -> None:
+def check_budget(table: CostTable, limits: Mapping[str, float], space: SearchSpace) -> None:
     """Raise BudgetUnreachableError if even the cheapest policy misses a limit; call it before searching."""
-    cheapest = table.cost(*space.cheapest())
+    cheapest = table.cost(space.cheapest())
     if violations(cheapest, limits):
         raise BudgetUnreachableError(_unreachable_message(cheapest, limits, space))
 
 
-def enforce_budget(
-    table: CostTable, limits: Mapping[str, float], space: BitSpace, w_bits: np.ndarray, a_bits: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Lower bits HAQ's way (last layer first, activations before weights) until all limits hold."""
-    w, a = np.array(w_bits, dtype=np.int64), np.array(a_bits, dtype=np.int64)
-    while violations(table.cost(w, a), limits):
+def enforce_budget(table: CostTable, limits: Mapping[str, float], space: SearchSpace,
+                   columns: np.ndarray) -> np.ndarray:
+    """Lower options HAQ's way (last layer first, activations before weights) until all limits hold."""
+    chosen = np.array(columns, dtype=np.int64)
+    while violations(table.cost(chosen), limits):
         lowered = False
         for i in reversed(range(space.n_layers)):
             if space.pinned[i]:
                 continue
-            for bits, levels in ((a, space.a_levels), (w, space.w_levels)):
-                below = lower(int(bits[i]), levels)
-                if below is None:
-                    continue
-                bits[i], lowered = below, True
-                if not violations(table.cost(w, a), limits):
-                    return w, a
-        if not lowered:  # every unpinned layer is at its narrowest: the cheapest policy, still over
-            raise BudgetUnreachableError(_unreachable_message(table.cost(w, a), limits, space))
-    return w, a
+            for below in space.layers[i].enforcement_steps(int(chosen[i])):
+                chosen[i], lowered = below, True
+                if not violations(table.cost(chosen), limits):
+                    return chosen
+        if not lowered:  # every unpinned layer is at its cheapest: the cheapest policy, still over
+            raise BudgetUnreachableError(_unreachable_message(table.cost(chosen), limits, space))
+    return chosen
 
 
-def _unreachable_message(cheapest: Mapping[str, float], limits: Mapping[str, float], space: BitSpace) -> str:
+def _unreachable_message(cheapest: Mapping[str, float], limits: Mapping[str, float], space: SearchSpace) -> str:
     parts = []
     for quantity in violations(cheapest, limits):
         limit, cost = format_costs(quantity, limits[quantity], cheapest[quantity])

@@ -29,7 +29,7 @@ from haqc.search.env import QuantEnv
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "search_state.pt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: option columns instead of (w, a) bits
 
 
 def fingerprint(env: QuantEnv, strategy: str, episodes: int, seed: int, config: DDPGConfig | None) -> dict[str, Any]:
@@ -41,9 +41,7 @@ def fingerprint(env: QuantEnv, strategy: str, episodes: int, seed: int, config: 
         "cost tables": problem.costs.digest(),
         "budget": {q: float(v) for q, v in sorted(problem.limits.items())},
         "options": {
-            "mode": problem.mode,
-            "w_bits": list(space.w_levels),
-            "a_bits": list(space.a_levels),
+            "choices": [[o.name for o in layer.options] for layer in space.layers],
             "pinned": [i for i, p in enumerate(space.pinned) if p],
             "reward_lambda": float(problem.reward_lambda),
             "fp32_accuracy": float(problem.fp32_accuracy),
@@ -65,19 +63,19 @@ def load_state(workdir: str | os.PathLike, expected: dict[str, Any]) -> dict[str
     """The saved state if its fingerprint matches ``expected``; None when there is none yet."""
     path = Path(workdir) / STATE_FILE
     if not path.exists():
-        logger.warning("--resume: no search state in %s yet; starting a new search", workdir)
+        logger.warning("resume: no search state in %s yet; starting a new search", workdir)
         return None
     try:
         state = torch.load(path, weights_only=True)
     except Exception as err:  # a truncated or foreign file: torch raises many kinds
-        raise InputError(f"--resume: cannot read {path} ({err}); delete it or use a new workdir") from None
+        raise InputError(f"`resume`: cannot read {path} ({err}); delete it or use a new workdir") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
-        raise InputError(f"--resume: {path} was written by another haqc version; delete it or use a new workdir")
+        raise InputError(f"`resume`: {path} was written by another haqc version; delete it or use a new workdir")
     saved = state.get("fingerprint", {})
     differing = [key for key in expected if saved.get(key) != expected[key]]
     if differing:
         raise InputError(
-            f"--resume: the workdir was made for another model or other options ({', '.join(differing)} differ); "
-            "use a new workdir or drop --resume"
+            f"`resume`: the `workdir` was made for another model or other options ({', '.join(differing)} differ); "
+            "use a new workdir or drop `resume`"
         )
     return state

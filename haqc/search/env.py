@@ -7,9 +7,10 @@ an agent from another library can drive the search. It sees layers only as
 feature rows and costs only as numbers; building and evaluating the quantized
 model is the ``evaluate`` callback's business.
 
-Linear mode: two steps per layer, weight bits then activation bits. K-means
-mode: one step per layer, weight bits only (activations stay float), for a
-size budget. The observation is the layer's normalized static state
+Where every layer's options are a grid of widths (today's targets, linear
+method): two steps per layer, weight bits then activation bits. Otherwise
+(weight-only k-means widths, or a target's own option list): one step per
+layer, choosing an option (``haqc.search.space``). The observation is the layer's normalized static state
 (``Extraction.state_matrix``, STATE_FEATURES order) followed by
 ``[is_weight_step, previous_action]``. The flag is 1 on the weight step and 0
 on the activation step, as HAQ's comment says (its code has it inverted). The
@@ -21,21 +22,20 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from haqc.costs import CostTable
 from haqc.errors import InputError
 from haqc.layers import STATE_FEATURES
-from haqc.policy import LayerBits, Policy
-from haqc.search.bits import BitSpace, action_to_bits
+from haqc.policy import Policy
 from haqc.search.budget import check_budget, enforce_budget, violations
-from haqc.search.costs import TABLE_BITS, CostTable
+from haqc.search.space import SearchSpace, action_to_bits
 
 logger = logging.getLogger(__name__)
 
-Mode = Literal["linear", "kmeans"]
-BitsKey = tuple[tuple[int, int], ...]  # ((w, a) per layer): the evaluation cache's key
+ChoiceKey = tuple[int, ...]  # the option column per layer: the evaluation cache's key
 
 
 @dataclass(frozen=True)
@@ -56,18 +56,19 @@ class Box:
 
 @dataclass(frozen=True)
 class SearchProblem:
-    """Everything a search needs: layers as state rows, cost tables, absolute limits and an evaluator.
+    """Everything a search needs: layers as state rows, a cost table, absolute limits and an evaluator.
 
     ``limits`` maps "latency" / "energy" / "size" to seconds / joules / bytes.
-    ``evaluate(policy)`` returns top-1 accuracy in [0, 1] and must be
-    deterministic (results are cached per policy); ``fp32_accuracy`` is the
-    unquantized model's, the reward's reference. Pins (HAQ's, on by default):
-    the first and the last layer get w8a8 (the widest supported widths); the
-    first layer's input is then costed and quantized at 8 bits too, a simple
-    explicit choice where the reference leaves it unquantized but costs it as
-    7 bits. Pinned layers' steps still take an action, so every episode has the
-    same layout; the pin overrides it. ``reward_lambda`` scales accuracies in
-    percent, as HAQ does.
+    ``evaluate(policy)`` returns a score in [0, 1] (top-1 accuracy or another
+    signal) and must be deterministic (results are cached per policy);
+    ``fp32_accuracy`` is the unquantized model's, the reward's reference. The
+    options the search may choose are the table's declared ones. Pins (HAQ's,
+    on by default): the first and the last layer get their most precise option
+    (w8a8 on today's targets); the first layer's input is then costed and
+    quantized at 8 bits too, a simple explicit choice where the reference
+    leaves it unquantized but costs it as 7 bits. Pinned layers' steps still
+    take an action, so every episode has the same layout; the pin overrides it.
+    ``reward_lambda`` scales accuracies in percent, as HAQ does.
     """
 
     layer_names: Sequence[str]
@@ -76,9 +77,6 @@ class SearchProblem:
     limits: Mapping[str, float]
     evaluate: Callable[[Policy], float] = field(repr=False)
     fp32_accuracy: float
-    mode: Mode = "linear"
-    w_bits: Sequence[int] = TABLE_BITS
-    a_bits: Sequence[int] = TABLE_BITS
     pin_first: bool = True
     pin_last: bool = True
     reward_lambda: float = 0.1
@@ -91,30 +89,22 @@ class SearchProblem:
         if not 0.0 <= self.fp32_accuracy <= 1.0:
             raise ValueError(f"fp32_accuracy must be a fraction in [0, 1], got {self.fp32_accuracy!r}")
         if self.costs.n_layers != n:
-            raise ValueError(f"cost tables cover {self.costs.n_layers} layers; the problem has {n}")
-        if self.mode not in ("linear", "kmeans"):
-            raise ValueError(f"mode must be 'linear' or 'kmeans', got {self.mode!r}")
+            raise ValueError(f"the cost table covers {self.costs.n_layers} layers; the problem has {n}")
         for quantity, limit in self.limits.items():
             if quantity not in self.costs.quantities:
                 raise InputError(f"a {quantity} budget needs a target that estimates {quantity}; this one does not")
             if not (math.isfinite(limit) and limit > 0):
                 raise InputError(f"the {quantity} budget must be a positive number, got {limit!r}")
-        if self.mode == "kmeans" and set(self.limits) - {"size"}:
-            raise InputError("k-means quantization keeps activations in float, so it takes only a size budget")
 
-    def space(self) -> BitSpace:
-        return BitSpace.build(
-            len(self.layer_names), self.w_bits, self.a_bits, self.pin_first, self.pin_last,
-            activations=self.mode == "linear",
-        )
+    def space(self) -> SearchSpace:
+        return SearchSpace.build(self.costs, self.pin_first, self.pin_last)
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """A finished episode: the budget-enforced policy, its costs, accuracy and reward."""
+    """A finished episode: the budget-enforced policy (as option columns and by name), costs, score, reward."""
 
-    w_bits: tuple[int, ...]
-    a_bits: tuple[int, ...]  # costed widths (8 in k-means mode, where the policy keeps activations float)
+    columns: tuple[int, ...]
     policy: Policy
     costs: dict[str, float]
     accuracy: float
@@ -129,7 +119,7 @@ class QuantEnv:
         self.problem = problem
         self.space = problem.space()
         self.n_layers = len(problem.layer_names)
-        self.steps_per_layer = 2 if self.space.activations else 1
+        self.steps_per_layer = 2 if self.space.two_step else 1
         self.steps_per_episode = self.steps_per_layer * self.n_layers
         self._state = np.asarray(problem.state_matrix, dtype=np.float32)
         self.observation_space = Box(  # the state rows' range, then the flag and the previous action in [0, 1]
@@ -138,7 +128,7 @@ class QuantEnv:
         )
         self.action_space = Box(low=np.zeros(1, np.float32), high=np.ones(1, np.float32))
         self.evaluations = 0  # real evaluate() calls; cache hits are free
-        self._cache: dict[BitsKey, float] = {}
+        self._cache: dict[ChoiceKey, float] = {}
         self.reset()
 
     def check_budget(self) -> None:
@@ -146,41 +136,46 @@ class QuantEnv:
         check_budget(self.problem.costs, self.problem.limits, self.space)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
-        """Start an episode at the first layer's weight step. The env is deterministic: ``seed`` is unused."""
+        """Start an episode at the first layer's first step. The env is deterministic: ``seed`` is unused."""
         self._step = 0
         self._prev_action = 1.0
-        self._w = np.zeros(self.n_layers, dtype=np.int64)
-        self._a = np.full(self.n_layers, self.space.a_levels[-1], dtype=np.int64)
+        self._w = np.zeros(self.n_layers, dtype=np.int64)  # two-step: the weight widths chosen so far
+        self._columns = self.space.most_precise()
         return self._obs(), {}
 
     def step(self, action: float | np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        """Bin the action into the current layer's weight or activation bits; at the last step, finish."""
+        """Bin the action into the current layer's weight or activation bits (or its option); at the
+        last step, finish."""
         a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], 0.0, 1.0))
-        layer, is_weight = self._step // self.steps_per_layer, self._is_weight_step()
-        bits, levels = (self._w, self.space.w_levels) if is_weight else (self._a, self.space.a_levels)
-        bits[layer] = action_to_bits(a, levels)
-        info: dict[str, Any] = {
-            "layer": self.problem.layer_names[layer], "kind": "weight" if is_weight else "activation",
-            "bits": int(bits[layer]),
-        }
+        i, is_weight = self._step // self.steps_per_layer, self._is_weight_step()
+        layer = self.space.layers[i]
+        info: dict[str, Any] = {"layer": self.problem.layer_names[i], "kind": "weight" if is_weight else "activation"}
+        if self.steps_per_layer == 1:
+            self._columns[i] = layer.pick(a)
+            option = layer.options[self._columns[i]]
+            info.update(option=option.name, bits=option.w_bits)
+        elif is_weight:
+            self._w[i] = info["bits"] = action_to_bits(a, layer.w_levels)
+        else:
+            info["bits"] = action_to_bits(a, layer.a_levels)
+            self._columns[i] = layer.column(int(self._w[i]), info["bits"])
         self._prev_action = a
         if self._step + 1 < self.steps_per_episode:
             self._step += 1
             return self._obs(), 0.0, False, False, info
-        outcome = self.finish(self._w, self._a)
+        outcome = self.finish(self._columns)
         info["outcome"] = outcome  # the final policy, its costs, accuracy and reward
         return self._obs(), outcome.reward, True, False, info
 
-    def finish(self, w_bits: np.ndarray, a_bits: np.ndarray) -> Outcome:
-        """Pin, enforce the budget, evaluate (cached) and reward a full choice of bits."""
+    def finish(self, columns: np.ndarray) -> Outcome:
+        """Pin, enforce the budget, evaluate (cached) and reward a full choice of options."""
         problem = self.problem
-        w, a = enforce_budget(problem.costs, problem.limits, self.space, *self.space.pin(w_bits, a_bits))
-        costs = problem.costs.cost(w, a)
-        accuracy = self.accuracy(w, a)
+        chosen = enforce_budget(problem.costs, problem.limits, self.space, self.space.pin(columns))
+        costs = problem.costs.cost(chosen)
+        accuracy = self.accuracy(chosen)
         return Outcome(
-            w_bits=tuple(int(b) for b in w),
-            a_bits=tuple(int(b) for b in a),
-            policy=self.policy(w, a),
+            columns=tuple(int(c) for c in chosen),
+            policy=self.policy(chosen),
             costs=costs,
             accuracy=accuracy,
             reward=self.reward(accuracy),
@@ -191,23 +186,20 @@ class QuantEnv:
         """HAQ's R = lambda * (acc_quant - acc_fp32), accuracies in percent."""
         return self.problem.reward_lambda * 100.0 * (accuracy - self.problem.fp32_accuracy)
 
-    def accuracy(self, w_bits: np.ndarray, a_bits: np.ndarray) -> float:
-        """The evaluator's accuracy for these bits; a policy seen before is not evaluated again."""
-        key: BitsKey = tuple((int(w), int(a)) for w, a in zip(w_bits, a_bits))
+    def accuracy(self, columns: np.ndarray) -> float:
+        """The evaluator's score for these options; a policy seen before is not evaluated again."""
+        key: ChoiceKey = tuple(int(c) for c in columns)
         if key not in self._cache:
-            accuracy = float(self.problem.evaluate(self.policy(w_bits, a_bits)))
+            accuracy = float(self.problem.evaluate(self.policy(columns)))
             if not (math.isfinite(accuracy) and 0.0 <= accuracy <= 1.0):
-                raise ValueError(f"evaluate() returned {accuracy!r}; expected top-1 accuracy in [0, 1]")
+                raise ValueError(f"evaluate() returned {accuracy!r}; expected a score in [0, 1]")
             self._cache[key] = accuracy
             self.evaluations += 1
         return self._cache[key]
 
-    def policy(self, w_bits: Sequence[int], a_bits: Sequence[int] | None) -> Policy:
-        """Bits as a haqc Policy; in k-means mode activations stay float (None) and ``a_bits`` is ignored."""
-        names = self.problem.layer_names
-        if not self.space.activations:
-            return {n: LayerBits(int(w), None) for n, w in zip(names, w_bits)}
-        return {n: LayerBits(int(w), int(a)) for n, w, a in zip(names, w_bits, a_bits)}
+    def policy(self, columns: Sequence[int]) -> Policy:
+        """Option columns as a haqc Policy."""
+        return dict(zip(self.problem.layer_names, self.space.options(columns)))
 
     def state_dict(self) -> dict[str, Any]:
         """The evaluation cache and call count: what a resumed search must not pay for again."""

@@ -5,6 +5,8 @@
   same budget enforcement, same number of episodes): is the agent learning?
 - uniform: the highest single bitwidth w = a = b (pins applied) that meets the
   budget; one evaluation. The fixed-precision baseline HAQ compares against.
+  (For a target's own option list: every layer the same number of options
+  below its most precise one.)
 - greedy: a fast non-RL baseline. Measure each unpinned layer's sensitivity
   (the accuracy drop with only that layer at 4 bits, the rest at 8: one
   evaluation per layer), then, starting from all-8-bit, repeatedly take the
@@ -13,7 +15,8 @@
   an ILP: no solver dependency, and the loss model is too rough to deserve an
   exact optimum. The loss of a layer at (w, a) bits is modelled as
   s * (2^(4-w) + 2^(4-a)) / 2 (quantization noise halves per bit; s measured at
-  w4a4, where the model gives s).
+  w4a4, where the model gives s). For options that are not widths, the drop
+  of each layer at each of its options is measured instead.
 
 Every strategy caches evaluations per policy, keeps a per-episode history for
 plots, checkpoints to ``workdir`` after every episode (and, for greedy, after
@@ -25,18 +28,18 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
 from haqc.errors import InputError
 from haqc.policy import Policy
 from haqc.search.agent import DDPG, Agent, DDPGConfig, RandomAgent
-from haqc.search.bits import BitSpace, lower, snap
+from haqc.precision import SEARCH_BITS
 from haqc.search.budget import violations
 from haqc.search.checkpoint import fingerprint, load_state, save_state
-from haqc.search.costs import MAX_TABLE_BITS
 from haqc.search.env import Outcome, QuantEnv, SearchProblem
+from haqc.search.space import SearchSpace
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +56,7 @@ class SearchResult:
     """The best policy found and how the search got there.
 
     ``history`` has one entry per episode: episode, reward, accuracy, costs,
-    w_bits, a_bits (None in k-means mode). ``evaluations`` counts real calls of
+    columns (each layer's option column) and options (their names). ``evaluations`` counts real calls of
     the evaluator (cached repeats are free); ``seconds`` adds up across resumes.
     """
 
@@ -94,7 +97,7 @@ def search(
     if episodes < 1:
         raise InputError(f"the search needs at least one episode, got {episodes}")
     if resume and workdir is None:
-        raise InputError("--resume needs the workdir of the search to continue")
+        raise InputError("`resume` needs the `workdir` of the search to continue")
     env = problem if isinstance(problem, QuantEnv) else QuantEnv(problem)
     env.check_budget()
     config = (config or DDPGConfig()) if strategy == "ddpg" else None  # the only configurable strategy
@@ -145,8 +148,8 @@ class _Run:
             "reward": outcome.reward,
             "accuracy": outcome.accuracy,
             "costs": outcome.costs,
-            "w_bits": list(outcome.w_bits),
-            "a_bits": list(outcome.a_bits) if self.env.space.activations else None,
+            "columns": list(outcome.columns),
+            "options": [o.name for o in outcome.policy.values()],
         })
         if self.best is None or outcome.reward > self.history[self.best]["reward"]:
             self.best = len(self.history) - 1
@@ -172,7 +175,7 @@ class _Run:
         best = self.history[self.best]
         return SearchResult(
             strategy=self.strategy,
-            policy=self.env.policy(best["w_bits"], best["a_bits"]),
+            policy=self.env.policy(best["columns"]),
             accuracy=best["accuracy"],
             reward=best["reward"],
             costs=best["costs"],
@@ -221,13 +224,12 @@ def _uniform(run: _Run, episodes: int, seed: int, config: None, saved: dict | No
     if run.history:  # resumed after it finished
         return
     env = run.env
-    space, costs, limits = env.space, env.problem.costs, env.problem.limits
-    # The narrowest uniform setting is the cheapest policy, which check_budget has let through.
-    for bits in sorted(set(space.w_levels) | set(space.a_levels), reverse=True):
-        w, a = space.uniform(bits)
-        if not violations(costs.cost(w, a), limits):
+    costs, limits = env.problem.costs, env.problem.limits
+    # The cheapest uniform setting is the cheapest policy, which check_budget has let through.
+    for columns in env.space.uniform_candidates():
+        if not violations(costs.cost(columns), limits):
             break
-    run.record(env.finish(w, a))
+    run.record(env.finish(columns))
     run.save()
 
 
@@ -236,47 +238,71 @@ def _greedy(run: _Run, episodes: int, seed: int, config: None, saved: dict | Non
         return
     env = run.env
     space, costs, limits = env.space, env.problem.costs, env.problem.limits
-    w, a = space.uniform(MAX_TABLE_BITS)
-    sensitivity = np.zeros(space.n_layers)
+    chosen = space.most_precise()
+    loss = _LossModel(space)
     for i in range(space.n_layers):
         if space.pinned[i]:
             continue
-        probe_w, probe_a = w.copy(), a.copy()
-        probe_w[i] = snap(GREEDY_PROBE_BITS, space.w_levels)
-        probe_a[i] = snap(GREEDY_PROBE_BITS, space.a_levels)
-        drop = env.problem.fp32_accuracy - env.accuracy(probe_w, probe_a)
-        sensitivity[i] = max(drop, MIN_SENSITIVITY)
-        run.save()  # a resumed greedy search replays its probes from the evaluation cache
-    while over := violations(costs.cost(w, a), limits):
+        for column in loss.probes(i):
+            probe = chosen.copy()
+            probe[i] = column
+            loss.measured(i, column, env.problem.fp32_accuracy - env.accuracy(probe))
+            run.save()  # a resumed greedy search replays its probes from the evaluation cache
+    while over := violations(costs.cost(chosen), limits):
         best, best_ratio = None, 0.0
-        for i, new_w, new_a in _one_step_lowerings(space, w, a):
-            before, after = costs.layer_cost(i, w[i], a[i]), costs.layer_cost(i, new_w, new_a)
-            saved_share = sum((before[q] - after[q]) / limits[q] for q in over)
-            extra_loss = _modelled_loss(sensitivity[i], new_w, new_a) - _modelled_loss(sensitivity[i], w[i], a[i])
-            if saved_share / extra_loss > best_ratio:
-                best, best_ratio = (i, new_w, new_a), saved_share / extra_loss
+        for i in reversed(range(space.n_layers)):  # ties go to later layers, as in HAQ's enforcement
+            if space.pinned[i]:
+                continue
+            now = int(chosen[i])
+            for new in space.layers[i].lowerings(now):
+                before, after = costs.layer_cost(i, now), costs.layer_cost(i, new)
+                saved_share = sum((before[q] - after[q]) / limits[q] for q in over)
+                extra_loss = max(loss(i, new) - loss(i, now), MIN_SENSITIVITY * loss.step_floor)
+                if saved_share / extra_loss > best_ratio:
+                    best, best_ratio = (i, new), saved_share / extra_loss
         if best is None:  # nothing saves anything (odd cost tables): leave the rest to budget enforcement
             break
-        i, new_w, new_a = best
-        w[i], a[i] = new_w, new_a
-    run.record(env.finish(w, a))
+        chosen[best[0]] = best[1]
+    run.record(env.finish(chosen))
     run.save()
 
 
-def _one_step_lowerings(space: BitSpace, w: np.ndarray, a: np.ndarray) -> Iterator[tuple[int, int, int]]:
-    """(layer, w, a) for each unpinned layer with its activations, or its weights, one supported step lower."""
-    for i in reversed(range(space.n_layers)):  # ties go to later layers, as in HAQ's enforcement
-        if space.pinned[i]:
-            continue
-        if (a_low := lower(int(a[i]), space.a_levels)) is not None:
-            yield i, int(w[i]), a_low
-        if (w_low := lower(int(w[i]), space.w_levels)) is not None:
-            yield i, w_low, int(a[i])
+class _LossModel:
+    """Greedy's estimate of the accuracy a layer loses at an option, from a few measured probes.
 
+    Widths: one probe per layer at w4a4 (snapped), loss s * (2^(4-w) + 2^(4-a)) / 2 (float
+    activations count as the widest width). Other options: every option below the most
+    precise is probed, and its measured drop is the loss.
+    """
 
-def _modelled_loss(sensitivity: float, w_bits: int, a_bits: int) -> float:
-    """Estimated accuracy loss of one layer at (w, a); equals ``sensitivity`` at the w4a4 probe."""
-    return sensitivity * (2.0 ** (GREEDY_PROBE_BITS - w_bits) + 2.0 ** (GREEDY_PROBE_BITS - a_bits)) / 2.0
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+        self.sensitivity = np.zeros(space.n_layers)
+        self.drops: dict[tuple[int, int], float] = {}
+        # A drop model of widths is strictly monotone; measured drops may tie, so a step that
+        # loses nothing measurable still counts as losing the noise floor.
+        self.step_floor = 0.0 if space.by_width else 1.0
+
+    def probes(self, layer: int) -> list[int]:
+        choices = self.space.layers[layer]
+        if self.space.by_width:
+            return [choices.uniform(GREEDY_PROBE_BITS)]
+        return list(range(len(choices.options) - 1))
+
+    def measured(self, layer: int, column: int, drop: float) -> None:
+        if self.space.by_width:
+            self.sensitivity[layer] = max(drop, MIN_SENSITIVITY)
+        else:
+            self.drops[layer, column] = max(drop, MIN_SENSITIVITY)
+
+    def __call__(self, layer: int, column: int) -> float:
+        choices = self.space.layers[layer]
+        if not self.space.by_width:
+            return self.drops.get((layer, column), 0.0)
+        option = choices.options[column]
+        w = option.w_bits
+        a = option.a_bits if option.a_bits is not None else SEARCH_BITS[-1]
+        return self.sensitivity[layer] * (2.0 ** (GREEDY_PROBE_BITS - w) + 2.0 ** (GREEDY_PROBE_BITS - a)) / 2.0
 
 
 STRATEGIES: dict[str, Callable[[_Run, int, int, Any, dict | None], None]] = {

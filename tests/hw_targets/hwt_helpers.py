@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import pytest
 
 from haqc.hw_targets import ENTRY_POINT_GROUP, Target, load_target
 from haqc.layers import Layer
+from haqc.precision import SEARCH_BITS, grid
 
 REPO = Path(__file__).resolve().parents[2]
 BUILTINS = ("edge", "cloud", "bitfusion")
@@ -111,3 +114,23 @@ def add_fake_dist(
     if source_dir is not None:
         monkeypatch.syspath_prepend(str(source_dir))
     return site
+
+
+class Grid(NamedTuple):
+    """A target's costs at every (w, a) in 2..8 as (n_layers, 7, 7) arrays indexed [layer, w - 2, a - 2]."""
+
+    latency_s: np.ndarray
+    energy_j: np.ndarray | None
+    weight_bytes: np.ndarray
+
+
+def grid_costs(target: Target, layers: list[Layer]) -> Grid:
+    """``target.cost_table`` read back as the 2..8 grid its default options are (weights major)."""
+    table = target.cost_table(layers)
+    assert all(opts[:49] == grid(SEARCH_BITS, SEARCH_BITS) for opts in table.options)
+    n = len(layers)
+
+    def cube(quantity: str) -> np.ndarray | None:
+        return table.values[quantity][:, :49].reshape(n, 7, 7) if quantity in table.values else None
+
+    return Grid(cube("latency"), cube("energy"), cube("size"))

@@ -7,7 +7,7 @@ import pytest
 from haqc.errors import InputError
 from haqc.hw_targets import BitFusionArray, BitSerialOverlay, BitSerialParams, load_target, load_target_file
 
-from hwt_helpers import REPO, TARGETS, mnist_mbv2, resnet50
+from hwt_helpers import REPO, TARGETS, mnist_mbv2, resnet50, grid_costs
 
 
 # The published parameters, typed from docs/cost_models.md (not read from configs/).
@@ -51,7 +51,7 @@ def test_a_file_with_the_published_parameters_reproduces_the_builtin_exactly(tmp
     mine = load_target(str(path))
     assert mine.name == f"my_{name}"  # defaults to the file name
     layers = mnist_mbv2() + resnet50()
-    for ours, theirs in zip(mine.cost_table(layers), TARGETS[name].cost_table(layers), strict=True):
+    for ours, theirs in zip(grid_costs(mine, layers), grid_costs(TARGETS[name], layers), strict=True):
         if theirs is None:
             assert ours is None
         else:
@@ -81,7 +81,7 @@ def test_an_optional_energy_model_on_the_overlay(tmp_path):
     path = tmp_path / "edge_energy.toml"
     path.write_text(EDGE_TOML + "binary_op_energy_j = 1e-15\ndram_energy_j_per_byte = 100e-12\n")
     target = load_target(str(path))
-    energy = target.cost_table(mnist_mbv2()).energy_j
+    energy = grid_costs(target, mnist_mbv2()).energy_j
     assert energy is not None and np.all(energy > 0)
 
 

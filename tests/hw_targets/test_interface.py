@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from haqc.errors import InputError
-from haqc.hw_targets import TABLE_BITS, LayerCost, Target, cost_summary, weight_bytes
+from haqc.hw_targets import LayerCost, Target, cost_summary, weight_bytes
+from haqc.precision import SEARCH_BITS as TABLE_BITS, Option
 from haqc.hw_targets.base import FLOAT_EXEC_BITS
 
-from hwt_helpers import TARGETS, conv, fc, mnist_mbv2
+from hwt_helpers import TARGETS, conv, fc, mnist_mbv2, grid_costs
 
 
 LAYERS = [conv(0, 3, 16, 3, 2, 32), conv(1, 64, 64, 3, 1, 14, groups=64), conv(2, 64, 128, 1, 1, 14), fc(3, 512, 10)]
@@ -21,7 +22,7 @@ LAYERS = [conv(0, 3, 16, 3, 2, 32), conv(1, 64, 64, 3, 1, 14, groups=64), conv(2
 @pytest.mark.parametrize("name", ["edge", "cloud", "bitfusion"])
 def test_cost_table_matches_scalar_costs(name):
     target = TARGETS[name]
-    table = target.cost_table(LAYERS)
+    table = grid_costs(target, LAYERS)
     assert table.latency_s.shape == (len(LAYERS), 7, 7)
     for i, layer in enumerate(LAYERS):
         for w in TABLE_BITS:
@@ -38,7 +39,7 @@ def test_cost_table_matches_scalar_costs(name):
 def test_energy_is_explicitly_unknown_on_the_overlays_and_known_on_bitfusion():
     layer = LAYERS[2]
     assert TARGETS["edge"].cost(layer, 8, 8).energy_j is None
-    assert TARGETS["cloud"].cost_table(LAYERS).energy_j is None
+    assert grid_costs(TARGETS["cloud"], LAYERS).energy_j is None
     assert TARGETS["bitfusion"].cost(layer, 8, 8).energy_j > 0
 
 
@@ -74,12 +75,12 @@ def test_policy_cost_is_the_fancy_index_sum_of_the_table():
     a = rng.integers(2, 9, len(layers))
     for target in TARGETS.values():
         table = target.cost_table(layers)
-        total = target.policy_cost(table, w, a)
+        total = table.policy_cost([Option(int(wb), int(ab)) for wb, ab in zip(w, a)])
         costs = [target.cost(layer, int(wb), int(ab)) for layer, wb, ab in zip(layers, w, a, strict=True)]
-        assert total.latency_s == pytest.approx(sum(c.latency_s for c in costs))
-        assert total.weight_bytes == pytest.approx(sum(c.weight_bytes for c in costs))
-        if total.energy_j is not None:
-            assert total.energy_j == pytest.approx(sum(c.energy_j for c in costs))
+        assert total["latency"] == pytest.approx(sum(c.latency_s for c in costs))
+        assert total["size"] == pytest.approx(sum(c.weight_bytes for c in costs))
+        if "energy" in total:
+            assert total["energy"] == pytest.approx(sum(c.energy_j for c in costs))
 
 
 def test_cost_summary_shape_and_units():
@@ -96,7 +97,7 @@ def test_cost_summary_shape_and_units():
     assert summary["per_layer"][3]["w4a4"] == pytest.approx(
         {"latency_ms": c.latency_s * 1e3, "energy_mj": c.energy_j * 1e3, "size_mb": c.weight_bytes / 1e6}
     )
-    edge = cost_summary(TARGETS["edge"], layers, settings=((8, 8),))
+    edge = cost_summary(TARGETS["edge"], layers, settings=(Option(8, 8),))
     assert list(edge["total"]) == ["w8a8"]
     assert edge["total"]["w8a8"]["energy_mj"] is None
 
@@ -119,12 +120,12 @@ class _Pipelined(Target):
 def test_a_target_can_say_how_layer_costs_combine():
     target = _Pipelined()
     table = target.cost_table(LAYERS)  # the default, looping implementation
-    assert table.energy_j is None
-    total = target.policy_cost(table, [8] * 4, [8] * 4)
-    assert total.latency_s == max(target.cost(layer, 8, 8).latency_s for layer in LAYERS)
-    assert total.weight_bytes == sum(weight_bytes(layer, 8) for layer in LAYERS)
+    assert "energy" not in table.quantities
+    total = table.policy_cost([Option(8, 8)] * 4)
+    assert total["latency"] == max(target.cost(layer, 8, 8).latency_s for layer in LAYERS)
+    assert total["size"] == sum(weight_bytes(layer, 8) for layer in LAYERS)
     summary = cost_summary(target, LAYERS)
-    assert summary["total"]["w8a8"]["latency_ms"] == pytest.approx(total.latency_s * 1e3)
+    assert summary["total"]["w8a8"]["latency_ms"] == pytest.approx(total["latency"] * 1e3)
 
 
 def test_hw_targets_imports_no_onnx_torch_or_other_haqc_layers():

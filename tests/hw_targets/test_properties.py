@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from haqc.hw_targets import TABLE_BITS
+from haqc.precision import SEARCH_BITS as TABLE_BITS
 
-from hwt_helpers import REPO, TARGETS, conv, fc, mnist_mbv2, resnet50
+from hwt_helpers import REPO, TARGETS, conv, fc, mnist_mbv2, resnet50, grid_costs
 
 
 EXAMPLE = REPO / "examples" / "mnist" / "mnist_mbv2.onnx"
@@ -36,7 +36,7 @@ def _assert_monotone(table: np.ndarray) -> None:
 
 @pytest.mark.parametrize("name", ["edge", "cloud", "bitfusion"])
 def test_cost_never_increases_when_a_bitwidth_decreases(name):
-    table = TARGETS[name].cost_table(SHAPES + mnist_mbv2())
+    table = grid_costs(TARGETS[name], SHAPES + mnist_mbv2())
     for array in table:
         if array is not None:
             _assert_monotone(array)
@@ -56,7 +56,7 @@ def test_cost_never_increases_when_a_bitwidth_decreases(name):
 def test_monotone_for_random_shapes(c, c_out, kernel, stride, hw, depthwise):
     layer = conv(0, c, c, kernel, stride, hw, groups=c) if depthwise else conv(0, c, c_out, kernel, stride, hw)
     for target in TARGETS.values():
-        for array in target.cost_table([layer]):
+        for array in grid_costs(target, [layer]):
             if array is not None:
                 _assert_monotone(array)
 
@@ -109,7 +109,7 @@ def test_bitfusion_w8a8_compute_is_16x_w2a2_on_a_compute_bound_layer():
 
 
 def _saved_8_to_4(target, layers) -> np.ndarray:
-    table = target.cost_table(layers).latency_s
+    table = grid_costs(target, layers).latency_s
     return table[:, 8 - 2, 8 - 2] - table[:, 4 - 2, 4 - 2]
 
 
@@ -129,8 +129,8 @@ def test_edge_and_cloud_disagree_on_a_mobilenet_v2_built_by_hand():
     # The paper's mechanism: on edge a depthwise layer is memory-bound and only its
     # activation bits move bytes, so 8 -> 4 saves a smaller share than on cloud.
     depthwise = [i for i, layer in enumerate(layers) if layer.kind == "depthwise"]
-    edge_share = edge_saved / TARGETS["edge"].cost_table(layers).latency_s[:, 6, 6]
-    cloud_share = cloud_saved / TARGETS["cloud"].cost_table(layers).latency_s[:, 6, 6]
+    edge_share = edge_saved / grid_costs(TARGETS["edge"], layers).latency_s[:, 6, 6]
+    cloud_share = cloud_saved / grid_costs(TARGETS["cloud"], layers).latency_s[:, 6, 6]
     assert np.all(edge_share[depthwise] < 0.5)
     assert np.all(cloud_share[depthwise] > edge_share[depthwise])
 
@@ -152,7 +152,7 @@ def test_costing_resnet50_at_every_bitwidth_pair_is_fast():
     assert len(layers) == 54
     for target in TARGETS.values():
         start = time.perf_counter()
-        table = target.cost_table(layers)
+        table = grid_costs(target, layers)
         elapsed = time.perf_counter() - start
         assert table.latency_s.shape == (54, 7, 7)
         assert elapsed < 0.1, f"{target.name}: cost_table took {elapsed:.3f} s"

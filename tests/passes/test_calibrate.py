@@ -78,15 +78,16 @@ def test_kl_searches_below_five_bits_and_keeps_the_max_from_five():
 def test_kl_uniform_policies_keep_the_example_accurate(example, bits):
     """The example's stem sees MNIST pixels (mostly exactly 0 or 1), so its activations sit on a
     few spikes; an entropy search over them once clipped a 5.3 range at 0.25 (w6a6 top-1 23%)."""
-    from haqc.evaluate import Evaluator
-    from haqc.policy import LayerBits, uniform_policy
-    from haqc.quantize import QuantizeOptions, Quantizer
+    from haqc.evaluation import Evaluator
+    from haqc.policy import uniform_policy
+    from haqc.precision import Option
+    from haqc.quantizer import QuantizeOptions, Quantizer
 
     prepared = example["prepared"]
-    quantizer = Quantizer(prepared, example["calib"], QuantizeOptions(clip_method="kl"))
+    quantizer = Quantizer.calibrated(prepared, example["calib"], QuantizeOptions(clip_method="kl"))
     evaluator = Evaluator(example["val"])
     fp32 = evaluator.evaluate(prepared.model).accuracy
-    policy = uniform_policy(prepared.layers, LayerBits(bits, bits))
+    policy = uniform_policy(prepared.layers, Option(bits, bits))
     assert evaluator.evaluate(quantizer.export(policy)).accuracy >= fp32 - 0.01
 
 

@@ -19,12 +19,12 @@ from haqc.passes.quantize_kmeans import (
     KMeansQuantize,
     assign_indices,
     fit_codebook,
-    kmeans_quantize,
     pack_indices,
     unpack_indices,
 )
 from haqc.pipeline import prepare
-from haqc.policy import LayerBits, uniform_policy
+from haqc.policy import uniform_policy
+from haqc.precision import Option
 
 RNG = np.random.default_rng(0)
 
@@ -74,7 +74,7 @@ def _inits(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("bits", range(1, 9))
 def test_every_width_matches_codebook_reference(bits):
     model, layers = _conv_model()
-    q = kmeans_quantize(model, layers, {"conv": LayerBits(bits, None)})
+    q = KMeansQuantize(layers, {"conv": Option(bits, None)})(model)
     onnx.checker.check_model(q, full_check=True)
     w, b = _inits(model)["w"], _inits(model)["b"]
     codebook, indices = fit_codebook(w, bits, seed=0)
@@ -90,7 +90,7 @@ def test_every_width_matches_codebook_reference(bits):
 @pytest.mark.parametrize("bits", range(1, 9))
 def test_packed_initializers_cost_exactly_b_bits(bits):
     model, layers = _two_layer_model()
-    q = kmeans_quantize(model, layers, uniform_policy(layers, LayerBits(bits, 8)))
+    q = KMeansQuantize(layers, uniform_policy(layers, Option(bits, 8)))(model)
     counts = [layer.params for layer in layers]  # 156 + 130 weights, each layer padded to a byte per plane
     packed = [t for t in q.graph.initializer if t.data_type == TensorProto.UINT8 and t.name.endswith(".codes")]
     assert len(packed) == 1
@@ -116,8 +116,8 @@ def _dequantized(model: onnx.ModelProto, layers, bits: int) -> onnx.ModelProto:
 
 def test_mixed_widths_and_float_layers_untouched():
     model, layers = _two_layer_model()
-    policy = {"conv": LayerBits(3, 8), "fc": LayerBits(None, 8)}
-    q = kmeans_quantize(model, layers, policy)
+    policy = {"conv": Option(3, 8), "fc": Option(None, 8)}
+    q = KMeansQuantize(layers, policy)(model)
     onnx.checker.check_model(q, full_check=True)
     before, after = _inits(model), _inits(q)
     assert "w1" not in after
@@ -125,7 +125,7 @@ def test_mixed_widths_and_float_layers_untouched():
     codes = [t for t in q.graph.initializer if t.name.endswith(".codes")]
     assert [tuple(t.dims) for t in codes] == [(3, math.ceil(156 / 8), 1)]
     # Mixed widths: one packed tensor per width.
-    q2 = kmeans_quantize(model, layers, {"conv": LayerBits(2, None), "fc": LayerBits(5, None)})
+    q2 = KMeansQuantize(layers, {"conv": Option(2, None), "fc": Option(5, None)})(model)
     assert sorted(tuple(t.dims) for t in q2.graph.initializer if t.name.endswith(".codes")) == [
         (2, 20, 1), (5, 17, 1)]
     x = RNG.standard_normal((1, 3, 2, 2)).astype(np.float32)
@@ -134,15 +134,15 @@ def test_mixed_widths_and_float_layers_untouched():
 
 def test_empty_policy_leaves_weights_float():
     model, layers = _two_layer_model()
-    q = kmeans_quantize(model, layers, uniform_policy(layers, LayerBits(None, 8)))
+    q = KMeansQuantize(layers, uniform_policy(layers, Option(None, 8)))(model)
     assert q.SerializeToString() == model.SerializeToString()
 
 
 def test_deterministic_and_input_unchanged():
     model, layers = _two_layer_model()
     before = model.SerializeToString()
-    policy = {"conv": LayerBits(2, None), "fc": LayerBits(4, None)}
-    first = kmeans_quantize(model, layers, policy, seed=3).SerializeToString()
+    policy = {"conv": Option(2, None), "fc": Option(4, None)}
+    first = KMeansQuantize(layers, policy, seed=3)(model).SerializeToString()
     assert model.SerializeToString() == before
     assert KMeansQuantize(layers, policy, seed=3)(model).SerializeToString() == first
 
@@ -201,9 +201,9 @@ def test_codebooks_are_cached_per_weight_bits_and_contents(monkeypatch):
     calls = []
     real = qk.fit_codebook
     monkeypatch.setattr(qk, "fit_codebook", lambda w, b, s: calls.append(b) or real(w, b, s))
-    quantize = KMeansQuantize(layers, uniform_policy(layers, LayerBits(3, None)))
-    quantize(model)
-    quantize.policy = {"conv": LayerBits(3, None), "fc": LayerBits(2, None)}
+    cache = {}
+    KMeansQuantize(layers, uniform_policy(layers, Option(3, None)), cache=cache)(model)
+    quantize = KMeansQuantize(layers, {"conv": Option(3, None), "fc": Option(2, None)}, cache=cache)
     quantize(model)
     assert calls == [3, 3, 2]
     changed = onnx.ModelProto()
@@ -217,20 +217,20 @@ def test_codebooks_are_cached_per_weight_bits_and_contents(monkeypatch):
 def test_bad_inputs_raise_input_error():
     model, layers = _two_layer_model()
     with pytest.raises(InputError, match="unknown layer"):
-        kmeans_quantize(model, layers, {"nope": LayerBits(2, None)})
+        KMeansQuantize(layers, {"nope": Option(2, None)})(model)
     old, old_layers = _canonical(
         [helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], [_init("w", (2, 1, 1, 1))], [1, 1, 2, 2], opset=17)
     old.opset_import[0].version = 17
     with pytest.raises(InputError, match="opset 18"):
-        kmeans_quantize(old, old_layers, {"conv": LayerBits(2, None)})
+        KMeansQuantize(old_layers, {"conv": Option(2, None)})(old)
     shared = [
         helper.make_node("MatMul", ["x", "w"], ["a"], name="m1"),
         helper.make_node("MatMul", ["a", "w"], ["y"], name="m2"),
     ]
     shared_model, shared_layers = _canonical(shared, [_init("w", (4, 4))], [1, 4])
     with pytest.raises(InputError, match="share weight"):
-        kmeans_quantize(shared_model, shared_layers, {"m1": LayerBits(2, None), "m2": LayerBits(3, None)})
-    q = kmeans_quantize(shared_model, shared_layers, {"m1": LayerBits(2, None), "m2": LayerBits(2, None)})
+        KMeansQuantize(shared_layers, {"m1": Option(2, None), "m2": Option(3, None)})(shared_model)
+    q = KMeansQuantize(shared_layers, {"m1": Option(2, None), "m2": Option(2, None)})(shared_model)
     x = RNG.standard_normal((1, 4)).astype(np.float32)
     assert run_ort(q, {"x": x})[0].shape == (1, 4)
 
@@ -254,7 +254,7 @@ def _sizes(tmp_path, model, layers, bits: int) -> tuple[int, int, int]:
     """(fp32 file, k-means file, ideal: b bits per weight + codebooks + everything else as in fp32)."""
     fp32, q = tmp_path / "fp32.onnx", tmp_path / f"k{bits}.onnx"
     onnx.save(model, fp32)
-    quantized = kmeans_quantize(model, layers, uniform_policy(layers, LayerBits(bits, None)))
+    quantized = KMeansQuantize(layers, uniform_policy(layers, Option(bits, None)))(model)
     onnx.save(quantized, q)
     weights = {layer.weight for layer in layers}
     codebooks = sum(4 * len(fit_codebook(w, bits, 0)[0]) for n, w in _inits(model).items() if n in weights)
@@ -293,7 +293,7 @@ def test_file_size_example(tmp_path):
 @pytest.mark.skipif(not EXAMPLE.exists(), reason="the bundled example is not built")
 def test_example_8_bit_agrees_with_fp32():
     prepared = prepare(EXAMPLE)
-    q = kmeans_quantize(prepared.model, prepared.layers, uniform_policy(prepared.layers, LayerBits(8, None)))
+    q = KMeansQuantize(prepared.layers, uniform_policy(prepared.layers, Option(8, None)))(prepared.model)
     onnx.checker.check_model(q, full_check=True)
     x = np.load(EXAMPLE.parent / "val.npz")["input"][:200]
     ref, out = run_ort(prepared.model, {"input": x})[0], run_ort(q, {"input": x})[0]

@@ -21,15 +21,15 @@ from haqc.passes.quantize_linear import (
     container_type,
     dequantize,
     input_sources,
-    linear_quantize,
     quantize_bias,
     quantize_weight,
     requantized_outputs,
     weight_levels,
 )
 from haqc.finetune import build_simulation
-from haqc.policy import LayerBits, uniform_policy
-from haqc.quantize import QuantizeOptions, Quantizer
+from haqc.policy import uniform_policy
+from haqc.precision import Option
+from haqc.quantizer import QuantizeOptions, Quantizer
 
 RNG = np.random.default_rng(0)
 
@@ -73,7 +73,7 @@ def test_bitwidth_matches_numpy_reference(bits, relu_input):
     model, layers = _tiny_conv(relu_input)
     x = RNG.standard_normal((16, 3, 6, 6)).astype(np.float32) * 2
     calibration = calibrate(model, layers, [{"x": x}], method="kl")
-    q = linear_quantize(model, layers, calibration, {"conv": LayerBits(bits, bits)})
+    q = LinearQuantize(layers, calibration, {"conv": Option(bits, bits)})(model)
     onnx.checker.check_model(q, full_check=True)
     got = run_ort(q, {"x": x})[0]
     want = _reference(model, layers[0], calibration, x, bits, bits)
@@ -95,7 +95,7 @@ def test_bitwidth_matches_numpy_reference(bits, relu_input):
 def test_weights_stored_packed_in_smallest_type(bits):
     model, layers = _tiny_conv(True)
     calibration = calibrate(model, layers, [{"x": RNG.standard_normal((4, 3, 6, 6)).astype(np.float32)}])
-    q = linear_quantize(model, layers, calibration, {"conv": LayerBits(bits, 8)})
+    q = LinearQuantize(layers, calibration, {"conv": Option(bits, 8)})(model)
     stored = [t for t in q.graph.initializer if t.name.endswith(f"/w{bits}/q")][0]
     assert stored.data_type == container_type(bits)
     container_bits = {TensorProto.INT2: 2, TensorProto.INT4: 4, TensorProto.INT8: 8}[stored.data_type]
@@ -110,7 +110,7 @@ def test_float_layers_are_untouched_and_input_unmodified():
     before = model.SerializeToString()
     x = RNG.standard_normal((4, 3, 6, 6)).astype(np.float32)
     calibration = calibrate(model, layers, [{"x": x}])
-    q = linear_quantize(model, layers, calibration, {"conv": LayerBits(None, None)})
+    q = LinearQuantize(layers, calibration, {"conv": Option(None, None)})(model)
     assert model.SerializeToString() == before
     assert np.array_equal(run_ort(q, {"x": x})[0], run_ort(model, {"x": x})[0])
 
@@ -118,19 +118,20 @@ def test_float_layers_are_untouched_and_input_unmodified():
 def test_per_tensor_option_and_weight_cache():
     model, layers = _tiny_conv(True)
     calibration = calibrate(model, layers, [{"x": RNG.standard_normal((4, 3, 6, 6)).astype(np.float32)}])
-    per_tensor = LinearQuantize(layers, calibration, per_channel=False).with_policy({"conv": LayerBits(4, 8)})
+    cache = {}
+    per_tensor = LinearQuantize(layers, calibration, {"conv": Option(4, 8)}, per_channel=False, cache=cache)
     q = per_tensor(model)
     scale = [t for t in q.graph.initializer if t.name.endswith("/w4/scale")][0]
     assert list(scale.dims) == []
     per_tensor(model)
-    assert len(per_tensor._weights) == 1
+    assert len(cache) == 1
 
 
 def test_one_bit_rejected():
     model, layers = _tiny_conv(True)
     calibration = calibrate(model, layers, [{"x": np.ones((1, 3, 6, 6), np.float32)}])
     with pytest.raises(InputError, match=">= 2 bits"):
-        LinearQuantize(layers, calibration).with_policy({"conv": LayerBits(1, 8)})
+        LinearQuantize(layers, calibration, {"conv": Option(1, 8)})
 
 
 def test_weight_quantizer_reduces_error_with_bits():
@@ -154,7 +155,7 @@ def test_two_bit_weights_before_a_quantized_output_load_in_ort():
     layers = extract_layers(model).layers
     x = np.abs(RNG.standard_normal((1, 3, 6, 6))).astype(np.float32)
     calibration = calibrate(model, layers, [{"x": x}])
-    q = linear_quantize(model, layers, calibration, {"c1": LayerBits(2, 8), "c2": LayerBits(8, 8)})
+    q = LinearQuantize(layers, calibration, {"c1": Option(2, 8), "c2": Option(8, 8)})(model)
     onnx.checker.check_model(q, full_check=True)
     stored = [t for t in q.graph.initializer if t.name.endswith("/w2/q")][0]
     assert stored.data_type == TensorProto.INT2
@@ -186,16 +187,16 @@ def test_integer_layers_get_their_outputs_requantized_and_match_the_simulation()
     model, layers = _residual_model()
     x = RNG.standard_normal((2, 3, 8, 8)).astype(np.float32)
     calibration = calibrate(model, layers, [{"x": x}])
-    w8a8 = {layer.name: LayerBits(8, 8) for layer in layers}
+    w8a8 = {layer.name: Option(8, 8) for layer in layers}
     # r feeds c2 and the Add, a2 feeds the Add; the classifier's output is the model's and stays float.
     assert requantized_outputs(model, layers, w8a8) == ["r", "a2"]
-    assert requantized_outputs(model, layers, {**w8a8, "c2": LayerBits(None, 8)}) == ["r"]
+    assert requantized_outputs(model, layers, {**w8a8, "c2": Option(None, 8)}) == ["r"]
     # The classifier's input QDQ goes before the Flatten too, so the pooling runs in integers.
     assert input_sources(model, layers)["fc"] == "g"
-    for policy in (w8a8, {**w8a8, "c1": LayerBits(4, 5)}, {**w8a8, "fc": LayerBits(8, None)}):
-        q = linear_quantize(model, layers, calibration, policy)
+    for policy in (w8a8, {**w8a8, "c1": Option(4, 5)}, {**w8a8, "fc": Option(8, None)}):
+        q = LinearQuantize(layers, calibration, policy)(model)
         onnx.checker.check_model(q, full_check=True)
-        simulated = build_simulation(model, layers, policy, calibration=calibration).module(x=torch.from_numpy(x))
+        simulated = build_simulation(model, layers, LinearQuantize(layers, calibration, policy).plan(model)).module(x=torch.from_numpy(x))
         np.testing.assert_allclose(run_ort(q, {"x": x})[0], simulated.detach().numpy(), rtol=1e-5, atol=1e-5)
 
 
@@ -203,8 +204,8 @@ def test_w8a8_example_runs_as_integer_kernels(example, tmp_path):
     """ONNX Runtime turns every layer of the example's w8a8 export into an integer kernel
     (QLinearConv / QGemm): no float Conv or Gemm, as with ORT's own quantize_static."""
     prepared = example["prepared"]
-    quantized = Quantizer(prepared, example["calib"], QuantizeOptions()).export(
-        uniform_policy(prepared.layers, LayerBits(8, 8)))
+    quantized = Quantizer.calibrated(prepared, example["calib"], QuantizeOptions()).export(
+        uniform_policy(prepared.layers, Option(8, 8)))
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(quantized.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -234,10 +235,10 @@ def test_activation_before_a_low_bit_input_is_folded_only_when_it_changes_nothin
     layers = extract_layers(model).layers
     x = (RNG.standard_normal((2, 3, 6, 6)) * 4).astype(np.float32)
     calibration = calibrate(model, layers, [{"x": x}])
-    policy = {"conv": LayerBits(8, 4)}
-    q = linear_quantize(model, layers, calibration, policy)
+    policy = {"conv": Option(8, 4)}
+    q = LinearQuantize(layers, calibration, policy)(model)
     assert ("clip" not in {n.name for n in q.graph.node}) == folded
-    simulated = build_simulation(model, layers, policy, calibration=calibration).module(x=torch.from_numpy(x))
+    simulated = build_simulation(model, layers, LinearQuantize(layers, calibration, policy).plan(model)).module(x=torch.from_numpy(x))
     np.testing.assert_allclose(run_ort(q, {"x": x})[0], simulated.detach().numpy(), rtol=1e-5, atol=1e-5)
 
 
@@ -246,8 +247,8 @@ def test_unpacked_export_computes_the_same_as_integer_kernels(example, tmp_path,
     """The search's unpacked export (INT8 weights) gives the packed export's outputs and runs
     every layer as an ONNX Runtime integer kernel, where INT4 / INT2 weights stay float."""
     prepared, val = example["prepared"], example["val"]
-    quantizer = Quantizer(prepared, example["calib"], QuantizeOptions())
-    policy = uniform_policy(prepared.layers, LayerBits(*bits))
+    quantizer = Quantizer.calibrated(prepared, example["calib"], QuantizeOptions())
+    policy = uniform_policy(prepared.layers, Option(*bits))
     packed, unpacked = quantizer.export(policy), quantizer.export(policy, packed=False)
     feeds = {prepared.model.graph.input[0].name: val.inputs[next(iter(val.inputs))][:64]}
     a, b = run_ort(packed, feeds)[0], run_ort(unpacked, feeds)[0]

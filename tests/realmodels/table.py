@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from haqc.cli import main as cli  # noqa: E402
-from haqc.evaluate import sqnr_db  # noqa: E402
+from haqc.evaluation import sqnr_db  # noqa: E402
 from haqc.pipeline import prepare  # noqa: E402
 from realmodels.corpus import MODELS, obtain  # noqa: E402
 

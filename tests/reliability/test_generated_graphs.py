@@ -21,7 +21,7 @@ from haqc.passes.calibrate import calibrate
 from haqc.passes.canonicalize import canonicalize
 from haqc.passes.extract import extract_layers
 from haqc.passes.quantize_linear import LinearQuantize
-from haqc.policy import LayerBits
+from haqc.precision import Option
 
 SETTINGS = settings(max_examples=15, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -112,7 +112,7 @@ def networks(draw):
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     policy = [
-        LayerBits(draw(st.none() | st.integers(2, 8)), draw(st.none() | st.integers(2, 8))) for _ in b.layers
+        Option(draw(st.none() | st.integers(2, 8)), draw(st.none() | st.integers(2, 8))) for _ in b.layers
     ]
     return model, b.layers, (c0, size0), policy, draw(st.integers(0, 2**31 - 1))
 
@@ -148,12 +148,12 @@ def test_generated_network_whole_path(net):
 
     cal = calibrate(canon, layers, [{"x": _inputs(shape, 4, seed + 1 + i)} for i in range(3)])
     policy = {l.name: bits[layer_names.index(l.name)] for l in layers}
-    exported = LinearQuantize(layers, cal).with_policy(policy)(canon)
+    exported = LinearQuantize(layers, cal, policy)(canon)
     onnx.checker.check_model(exported, full_check=True)
     quantized = _ort(exported, x)
     plain = _ort(exported, x, optimize=False)
     with torch.no_grad():
-        simulated = build_simulation(canon, layers, policy, calibration=cal).module.eval()(x=torch.from_numpy(x)).numpy()
+        simulated = build_simulation(canon, layers, LinearQuantize(layers, cal, policy).plan(canon)).module.eval()(x=torch.from_numpy(x)).numpy()
     err, err_plain = _rel_err(quantized, simulated), _rel_err(plain, simulated)
     # Without graph optimizations ORT runs the QDQ graph node by node in float32, as the simulation
     # does: they agree to float rounding. With optimizations (the default) ORT fuses

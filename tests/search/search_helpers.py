@@ -9,21 +9,56 @@ from __future__ import annotations
 
 import numpy as np
 
+from haqc.costs import CostTable, sum_costs
 from haqc.layers import STATE_FEATURES
 from haqc.policy import Policy
-from haqc.search import CostTable, SearchProblem
+from haqc.precision import Option, grid, weight_only
+from haqc.search import SearchProblem, SearchSpace
 
 BITS = np.arange(2, 9)
+
+
+def grid_table(tables: dict[str, np.ndarray], w_bits=tuple(BITS), a_bits=tuple(BITS), combine=sum_costs,
+               kmeans: bool = False) -> CostTable:
+    """A cost table from (n_layers, 7, 7) arrays indexed [layer, w - 2, a - 2]: the grid of ``w_bits`` x
+    ``a_bits`` (kmeans: weight-only options, costed at 8-bit activations)."""
+    tables = {q: t for q, t in tables.items() if t is not None}
+    n = next(iter(tables.values())).shape[0]
+    if kmeans:
+        options = weight_only(w_bits)
+        values = {q: np.asarray(t)[:, [w - 2 for w in sorted(w_bits)], 6] for q, t in tables.items()}
+    else:
+        options = grid(w_bits, a_bits)
+        values = {q: np.stack([np.asarray(t)[:, o.w_bits - 2, o.a_bits - 2] for o in options], axis=1)
+                  for q, t in tables.items()}
+    return CostTable([f"layer{i}" for i in range(n)], [options] * n, values, combine=combine)
+
+
+def w8a8(table: CostTable) -> dict[str, float]:
+    """The all-8-bit cost (the reference of relative budgets)."""
+    option = Option(8, 8) if table.options[0][0].a_bits is not None else Option(8, None)
+    return table.policy_cost([option] * table.n_layers)
+
+
+def columns(space: SearchSpace, w_bits, a_bits) -> np.ndarray:
+    """(w, a) per layer as option columns of a grid space."""
+    return np.array([layer.column(int(w), int(a)) for layer, w, a in zip(space.layers, w_bits, a_bits)])
+
+
+def bits(space: SearchSpace, chosen) -> tuple[list[int], list]:
+    """Option columns as (w list, a list)."""
+    options = space.options(chosen)
+    return [o.w_bits for o in options], [o.a_bits for o in options]
 N_LAYERS = 6
 SENSITIVE = (1, 3)
 FP32_ACCURACY = 0.9
 
 
-def bit_serial_costs(macs: np.ndarray, params: np.ndarray) -> CostTable:
+def bit_serial_costs(macs: np.ndarray, params: np.ndarray, kmeans: bool = False) -> CostTable:
     """Latency ~ macs * w * a (a bit-serial array), size = params * w / 8 bytes."""
     latency = macs[:, None, None] * BITS[None, :, None] * BITS[None, None, :] * 1e-12
     size = np.broadcast_to(params[:, None, None] * BITS[None, :, None] / 8.0, latency.shape)
-    return CostTable({"latency": latency, "size": size})
+    return grid_table({"latency": latency, "size": size}, kmeans=kmeans)
 
 
 def synthetic_accuracy(policy: Policy) -> float:
@@ -50,15 +85,15 @@ class Evaluator:
         return self.fn(policy)
 
 
-def synthetic_problem(latency_fraction: float = 0.5, evaluate=None, **options) -> SearchProblem:
+def synthetic_problem(latency_fraction: float = 0.5, evaluate=None, kmeans: bool = False, **options) -> SearchProblem:
     macs = np.array([1e6, 2e6, 40e6, 2e6, 40e6, 1e6])
     params = np.array([1e3, 2e3, 40e3, 2e3, 40e3, 1e3])
-    costs = bit_serial_costs(macs, params)
+    costs = bit_serial_costs(macs, params, kmeans)
     state = np.zeros((N_LAYERS, len(STATE_FEATURES)), dtype=np.float32)
     state[:, 0] = np.arange(N_LAYERS) / (N_LAYERS - 1)
     state[:, 6] = params / params.max()
     state[list(SENSITIVE), 7] = 1.0
-    limits = {"latency": latency_fraction * costs.w8a8()["latency"]}
+    limits = {"latency": latency_fraction * w8a8(costs)["latency"]}
     return SearchProblem(
         layer_names=[f"layer{i}" for i in range(N_LAYERS)],
         state_matrix=state,
@@ -70,10 +105,10 @@ def synthetic_problem(latency_fraction: float = 0.5, evaluate=None, **options) -
     )
 
 
-def additive_costs(n_layers: int, scale: float = 1.0, size: bool = False) -> CostTable:
+def additive_costs(n_layers: int, scale: float = 1.0, size: bool = False, **levels) -> CostTable:
     """Per-layer latency = (w + a) * scale (every lowering saves the same); size = w bytes if asked."""
     latency = (BITS[:, None] + BITS[None, :]).astype(float) * scale
     tables = {"latency": np.broadcast_to(latency, (n_layers, 7, 7))}
     if size:
         tables["size"] = np.broadcast_to(BITS[:, None] * np.ones(7), (n_layers, 7, 7)).astype(float)
-    return CostTable(tables)
+    return grid_table(tables, **levels)

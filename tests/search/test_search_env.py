@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from search_helpers import FP32_ACCURACY, N_LAYERS, Evaluator, synthetic_accuracy, synthetic_problem
+from search_helpers import FP32_ACCURACY, N_LAYERS, Evaluator, synthetic_accuracy, synthetic_problem, w8a8
 
 from haqc.errors import InputError
 from haqc.layers import STATE_FEATURES
-from haqc.policy import LayerBits
+from haqc.precision import Option
 from haqc.search import QuantEnv
 
 
@@ -46,7 +46,7 @@ def test_linear_mode_takes_weights_then_activations_per_layer():
         assert reward == (0.0 if not terminated else info["outcome"].reward)
     outcome = steps[-1][4]["outcome"]
     chosen = [s[4]["bits"] for s in steps]
-    assert outcome.policy == {f"layer{i}": LayerBits(chosen[2 * i], chosen[2 * i + 1]) for i in range(N_LAYERS)}
+    assert outcome.policy == {f"layer{i}": Option(chosen[2 * i], chosen[2 * i + 1]) for i in range(N_LAYERS)}
     assert outcome.accuracy == synthetic_accuracy(outcome.policy)
     assert outcome.reward == pytest.approx(0.1 * (outcome.accuracy - FP32_ACCURACY) * 100)
     assert outcome.meets_budget
@@ -55,24 +55,22 @@ def test_linear_mode_takes_weights_then_activations_per_layer():
 def test_pins_and_budget_apply_at_the_end():
     env = QuantEnv(synthetic_problem(latency_fraction=0.5))
     outcome = run_episode(env, [0.0] * env.steps_per_episode)[-1][4]["outcome"]
-    assert outcome.policy["layer0"] == outcome.policy["layer5"] == LayerBits(8, 8)
+    assert outcome.policy["layer0"] == outcome.policy["layer5"] == Option(8, 8)
     assert {b.w_bits for n, b in outcome.policy.items() if n not in ("layer0", "layer5")} == {2}
     outcome = run_episode(env, [1.0] * env.steps_per_episode)[-1][4]["outcome"]
     assert outcome.meets_budget
-    assert outcome.costs["latency"] <= env.problem.limits["latency"] < env.problem.costs.w8a8()["latency"]
+    assert outcome.costs["latency"] <= env.problem.limits["latency"] < w8a8(env.problem.costs)["latency"]
 
 
 def test_kmeans_mode_is_one_weight_step_per_layer():
-    w8a8 = synthetic_problem().costs.w8a8()
-    env = QuantEnv(synthetic_problem(mode="kmeans", limits={"size": 0.5 * w8a8["size"]}))
+    all8 = w8a8(synthetic_problem().costs)
+    env = QuantEnv(synthetic_problem(kmeans=True, limits={"size": 0.5 * all8["size"]}))
     steps = run_episode(env, [0.5] * N_LAYERS)
     assert env.steps_per_episode == N_LAYERS
     assert all(s[4]["kind"] == "weight" and s[0][-2] == 1.0 for s in steps)
     outcome = steps[-1][4]["outcome"]
     assert all(b.a_bits is None for b in outcome.policy.values())
-    assert outcome.costs["size"] <= 0.5 * w8a8["size"]
-    with pytest.raises(InputError, match="only a size budget"):
-        synthetic_problem(mode="kmeans")  # a latency budget
+    assert outcome.costs["size"] <= 0.5 * all8["size"]
 
 
 def test_repeated_policies_are_evaluated_once():

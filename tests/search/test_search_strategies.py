@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from search_helpers import N_LAYERS, Evaluator, synthetic_problem
+from search_helpers import N_LAYERS, Evaluator, synthetic_problem, w8a8
 
 from haqc.errors import BudgetUnreachableError, InputError
 from haqc.search import STATE_FILE, QuantEnv, search
@@ -28,8 +28,8 @@ def test_ddpg_is_deterministic_per_seed():
     assert first.history != other.history
     assert first.episodes == SHORT == len(first.history) and first.meets_budget
     entry = first.history[0]
-    assert set(entry) == {"episode", "reward", "accuracy", "costs", "w_bits", "a_bits"}
-    assert len(entry["w_bits"]) == N_LAYERS
+    assert set(entry) == {"episode", "reward", "accuracy", "costs", "columns", "options"}
+    assert len(entry["columns"]) == len(entry["options"]) == N_LAYERS
 
 
 @pytest.mark.parametrize(("strategy", "interrupt_at"), [("ddpg", 6), ("random", 4), ("greedy", 3)])
@@ -71,7 +71,7 @@ def test_resume_without_state_starts_afresh(tmp_path):
 def test_resume_refuses_another_problem(tmp_path, change, differs):
     search(synthetic_problem(), "ddpg", 2, seed=0, workdir=tmp_path)
     args = dict(problem=synthetic_problem(), strategy="ddpg", seed=0) | change
-    expected = f"--resume: the workdir was made for another model or other options \\({differs}"
+    expected = f"`resume`: the `workdir` was made for another model or other options \\({differs}"
     with pytest.raises(InputError, match=expected):
         search(args["problem"], args["strategy"], 2, seed=args["seed"], workdir=tmp_path, resume=True)
 
@@ -85,7 +85,8 @@ def test_uniform_picks_the_highest_bitwidth_within_budget():
     assert len(widths) == 1
     (b,) = widths
     assert result.policy["layer0"].w_bits == 8  # pinned
-    assert violations(problem.costs.cost(*env.space.uniform(b + 1)), problem.limits)
+    wider = env.space.pin(np.array([layer.uniform(b + 1) for layer in env.space.layers]))
+    assert violations(problem.costs.cost(wider), problem.limits)
     assert b == 5  # latency ~ w * a: 5 * 5 / 64 fits in half, 6 * 6 / 64 does not
 
 
@@ -134,13 +135,13 @@ def test_bad_arguments():
         search(synthetic_problem(), "ilp")
     with pytest.raises(InputError, match="at least one episode"):
         search(synthetic_problem(), "ddpg", 0)
-    with pytest.raises(InputError, match="--resume needs the workdir"):
+    with pytest.raises(InputError, match="`resume` needs the `workdir`"):
         search(synthetic_problem(), "ddpg", resume=True)
 
 
 def test_kmeans_search_returns_float_activations():
-    problem = synthetic_problem(mode="kmeans", limits={"size": 0.4 * synthetic_problem().costs.w8a8()["size"]})
+    problem = synthetic_problem(kmeans=True, limits={"size": 0.4 * w8a8(synthetic_problem().costs)["size"]})
     result = search(problem, "ddpg", SHORT, seed=0)
     assert result.meets_budget and all(b.a_bits is None for b in result.policy.values())
-    assert all(h["a_bits"] is None for h in result.history)
+    assert all(name.endswith("-weight-only") for h in result.history for name in h["options"])
     assert np.mean([b.w_bits for b in result.policy.values()]) < 8

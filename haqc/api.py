@@ -1,0 +1,256 @@
+"""The Python API: ``inspect``, ``quantize``, ``evaluate`` and ``compress``, as ``import haqc`` gives them.
+
+Each takes a model as a path or an ``onnx.ModelProto`` and data as an .npz
+path or a dict of numpy arrays, and returns a typed result. Every default
+lives in the config dataclasses here (the CLI's options are built from
+them). Errors name the API's parameters in backticks (`calib_data`); the CLI
+says its flags instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence, TypeVar, Union
+
+import onnx
+
+from haqc.errors import AccuracyDropError, InputError
+from haqc.data import input_specs, load_dataset
+from haqc.evaluation import EvalResult, Evaluator, Metric, num_classes
+from haqc.finetune import FinetuneConfig
+from haqc.hw_targets import Target, load_target
+from haqc.io import atomic_write_text, check_output_path, save_model
+from haqc.passes.load import InputShapes, load_model, validate_model, with_input_shapes
+from haqc.pipeline import (build_report, check_budgets, cost_table, export_and_finetune,
+                           inspect_summary, prepare, search_policy)
+from haqc.policy import Policy, load_policy, uniform_policy
+from haqc.precision import Method, parse_option, reference_option
+from haqc.quantizer import (DataSource, QuantizeOptions, QuantizeResult, Quantizer, Scores, calibrate_model,
+                            finetune_export, keep_better, load_data, load_run_data)
+from haqc.report import Report
+from haqc.search import STRATEGIES, DDPGConfig, SearchResult
+from haqc.search.strategies import Progress
+
+logger = logging.getLogger(__name__)
+
+ModelSource = Union[str, os.PathLike, onnx.ModelProto]
+C = TypeVar("C")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What quantize and compress share: data, quantization, fine-tuning. Defaults are the CLI's."""
+
+    data: DataSource | None = None  # validation: inputs + optional "labels"
+    calib_data: DataSource | None = None  # default: data
+    train_data: DataSource | None = None
+    metric: str | Metric | None = None  # "module:function" or a callable(outputs, targets) -> float
+    method: Method = QuantizeOptions.method
+    clip_method: str = QuantizeOptions.clip_method
+    per_channel: bool = QuantizeOptions.per_channel
+    seed: int = 0
+    finetune_epochs: int | None = None  # default: 1 with train_data, else 0
+    lr: float = FinetuneConfig.lr
+    device: str = FinetuneConfig.device
+    trainable_clip: bool = FinetuneConfig.trainable_clip
+    input_shapes: InputShapes | None = None  # fix dynamic dims for analysis and calibration only
+
+    def quantize_options(self) -> QuantizeOptions:
+        return QuantizeOptions(method=self.method, clip_method=self.clip_method, per_channel=self.per_channel,
+                               seed=self.seed)
+
+    def finetune(self, epochs: int, max_steps: int | None = None) -> FinetuneConfig:
+        """The fine-tuning settings, for the final tune or (``max_steps``) a search candidate's."""
+        return FinetuneConfig(epochs=epochs, lr=self.lr, seed=self.seed, device=self.device, max_steps=max_steps,
+                              trainable_clip=self.trainable_clip)
+
+
+@dataclass(frozen=True)
+class QuantizeConfig(RunConfig):
+    """``quantize``: one precision for every layer (``bits``, e.g. "w4a8") or a stored ``policy`` file."""
+
+    bits: str | None = None
+    policy: str | os.PathLike | None = None
+
+
+@dataclass(frozen=True)
+class CompressConfig(RunConfig):
+    """``compress``: the search for ``target`` under ``budgets`` (quantity -> "0.5x", "20ms", "2MB")."""
+
+    target: str | Target = "edge"  # a name (haqc targets), a .toml file, or a Target instance
+    budgets: Mapping[str, str] = field(default_factory=dict)
+    strategy: str = "ddpg"
+    episodes: int = 60
+    pin_first: bool = True
+    pin_last: bool = True
+    reward_lambda: float = 0.1
+    search_finetune_steps: int = 0  # short fine-tune before each episode's evaluation (HAQ's reference did)
+    workdir: str | os.PathLike | None = None
+    resume: bool = False
+    max_accuracy_drop: float | None = None  # percentage points; more raises AccuracyDropError (exit 4)
+    ddpg: DDPGConfig | None = None
+
+
+@dataclass(frozen=True)
+class CompressResult:
+    """The exported model, its report and the search that found its policy."""
+
+    report: Report
+    model: onnx.ModelProto = field(repr=False)
+    search: SearchResult = field(repr=False)
+
+    def to_json(self) -> str:
+        return self.report.to_json()
+
+
+def _configure(cls: type[C], config: C | None, overrides: Mapping[str, Any]) -> C:
+    """``config`` (or the defaults) with keyword ``overrides``; an unknown keyword is an InputError."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise InputError(f"unknown parameter `{unknown[0]}`; {cls.__name__} takes: {', '.join(sorted(names))}")
+    return dataclasses.replace(config if config is not None else cls(), **overrides)
+
+
+def _source_name(model: ModelSource) -> str:
+    return "<in-memory model>" if isinstance(model, onnx.ModelProto) else str(model)
+
+
+def _paths(*sources: Any) -> tuple:
+    """The sources that are files (outputs must not overwrite them)."""
+    return tuple(s for s in sources if isinstance(s, (str, os.PathLike)))
+
+
+def inspect(model: ModelSource, *, input_shapes: InputShapes | None = None, targets: Sequence[str] = ()) -> dict:
+    """The layers of ``model`` with shapes, MACs and HAQ state, and their costs on ``targets``
+    (the ``haqc inspect --json`` object)."""
+    return inspect_summary(prepare(model, input_shapes), targets)
+
+
+def evaluate(model: ModelSource, data: DataSource, *, reference: ModelSource | None = None,
+             metric: str | Metric | None = None, batch_size: int | None = None,
+             input_shapes: InputShapes | None = None) -> EvalResult:
+    """Score ``model`` exactly as given (no canonicalization, so a quantized model is scored as shipped):
+    top-1 with labels, else top-1 agreement with ``reference``, or ``metric``."""
+    proto = _load(model, input_shapes)
+    classes = num_classes(proto) if metric is None else None
+    dataset = load_dataset(data, input_specs(proto), role="`data`", num_classes=classes)
+    ref = _load(reference, input_shapes) if reference is not None and dataset.labels is None else None
+    return Evaluator(dataset, batch_size, metric, ref).evaluate(proto, _source_name(model))
+
+
+def _load(model: ModelSource, input_shapes: InputShapes | None) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return with_input_shapes(validate_model(model, "the model"), input_shapes or {})
+    return load_model(model, input_shapes)
+
+
+def quantize(model: ModelSource, config: QuantizeConfig | None = None, *, output: str | os.PathLike | None = None,
+             force: bool = False, **overrides: Any) -> QuantizeResult:
+    """Apply one precision to every layer (``bits``) or a stored ``policy``, optionally fine-tune, and
+    write ``output`` (when given). With ``data``, the fp32, quantized and fine-tuned models are scored
+    and the fine-tuned weights kept only if they score no worse."""
+    config = _configure(QuantizeConfig, config, overrides)
+    if (config.bits is None) == (config.policy is None):
+        raise InputError("give exactly one of `bits` (e.g. w4a8) or `policy` (a policy or report JSON file)")
+    out_path = check_output_path(output, _paths(model), force) if output is not None else None
+    prepared = prepare(model, config.input_shapes)
+    if config.bits is not None:
+        policy = uniform_policy(prepared.layers, parse_option(config.bits))
+    else:
+        policy = load_policy(config.policy, prepared.layers)
+    run = load_run_data(prepared, config.data, config.calib_data, config.train_data, config.finetune_epochs)
+    options = config.quantize_options()
+    quantizer = Quantizer(prepared, calibrate_model(prepared, run.calib, options), options)
+    quantized = quantizer.export(policy)
+    evaluator = Evaluator(run.val, reference=prepared.model, metric=config.metric) if run.val is not None else None
+    scores: dict[str, Scores] = {}
+    kept = None
+    if evaluator is not None:
+        scores["fp32"] = Scores.of(evaluator.evaluate(prepared.model, "the fp32 model"))
+        scores["quantized"] = Scores.of(evaluator.evaluate(quantized, "the quantized model"))
+    if run.epochs:
+        tuned = finetune_export(quantizer, policy, run.train, config.finetune(run.epochs))
+        if evaluator is None:
+            quantized = tuned
+        else:  # with validation data, keep the fine-tuned weights only if they do not score worse
+            best, result = keep_better(evaluator, quantized, scores["quantized"].accuracy, tuned)
+            scores["finetuned"] = Scores.of(result)
+            kept = "finetuned" if best is tuned else "quantized"
+            quantized = best
+    size = None
+    if out_path is not None:
+        save_model(quantized, out_path)
+        size = out_path.stat().st_size / 1e6
+    return QuantizeResult(quantized, _source_name(model), None if out_path is None else str(out_path),
+                          config.method, policy, kept=kept, size_mb=size, **scores)
+
+
+def compress(model: ModelSource, config: CompressConfig | None = None, *, output: str | os.PathLike | None = None,
+             report: str | os.PathLike | None = None, force: bool = False, progress: Progress | None = None,
+             **overrides: Any) -> CompressResult:
+    """Search a policy for ``target`` under ``budgets`` and export it; a short driver over the pipeline."""
+    config = _configure(CompressConfig, config, overrides)
+    for path in (p for p in (output, report) if p is not None):
+        check_output_path(path, _paths(model, config.data, config.calib_data, config.train_data), force)
+    _check(config)
+    prepared = prepare(model, config.input_shapes)
+    target = config.target if isinstance(config.target, Target) else load_target(config.target)
+    table = cost_table(prepared, target, config.method)
+    limits = check_budgets(table, config.budgets, config.method, pin_first=config.pin_first, pin_last=config.pin_last)
+    run = load_run_data(prepared, config.data, config.calib_data, config.train_data, config.finetune_epochs)
+    options = config.quantize_options()
+    quantizer = Quantizer(prepared, calibrate_model(prepared, run.calib, options), options)
+    evaluator = Evaluator(run.val, reference=prepared.model, metric=config.metric)
+    fp32 = evaluator.evaluate(prepared.model, "the fp32 model")
+
+    def score(policy: Policy) -> float:
+        if config.search_finetune_steps:
+            candidate = finetune_export(quantizer, policy, run.train, config.finetune(1, config.search_finetune_steps))
+        else:  # unpacked: the same numbers, run as ONNX Runtime integer kernels
+            candidate = quantizer.export(policy, packed=False)
+        return evaluator.evaluate(candidate, "the quantized model").accuracy
+
+    start = time.perf_counter()
+    result = search_policy(prepared, table, limits, score, fp32.accuracy, strategy=config.strategy,
+                           episodes=config.episodes, seed=config.seed, pin_first=config.pin_first,
+                           pin_last=config.pin_last, reward_lambda=config.reward_lambda, ddpg=config.ddpg,
+                           workdir=config.workdir, resume=config.resume, progress=progress)
+    w8a8 = uniform_policy(prepared.layers, reference_option(config.method))
+    w8a8_score = evaluator.evaluate(quantizer.export(w8a8), "the w8a8 model").accuracy
+    exported = export_and_finetune(quantizer, result.policy, result.accuracy, evaluator, run.train,
+                                   config.finetune(run.epochs) if run.epochs else None)
+    built = build_report(source=_source_name(model), target=target, spec=target.name if config.target is target else config.target,
+                         table=table, limits=limits,
+                         prepared=prepared, fp32=fp32, w8a8_score=w8a8_score, method=config.method, result=result,
+                         exported=exported, seed=config.seed, finetune_epochs=run.epochs,
+                         seconds=time.perf_counter() - start)
+    if output is not None:
+        save_model(exported.model, output)
+        built = dataclasses.replace(built, output=str(output))
+    if report is not None:
+        atomic_write_text(report, built.to_json())
+    if config.max_accuracy_drop is not None and built.accuracy_drop > config.max_accuracy_drop:
+        raise AccuracyDropError(
+            f"accuracy dropped {built.accuracy_drop:.2f} points (fp32 {100 * built.fp32.accuracy:.2f}% -> "
+            f"{100 * built.result.accuracy:.2f}%), more than `max_accuracy_drop` {config.max_accuracy_drop:g}; "
+            "relax the budget or fine-tune longer"
+        )
+    return CompressResult(built, exported.model, result)
+
+
+def _check(config: CompressConfig) -> None:
+    """What compress needs before any work, in the API's terms."""
+    if not config.budgets:
+        raise InputError("give at least one budget (`budgets`: latency, energy or size, e.g. latency 0.5x)")
+    if config.strategy not in STRATEGIES:
+        raise InputError(f"unknown `strategy` {config.strategy!r}; choose one of: {', '.join(STRATEGIES)}")
+    if config.episodes < 1:
+        raise InputError(f"`episodes` must be at least 1, got {config.episodes}")
+    if config.data is None:
+        raise InputError("compress needs validation data to measure accuracy; pass `data` (an .npz or arrays)")
+    if config.search_finetune_steps and config.train_data is None:
+        raise InputError("`search_finetune_steps` needs `train_data` (an .npz or arrays)")

@@ -1,0 +1,150 @@
+"""Cost tables: what every layer costs at each of its precision options, and how layers add up.
+
+A hardware target builds one ``CostTable`` for a model (``Target.cost_table``);
+the budget check, the search, ``inspect`` and the report all read that table,
+so a policy has one cost wherever it is stated. Costs are in SI base units
+(seconds, joules, bytes; ``haqc.quantities``), per batch of the target's
+batch size.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from haqc.precision import Option
+from haqc.quantities import QUANTITIES, Quantity
+
+logger = logging.getLogger(__name__)
+
+Combine = Callable[[np.ndarray], float]
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """The cost of one layer (or a whole model) for one batch of ``Target.batch`` samples."""
+
+    latency_s: float
+    energy_j: float | None  # None: this target cannot estimate energy
+    weight_bytes: float
+
+    def by_quantity(self) -> dict[Quantity, float | None]:
+        return {"latency": self.latency_s, "energy": self.energy_j, "size": self.weight_bytes}
+
+
+def sum_costs(per_layer: np.ndarray) -> float:
+    """The default way layers add up (and always the way sizes do)."""
+    return float(np.sum(per_layer))
+
+
+class CostTable:
+    """Per-layer costs at each layer's options, combined over layers by ``combine``.
+
+    ``options[i]`` lists layer i's options: the ``declared[i]`` the target
+    offers the search (cheapest first), then any reference options costed for
+    the report only (fp32, the all-8-bit option). ``values[q]`` has shape
+    (n_layers, max options), NaN past a layer's options. A quantity a target
+    cannot estimate (energy, on most) is absent. ``combine`` turns a policy's
+    per-layer latencies or energies into the model's (the target's; sizes
+    always sum).
+    """
+
+    def __init__(
+        self,
+        layer_names: Sequence[str],
+        options: Sequence[Sequence[Option]],
+        values: Mapping[str, np.ndarray | None],
+        *,
+        declared: Sequence[int] | None = None,
+        combine: Combine = sum_costs,
+    ) -> None:
+        self.layer_names = tuple(layer_names)
+        self.options = tuple(tuple(o) for o in options)
+        self.declared = tuple(declared) if declared is not None else tuple(len(o) for o in self.options)
+        self.combine = combine
+        n = len(self.layer_names)
+        if len(self.options) != n or len(self.declared) != n:
+            raise ValueError(f"a cost table needs options for each of its {n} layers")
+        if any(not 0 < d <= len(o) for d, o in zip(self.declared, self.options)):
+            raise ValueError("every layer needs at least one declared option")
+        self._index = [{o: j for j, o in enumerate(opts)} for opts in self.options]
+        if any(len(ix) != len(opts) for ix, opts in zip(self._index, self.options)):
+            raise ValueError("a layer lists the same option twice")
+        width = max(len(o) for o in self.options)
+        self.values: dict[str, np.ndarray] = {}
+        for quantity, table in values.items():
+            if table is None:
+                continue
+            if quantity not in QUANTITIES:
+                raise ValueError(f"unknown cost quantity {quantity!r}; expected one of {QUANTITIES}")
+            array = np.asarray(table, dtype=np.float64)
+            if array.shape != (n, width):
+                raise ValueError(f"{quantity} table has shape {array.shape}; expected {(n, width)}")
+            for i, opts in enumerate(self.options):
+                if not np.all(np.isfinite(array[i, : len(opts)])):
+                    raise ValueError(f"{quantity} of layer {self.layer_names[i]!r} is not a finite number")
+            self.values[quantity] = array
+        if not self.values:
+            raise ValueError("a cost table needs at least one quantity")
+        self._rows = np.arange(n)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layer_names)
+
+    @property
+    def quantities(self) -> tuple[str, ...]:
+        return tuple(self.values)
+
+    def index(self, layer: int, option: Option) -> int:
+        """Column of ``option`` in layer ``layer``'s row; ValueError if the table does not cost it."""
+        try:
+            return self._index[layer][option]
+        except KeyError:
+            raise ValueError(f"layer {self.layer_names[layer]!r} has no option {option.name}") from None
+
+    def indices(self, options: Sequence[Option]) -> np.ndarray:
+        """Columns of one option per layer (a policy in layer order)."""
+        return np.array([self.index(i, o) for i, o in enumerate(options)], dtype=np.int64)
+
+    def cost(self, columns: np.ndarray) -> dict[str, float]:
+        """The model's cost with layer i at column ``columns[i]``, per quantity."""
+        columns = np.asarray(columns, dtype=np.int64)
+        return {q: self._combine(q, t[self._rows, columns]) for q, t in self.values.items()}
+
+    def policy_cost(self, options: Sequence[Option]) -> dict[str, float]:
+        """The model's cost of one option per layer, per quantity."""
+        return self.cost(self.indices(options))
+
+    def layer_cost(self, layer: int, column: int) -> dict[str, float]:
+        """One layer's cost at one column, per quantity."""
+        return {q: float(t[layer, column]) for q, t in self.values.items()}
+
+    def column(self, quantity: str, option: Option) -> np.ndarray:
+        """Every layer's ``quantity`` at ``option`` (each layer must cost it)."""
+        return self.values[quantity][self._rows, self.indices([option] * self.n_layers)]
+
+    def _combine(self, quantity: str, per_layer: np.ndarray) -> float:
+        return sum_costs(per_layer) if quantity == "size" else float(self.combine(per_layer))
+
+    def digest(self) -> str:
+        """A hash of options and costs, so a resumed search can tell it is costing the same hardware."""
+        h = hashlib.sha256()
+        h.update(repr([[o.name for o in opts] for opts in self.options]).encode())
+        for quantity in sorted(self.values):
+            h.update(quantity.encode())
+            h.update(np.ascontiguousarray(np.nan_to_num(self.values[quantity], nan=-1.0)).tobytes())
+        return h.hexdigest()
+
+
+def padded(rows: Sequence[Sequence[float]]) -> np.ndarray:
+    """Ragged per-layer rows as one (n_layers, max length) float array, NaN-padded."""
+    width = max(len(r) for r in rows)
+    out = np.full((len(rows), width), math.nan)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out

@@ -1,0 +1,236 @@
+"""Apply a precision policy to a prepared model: calibrate once, export many, fine-tune.
+
+``Quantizer`` is the fast path the search calls hundreds of times: it holds the
+calibration and the caches of quantized weights and codebooks, so a new policy
+costs a graph rewrite (plus the caller's ONNX Runtime evaluation). Each export
+builds a stateless quantize pass over those caches.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Mapping, Union
+
+import numpy as np
+import onnx
+
+from haqc.data import Dataset, input_specs, load_dataset
+from haqc.errors import InputError
+from haqc.evaluation import EvalResult, Evaluator, make_session, num_classes, predictions
+from haqc.finetune import FinetuneConfig, Tuned, build_simulation, finetune
+from haqc.layers import Layer
+from haqc.passes.base import Pass
+from haqc.passes.calibrate import Calibration, ClipMethod, calibrate
+from haqc.passes.load import graph_inputs
+from haqc.passes.quantize_kmeans import KMeansQuantize
+from haqc.passes.quantize_linear import LinearQuantize, QuantizedWeight
+from haqc.policy import Policy, policy_to_json
+from haqc.precision import METHODS, Method
+
+if TYPE_CHECKING:  # the pipeline builds Prepared and imports this module
+    from haqc.pipeline import Prepared
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CLIP_METHOD: ClipMethod = "mse"  # measured best on the example: docs/calibration.md
+# What data may be given as: an .npz path, or arrays by input name (plus optional "labels").
+DataSource = Union[str, os.PathLike, Mapping[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """How policies are turned into ONNX: the method, the activation clips, the weight granularity."""
+
+    method: Method = "linear"
+    clip_method: ClipMethod = DEFAULT_CLIP_METHOD
+    per_channel: bool = True
+    calib_batch_size: int = 256
+    seed: int = 0  # k-means codebooks are fitted on a seeded sample of a large layer's weights
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise InputError(f"unknown `method` {self.method!r}; choose one of: {', '.join(METHODS)}")
+
+
+def calibrate_model(prepared: Prepared, calib: Dataset | None, options: QuantizeOptions) -> Calibration | None:
+    """One pass of ``calib`` through ONNX Runtime: the activation statistics linear quantization
+    needs (None for k-means, which leaves activations float)."""
+    if options.method != "linear":
+        return None
+    if calib is None:
+        raise InputError("linear quantization needs calibration data; pass `calib_data` (an .npz or arrays)")
+    fixed = fixed_batch_size(prepared.model)
+    batch = fixed or options.calib_batch_size
+    # A fixed-batch model cannot take the last, partial batch: calibrate on full ones.
+    feeds = (f for f, _ in calib.batches(batch) if not fixed or len(next(iter(f.values()))) == fixed)
+    return calibrate(prepared.model, prepared.layers, feeds, options.clip_method)
+
+
+class Quantizer:
+    """Policy -> quantized ONNX model for one prepared model, with every reusable piece cached."""
+
+    def __init__(self, prepared: Prepared, calibration: Calibration | None, options: QuantizeOptions) -> None:
+        if options.method == "linear" and calibration is None:
+            raise InputError("linear quantization needs calibration data; pass `calib_data` (an .npz or arrays)")
+        self.prepared = prepared
+        self.options = options
+        self.calibration = calibration
+        self._weights: dict = {}  # quantized weights of the prepared model, per (weight, bits, axis)
+        self._codebooks: dict = {}  # k-means codebooks, per (weight, bits, contents)
+
+    @classmethod
+    def calibrated(cls, prepared: Prepared, calib: Dataset | None, options: QuantizeOptions) -> Quantizer:
+        """Calibrate on ``calib``, then build the quantizer."""
+        return cls(prepared, calibrate_model(prepared, calib, options), options)
+
+    @property
+    def layers(self) -> list[Layer]:
+        return self.prepared.layers
+
+    def quantize_pass(self, policy: Policy, tuned: Tuned | None = None, packed: bool = True) -> Pass:
+        """The pass that writes ``policy`` (for the prepared model, or for a fine-tuned one)."""
+        if self.options.method == "kmeans":
+            return KMeansQuantize(self.layers, policy, seed=self.options.seed, cache=self._codebooks)
+        if tuned is None:
+            return LinearQuantize(self.layers, self.calibration, policy, per_channel=self.options.per_channel,
+                                  packed=packed, cache=self._weights)
+        return LinearQuantize(self.layers, self.calibration, policy, per_channel=self.options.per_channel,
+                              packed=packed, weight_scales=tuned.weight_scales, input_clips=tuned.clips)
+
+    def export(self, policy: Policy, tuned: Tuned | None = None, packed: bool = True) -> onnx.ModelProto:
+        """The quantized model for ``policy`` (of the prepared model, or of a fine-tuned one).
+
+        ``packed=False`` keeps linear weights in INT8 rather than INT4 / INT2: the same numbers
+        in a larger file that ONNX Runtime runs as integer kernels, for evaluations that are
+        not the final output (the search's).
+        """
+        return self.quantize_pass(policy, tuned, packed)(self.prepared.model if tuned is None else tuned.model)
+
+    def finetune(
+        self,
+        policy: Policy,
+        inputs: dict[str, np.ndarray],
+        labels: np.ndarray | None,
+        config: FinetuneConfig,
+        teacher_logits: np.ndarray | None = None,
+    ) -> onnx.ModelProto:
+        """Fine-tune ``policy`` under fake quantization; return the re-quantized export."""
+        simulation = self.simulate(policy, config.trainable_clip)
+        tuned = finetune(self.prepared.model, self.layers, simulation, inputs, labels, config, teacher_logits,
+                         weight_quant=self._weight_rule)
+        return self.export(policy, tuned)
+
+    def simulate(self, policy: Policy, trainable_clip: bool = False):
+        """The torch fake-quant simulation of ``policy`` (what fine-tuning trains): the quantize
+        pass's own parameters for it, applied in torch."""
+        plan = self.quantize_pass(policy).plan(self.prepared.model)
+        return build_simulation(self.prepared.model, self.layers, plan, trainable_clip=trainable_clip)
+
+    def _weight_rule(self, layer: Layer, array: np.ndarray, bits: int) -> QuantizedWeight:
+        """How the linear pass quantizes weights it has not seen (fine-tuned ones), uncached."""
+        return LinearQuantize(self.layers, self.calibration, {}, per_channel=self.options.per_channel) \
+            .weight_quant(layer, array, bits)
+
+
+def fixed_batch_size(model: onnx.ModelProto) -> int | None:
+    """The batch size a model with a fixed leading input dim accepts; None when it is dynamic."""
+    dim = graph_inputs(model)[0].type.tensor_type.shape.dim
+    return dim[0].dim_value if dim and dim[0].HasField("dim_value") and dim[0].dim_value > 0 else None
+
+
+def load_data(source: DataSource | Dataset | None, prepared: Prepared, role: str) -> Dataset | None:
+    """Load an .npz (or arrays by input name) for ``prepared``'s inputs; None when none was given."""
+    if source is None or isinstance(source, Dataset):
+        return source
+    return load_dataset(source, input_specs(prepared.model), role=role, num_classes=num_classes(prepared.model))
+
+
+@dataclass(frozen=True)
+class RunData:
+    """The datasets of a quantize / compress run, checked against each other, and the fine-tune epochs."""
+
+    val: Dataset | None
+    calib: Dataset | None  # calib_data, else the validation set
+    train: Dataset | None
+    epochs: int  # default: 1 with training data, else 0
+
+
+def load_run_data(prepared: Prepared, data: DataSource | None, calib_data: DataSource | None,
+                  train_data: DataSource | None, finetune_epochs: int | None) -> RunData:
+    """Load ``data``, ``calib_data`` (default: the same set, loaded once) and ``train_data``."""
+    val = load_data(data, prepared, "`data`")
+    calib = load_data(calib_data, prepared, "`calib_data`") if calib_data is not None else val
+    train = load_data(train_data, prepared, "`train_data`")
+    sets = [d for d in dict.fromkeys((val, calib, train)) if d is not None]
+    for other in sets[1:]:
+        sets[0].check_compatible(other)
+    epochs = finetune_epochs if finetune_epochs is not None else (1 if train is not None else 0)
+    if epochs and train is None:
+        raise InputError("`finetune_epochs` needs `train_data` (an .npz or arrays)")
+    return RunData(val, calib, train, epochs)
+
+
+def keep_better(evaluator: Evaluator, quantized: onnx.ModelProto, accuracy: float,
+                tuned: onnx.ModelProto) -> tuple[onnx.ModelProto, EvalResult]:
+    """The model to keep (fine-tuned weights only if they score no worse than ``accuracy``) and the
+    fine-tuned model's evaluation."""
+    result = evaluator.evaluate(tuned, "the fine-tuned model")
+    if result.accuracy >= accuracy:
+        return tuned, result
+    logger.warning("fine-tuning lowered top-1 (%.4f -> %.4f); keeping the un-tuned weights", accuracy, result.accuracy)
+    return quantized, result
+
+
+def finetune_export(quantizer: Quantizer, policy: Policy, train: Dataset, config: FinetuneConfig) -> onnx.ModelProto:
+    """Fine-tune ``policy`` on ``train`` (labels, else distillation from the fp32 model) and re-export."""
+    teacher = None
+    if train.labels is None:
+        teacher = predictions(make_session(quantizer.prepared.model), train)
+    return quantizer.finetune(policy, train.inputs, train.labels, config, teacher_logits=teacher)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One evaluation, as ``haqc quantize`` reports it."""
+
+    accuracy: float
+    samples: int
+    seconds: float
+    label_free: bool
+
+    @classmethod
+    def of(cls, result: EvalResult) -> Scores:
+        return cls(result.accuracy, result.samples, result.seconds, result.label_free)
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    """What ``quantize`` wrote and measured; ``kept`` says which weights the output holds."""
+
+    model: onnx.ModelProto = field(repr=False)
+    source: str
+    output: str | None
+    method: str
+    policy: Policy
+    fp32: Scores | None = None
+    quantized: Scores | None = None
+    finetuned: Scores | None = None
+    kept: str | None = None  # "finetuned" or "quantized" when both were evaluated
+    size_mb: float | None = None  # of the written file
+
+    @property
+    def layers(self) -> int:
+        """How many layers the policy quantizes."""
+        return sum(1 for option in self.policy.values() if option.quantized)
+
+    def to_dict(self) -> dict:
+        out: dict = {"model": self.source, "output": self.output, "method": self.method, "layers": self.layers}
+        for key in ("fp32", "quantized", "finetuned"):
+            if (scores := getattr(self, key)) is not None:
+                out[key] = dict(vars(scores))
+        if self.kept is not None:
+            out["kept"] = self.kept
+        out["size_mb"] = self.size_mb
+        out["policy"] = policy_to_json(self.policy)
+        return out

@@ -1,0 +1,122 @@
+"""The compress report: one typed record that the CLI prints, the plot draws and the benchmarks read.
+
+``Report.to_dict()`` is the documented JSON schema (docs/report_schema.md);
+``schema`` is bumped only when a field changes meaning. Costs are stated in
+the report units of ``haqc.quantities`` (ms, mJ, MB).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from haqc.policy import Policy, policy_to_json
+from haqc.quantities import as_units
+
+REPORT_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A model's score and its cost on the target (SI costs by quantity; None: not estimated)."""
+
+    accuracy: float
+    costs: dict[str, float | None]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"accuracy": self.accuracy, **as_units(self.costs)}
+
+
+@dataclass(frozen=True)
+class Result(Scored):
+    """The exported model: its score, how it got there, and whether it meets every budget."""
+
+    accuracy_before_finetune: float = 0.0
+    accuracy_finetuned: float | None = None
+    meets_budget: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"accuracy": self.accuracy, "accuracy_before_finetune": self.accuracy_before_finetune,
+                "accuracy_finetuned": self.accuracy_finetuned, **as_units(self.costs),
+                "meets_budget": self.meets_budget}
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One layer of the result: its option and what it costs there."""
+
+    layer: str
+    kind: str
+    w_bits: int | None
+    a_bits: int | None
+    costs: dict[str, float | None]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layer": self.layer, "kind": self.kind, "w_bits": self.w_bits, "a_bits": self.a_bits,
+                **as_units(self.costs)}
+
+
+@dataclass(frozen=True)
+class SearchSummary:
+    strategy: str
+    episodes: int
+    best_episode: int
+    seconds: float
+    evaluations: int
+    seed: int
+    method: str
+    finetune_epochs: int
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything ``haqc compress`` found, in the documented schema's terms."""
+
+    model: str
+    target: dict[str, Any]  # name, spec, batch
+    constraints: dict[str, dict[str, str]]  # quantity -> budget (as given), limit (resolved, with unit)
+    fp32: Scored
+    w8a8: Scored
+    result: Result
+    policy: Policy
+    layers: list[LayerRow]
+    search: SearchSummary
+    history: list[dict[str, Any]]
+    label_free: bool
+    signal: str  # what "accuracy" measures: top1, top1-agreement, or a metric's name
+    seconds: float
+    output: str | None = None
+    schema: int = field(default=REPORT_SCHEMA)
+
+    @property
+    def accuracy_drop(self) -> float:
+        """Percentage points lost from fp32 to the result."""
+        return 100.0 * (self.fp32.accuracy - self.result.accuracy)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "schema": self.schema,
+            "model": self.model,
+            "target": dict(self.target),
+            "constraints": {q: dict(c) for q, c in self.constraints.items()},
+            "fp32": self.fp32.to_dict(),
+            "w8a8": self.w8a8.to_dict(),
+            "result": self.result.to_dict(),
+            "policy": policy_to_json(self.policy),
+            "layers": [row.to_dict() for row in self.layers],
+            "search": dict(vars(self.search)),
+            "history": [
+                {"episode": h["episode"], "reward": h["reward"], "accuracy": h["accuracy"],
+                 "costs": {k: float(v) for k, v in h["costs"].items()}}
+                for h in self.history
+            ],
+            "label_free": self.label_free,
+            "signal": self.signal,
+            "seconds": round(self.seconds, 3),
+        }
+        if self.output is not None:
+            out["output"] = self.output
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"

@@ -1,0 +1,163 @@
+"""The Python API is the real one: ``import haqc`` gives inspect / quantize / evaluate / compress,
+paths or in-memory models and arrays in, typed results out, every default from one config."""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from conftest import EXAMPLE, ROOT, run_ort
+
+import haqc
+from haqc.api import CompressConfig, QuantizeConfig
+from haqc.cli import main
+from haqc.costs import LayerCost
+from haqc.errors import InputError
+from haqc.hw_targets import Target, weight_bytes
+from haqc.layers import Layer
+from haqc.pipeline import prepare
+from haqc.precision import FP32, Option
+from haqc.report import Report
+
+MNIST = ROOT / "examples" / "mnist"
+
+
+def _arrays(name: str) -> dict[str, np.ndarray]:
+    with np.load(MNIST / name) as data:
+        return {k: data[k] for k in data.files}
+
+
+def test_compress_takes_paths_or_a_model_proto_and_arrays_and_gives_the_same_report():
+    by_path = haqc.compress(str(EXAMPLE), target="edge", budgets={"latency": "0.5x"}, data=str(MNIST / "val.npz"),
+                            episodes=5)
+    assert isinstance(by_path.report, Report) and isinstance(by_path.model, onnx.ModelProto)
+    first = json.loads(by_path.to_json())
+    assert first["schema"] == 1 and first["result"]["meets_budget"] and first["search"]["episodes"] == 5
+    in_memory = haqc.compress(onnx.load(str(EXAMPLE)), target="edge", budgets={"latency": "0.5x"},
+                              data=_arrays("val.npz"), episodes=5)
+    second = json.loads(in_memory.to_json())
+    assert second["model"] == "<in-memory model>"
+    for report in (first, second):
+        report.pop("model"), report.pop("seconds"), report["search"].pop("seconds")
+    assert first == second
+
+
+def test_keywords_override_a_config_and_unknown_ones_are_refused():
+    config = CompressConfig(budgets={"latency": "0.5x"}, episodes=3)
+    with pytest.raises(InputError, match="unknown parameter `episode`"):
+        haqc.compress(str(EXAMPLE), config, episode=4)
+    with pytest.raises(InputError, match="`data`"):  # errors name the API's parameters
+        haqc.compress(str(EXAMPLE), config)
+
+
+def test_quantize_and_evaluate_in_memory():
+    model = onnx.load(str(EXAMPLE))
+    result = haqc.quantize(model, bits="w8a8", calib_data=_arrays("calib.npz"), data=_arrays("val.npz"))
+    assert result.output is None and result.layers == 24 and result.quantized.accuracy > 0.95
+    scored = haqc.evaluate(result.model, _arrays("val.npz"))
+    assert scored.accuracy == pytest.approx(result.quantized.accuracy)
+    summary = haqc.inspect(model, targets=["edge"])
+    assert summary["totals"]["layers"] == 24 and "edge" in summary["targets"]
+
+
+class ThreeOptions(Target):
+    """A hand-written target that runs regular convolutions at fp32, w8a8 or w4a8 and everything
+    else at fp32 or w8a8: a choice that is no grid of widths."""
+
+    name = "three-options"
+    description = "fp32 / w8a8 / w4a8 convolutions"
+
+    def options(self, layer: Layer, method: str = "linear") -> tuple[Option, ...]:
+        if layer.kind == "conv":
+            return (Option(4, 8), Option(8, 8), FP32)
+        return (Option(8, 8), FP32)
+
+    def layer_cost(self, layer: Layer, w_bits: int, a_bits: int) -> LayerCost:
+        return LayerCost(layer.macs * (w_bits + a_bits) * 1e-12, None, weight_bytes(layer, w_bits))
+
+
+@pytest.mark.parametrize("strategy", ["ddpg", "greedy", "uniform"])
+def test_a_target_with_its_own_options_searches_exports_and_reports(strategy, tmp_path):
+    target = ThreeOptions()
+    out = tmp_path / "model.onnx"
+    result = haqc.compress(str(EXAMPLE), target=target, budgets={"latency": "0.9x"}, data=str(MNIST / "val.npz"),
+                           calib_data=str(MNIST / "calib.npz"), strategy=strategy, episodes=4, output=str(out))
+    report = result.report
+    layers = prepare(str(EXAMPLE)).layers
+    for layer in layers:
+        assert report.policy[layer.name] in target.options(layer)
+    assert report.policy[layers[0].name] == FP32 and report.policy[layers[-1].name] == FP32  # pinned: most precise
+    assert any(o == Option(4, 8) for o in report.policy.values())  # 0.9x needs some w4a8
+    assert report.result.meets_budget
+    # The report's costs are the target's own numbers for the chosen options.
+    expected = sum(target.cost(l, report.policy[l.name].w_bits, report.policy[l.name].a_bits).latency_s
+                   for l in layers)
+    assert report.result.costs["latency"] == pytest.approx(expected, rel=1e-12)
+    assert [row.costs["latency"] for row in report.layers] == pytest.approx(
+        [target.cost(l, report.policy[l.name].w_bits, report.policy[l.name].a_bits).latency_s for l in layers])
+    exported = onnx.load(str(out))
+    float_layers = [l.name for l in layers if report.policy[l.name] == FP32]
+    names = {n.name for n in exported.graph.node}
+    assert all(not any(n.startswith(f"{layer}/") for n in names) for layer in float_layers)
+    x = _arrays("val.npz")["input"][:3]
+    assert run_ort(exported, {"input": x})[0].shape == (3, 10)
+    saved = json.loads(result.to_json())
+    assert {e["option"] for e in saved["policy"]} <= {"fp32", "w8a8", "w4a8"}
+
+
+def test_each_cli_default_is_its_config_field():
+    """The CLI's options are built from the config dataclasses: the same default everywhere."""
+    inverted = {"per_tensor": "per_channel", "no_pin_first": "pin_first", "no_pin_last": "pin_last"}
+    for command, config in (("compress", CompressConfig()), ("quantize", QuantizeConfig())):
+        fields = {f.name for f in dataclasses.fields(config)}
+        checked = 0
+        for param in main.commands[command].params:
+            name = inverted.get(param.name, param.name)
+            if name not in fields or param.multiple:
+                continue
+            default = getattr(config, name)
+            assert (not param.default if name in inverted.values() else param.default) == default, (command, name)
+            checked += 1
+        assert checked >= (14 if command == "compress" else 9)
+
+
+def test_errors_name_the_parameter_below_the_cli_and_the_flag_in_it(tmp_path):
+    with pytest.raises(InputError, match="`calib_data`"):
+        haqc.quantize(str(EXAMPLE), bits="w4a8")
+    result = CliRunner().invoke(main, ["quantize", str(EXAMPLE), "--bits", "w4a8", "-o", str(tmp_path / "q.onnx")])
+    assert result.exit_code == 2 and "--calib-data" in result.output and "`" not in result.output
+
+
+def test_python_api_doc_examples_run(tmp_path, monkeypatch):
+    """Every ```python block of docs/python_api.md runs, in order, from the repository root."""
+    text = (ROOT / "docs" / "python_api.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) >= 4
+    monkeypatch.chdir(ROOT)
+    namespace: dict = {"OUT": str(tmp_path)}
+    for block in blocks:
+        exec(compile(block, "docs/python_api.md", "exec"), namespace)
+
+
+FOUNDATION = ("errors", "io", "layers", "precision", "quantities", "costs", "policy")
+
+
+def test_the_foundation_imports_nothing_above_it():
+    """Imports point down only: the foundation modules import only each other (and libraries)."""
+    for name in FOUNDATION:
+        tree = ast.parse((ROOT / "haqc" / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("haqc"):
+                assert node.module.split(".")[1] in FOUNDATION, (name, node.module)
+    code = "import sys, haqc.hw_targets; print(sorted(m for m in ('onnx', 'torch') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
