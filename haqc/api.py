@@ -162,7 +162,8 @@ def quantize(model: ModelSource, config: QuantizeConfig | None = None, *, output
         policy = uniform_policy(prepared.layers, parse_option(config.bits))
     else:
         policy = load_policy(config.policy, prepared.layers)
-    run = load_run_data(prepared, config.data, config.calib_data, config.train_data, config.finetune_epochs)
+    run = load_run_data(prepared, config.data, config.calib_data, config.train_data, config.finetune_epochs,
+                        classes=config.metric is None)
     options = config.quantize_options()
     quantizer = Quantizer(prepared, calibrate_model(prepared, run.calib, options), options)
     quantized = quantizer.export(policy)
@@ -201,7 +202,8 @@ def compress(model: ModelSource, config: CompressConfig | None = None, *, output
     target = config.target if isinstance(config.target, Target) else load_target(config.target)
     table = cost_table(prepared, target, config.method)
     limits = check_budgets(table, config.budgets, config.method, pin_first=config.pin_first, pin_last=config.pin_last)
-    run = load_run_data(prepared, config.data, config.calib_data, config.train_data, config.finetune_epochs)
+    run = load_run_data(prepared, config.data, config.calib_data, config.train_data, config.finetune_epochs,
+                        classes=config.metric is None)
     options = config.quantize_options()
     quantizer = Quantizer(prepared, calibrate_model(prepared, run.calib, options), options)
     evaluator = Evaluator(run.val, reference=prepared.model, metric=config.metric)

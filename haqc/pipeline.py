@@ -96,6 +96,7 @@ def inspect_summary(prepared: Prepared, targets: Sequence[str] = ()) -> dict:
         "opset": opset,
         "layers": rows,
         "totals": {"layers": len(layers), "params": sum(l.params for l in layers), "macs": sum(l.macs for l in layers)},
+        "kept_float": kept_float_summary(prepared),
     }
     if targets:
         summary["targets"] = {}
@@ -106,6 +107,15 @@ def inspect_summary(prepared: Prepared, targets: Sequence[str] = ()) -> dict:
             for row, per_layer in zip(rows, costs["per_layer"]):
                 row.setdefault("targets", {})[target.name] = per_layer
     return summary
+
+
+def kept_float_summary(prepared: Prepared) -> dict[str, dict]:
+    """What stays float, by op: how many nodes and why (inspect's answer to "what is not quantized")."""
+    out: dict[str, dict] = {}
+    for node in prepared.extraction.kept_float:
+        entry = out.setdefault(node.op, {"count": 0, "reason": node.reason})
+        entry["count"] += 1
+    return out
 
 
 # The stages of ``haqc compress``, in order: prepare (above) -> cost table -> budget check ->

@@ -139,11 +139,14 @@ def fixed_batch_size(model: onnx.ModelProto) -> int | None:
     return dim[0].dim_value if dim and dim[0].HasField("dim_value") and dim[0].dim_value > 0 else None
 
 
-def load_data(source: DataSource | Dataset | None, prepared: Prepared, role: str) -> Dataset | None:
-    """Load an .npz (or arrays by input name) for ``prepared``'s inputs; None when none was given."""
+def load_data(source: DataSource | Dataset | None, prepared: Prepared, role: str,
+              classes: bool = True) -> Dataset | None:
+    """Load an .npz (or arrays by input name) for ``prepared``'s inputs; None when none was given.
+    ``classes``: labels are class indices of the first output (False when a metric reads them)."""
     if source is None or isinstance(source, Dataset):
         return source
-    return load_dataset(source, input_specs(prepared.model), role=role, num_classes=num_classes(prepared.model))
+    return load_dataset(source, input_specs(prepared.model), role=role,
+                        num_classes=num_classes(prepared.model) if classes else None)
 
 
 @dataclass(frozen=True)
@@ -157,11 +160,11 @@ class RunData:
 
 
 def load_run_data(prepared: Prepared, data: DataSource | None, calib_data: DataSource | None,
-                  train_data: DataSource | None, finetune_epochs: int | None) -> RunData:
+                  train_data: DataSource | None, finetune_epochs: int | None, classes: bool = True) -> RunData:
     """Load ``data``, ``calib_data`` (default: the same set, loaded once) and ``train_data``."""
-    val = load_data(data, prepared, "`data`")
-    calib = load_data(calib_data, prepared, "`calib_data`") if calib_data is not None else val
-    train = load_data(train_data, prepared, "`train_data`")
+    val = load_data(data, prepared, "`data`", classes)
+    calib = load_data(calib_data, prepared, "`calib_data`", classes) if calib_data is not None else val
+    train = load_data(train_data, prepared, "`train_data`", classes)
     sets = [d for d in dict.fromkeys((val, calib, train)) if d is not None]
     for other in sets[1:]:
         sets[0].check_compatible(other)

@@ -38,6 +38,9 @@ def inspect(model: str, input_shapes: tuple[str, ...], targets: tuple[str, ...],
         click.echo(json.dumps(summary, indent=2))
         return
     click.echo(_table(summary))
+    if summary["kept_float"]:
+        click.echo("kept in float: " + "; ".join(f"{e['count']} {op} ({e['reason']})"
+                                                  for op, e in summary["kept_float"].items()))
     for name, totals in summary.get("targets", {}).items():
         click.echo(_cost_table(name, summary["layers"], totals))
 
