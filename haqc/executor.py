@@ -1,10 +1,12 @@
 """ONNX graph -> differentiable torch module, so fine-tuning can train the graph's own weights.
 
-The graph is compiled once into an execution plan (one step per node: handler,
+It runs canonical models (opset 25, ``haqc.passes.canonicalize``): haqc
+canonicalizes every model before it fine-tunes one, so the attribute forms of
+older opsets are never seen here. The graph is compiled once into an execution plan (one step per node: handler,
 input names, output names, parsed attributes); ``forward`` walks the plan and
 drops each intermediate tensor after its last consumer. Float initializers are
 ``nn.Parameter``s; non-float initializers, Constant outputs and everything
-computable from them alone (the ConstantOfShape weights of opset-9 models) are
+computable from them alone (weights computed by ConstantOfShape, say) are
 evaluated once at build time and kept as buffers. Fake quantization plugs in
 through ``weight_transforms`` and ``activation_transforms``.
 
@@ -31,6 +33,7 @@ from torch import Tensor, nn
 
 from haqc.errors import InputError
 from haqc.passes.base import opset_version
+from haqc.passes.canonicalize import CANONICAL_OPSET
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +75,8 @@ def _opt(ins: list[Tensor | None], i: int) -> Tensor | None:
     return ins[i] if len(ins) > i else None
 
 
-def _axes(a: Attrs, ins: list[Tensor | None], i: int = 1) -> list[int] | None:
-    """Axes from the attribute (older opsets) or the optional input (newer opsets)."""
-    if "axes" in a:
-        return list(a["axes"])
+def _axes(ins: list[Tensor | None], i: int = 1) -> list[int] | None:
+    """Axes from the optional input (the canonical opset has no axes attributes)."""
     t = _opt(ins, i)
     return None if t is None else _ints(t)
 
@@ -221,20 +222,14 @@ def _layer_norm(a: Attrs, i: list[Tensor | None]) -> Outputs:
 
 
 def _softmax(fn: Callable[..., Tensor]) -> Handler:
-    """Opset < 13 coerces the input to 2-D at ``axis``; opset >= 13 normalizes along ``axis`` only."""
+    """Normalizes along ``axis`` only (opset 13 on)."""
     def handler(a: Attrs, i: list[Tensor | None]) -> Tensor:
-        x = i[0]
-        if a["_opset"] >= 13:
-            return fn(x, a.get("axis", -1))
-        axis = a.get("axis", 1) % max(x.dim(), 1)
-        return fn(x.reshape(math.prod(x.shape[:axis]), -1), 1).reshape(x.shape)
+        return fn(i[0], a.get("axis", -1))
     return handler
 
 
 def _clip(a: Attrs, i: list[Tensor | None]) -> Tensor:
     lo, hi = _opt(i, 1), _opt(i, 2)
-    lo = a.get("min") if lo is None else lo
-    hi = a.get("max") if hi is None else hi
     return i[0] if lo is None and hi is None else torch.clamp(i[0], lo, hi)
 
 
@@ -248,7 +243,7 @@ def _div(a: Attrs, i: list[Tensor | None]) -> Tensor:
 
 def _reshape(a: Attrs, i: list[Tensor | None]) -> Tensor:
     x = i[0]
-    shape = _ints(i[1]) if _opt(i, 1) is not None else list(a["shape"])
+    shape = _ints(i[1])
     if not a.get("allowzero", 0):
         shape = [x.shape[d] if s == 0 else s for d, s in enumerate(shape)]
     return x.reshape(shape)
@@ -263,7 +258,7 @@ def _flatten(a: Attrs, i: list[Tensor | None]) -> Tensor:
 
 def _split(a: Attrs, i: list[Tensor | None]) -> Outputs:
     x, axis = i[0], a.get("axis", 0)
-    sizes = _ints(i[1]) if _opt(i, 1) is not None else a.get("split")
+    sizes = _ints(i[1]) if _opt(i, 1) is not None else None
     if not sizes:  # equal chunks, the last one smaller (possibly empty)
         n, dim = a.get("num_outputs", a["_n_out"]), x.shape[axis]
         chunk = -(-dim // n)
@@ -272,13 +267,9 @@ def _split(a: Attrs, i: list[Tensor | None]) -> Outputs:
 
 
 def _slice(a: Attrs, i: list[Tensor | None]) -> Tensor:
-    x = i[0]
-    if "starts" in a:
-        starts, ends, steps = a["starts"], a["ends"], None
-    else:
-        starts, ends = _ints(i[1]), _ints(i[2])
-        steps = _ints(i[4]) if _opt(i, 4) is not None else None
-    axes = _axes(a, i, 3)
+    x, starts, ends = i[0], _ints(i[1]), _ints(i[2])
+    steps = _ints(i[4]) if _opt(i, 4) is not None else None
+    axes = _axes(i, 3)
     axes = range(len(starts)) if axes is None else axes
     for ax, start, end, step in zip(axes, starts, ends, steps or [1] * len(starts)):
         ax, n = ax % x.dim(), x.shape[ax]
@@ -292,12 +283,12 @@ def _slice(a: Attrs, i: list[Tensor | None]) -> Tensor:
 
 
 def _squeeze(a: Attrs, i: list[Tensor | None]) -> Tensor:
-    axes = _axes(a, i)
+    axes = _axes(i)
     return i[0].squeeze() if axes is None else i[0].squeeze(tuple(axes))
 
 
 def _unsqueeze(a: Attrs, i: list[Tensor | None]) -> Tensor:
-    x, axes = i[0], _axes(a, i)
+    x, axes = i[0], _axes(i)
     for ax in sorted(ax % (x.dim() + len(axes)) for ax in axes):
         x = x.unsqueeze(ax)
     return x
@@ -305,11 +296,8 @@ def _unsqueeze(a: Attrs, i: list[Tensor | None]) -> Tensor:
 
 def _pad(a: Attrs, i: list[Tensor | None]) -> Tensor:
     x, r, mode = i[0], i[0].dim(), a.get("mode", "constant")
-    if _opt(i, 1) is None:  # attribute form, opset < 11
-        pads, value, axes = list(a.get("pads", a.get("paddings"))), a.get("value", 0.0), None
-    else:
-        pads, c, axes = _ints(i[1]), _opt(i, 2), _axes(a, i, 3)
-        value = c.item() if c is not None and c.numel() else 0
+    pads, c, axes = _ints(i[1]), _opt(i, 2), _axes(i, 3)
+    value = c.item() if c is not None and c.numel() else 0
     if axes is not None:
         full = [0] * 2 * r
         for j, ax in enumerate(axes):
@@ -397,9 +385,7 @@ def _interpolate(x: Tensor, scales: list[float] | None, sizes: list[int] | None,
             continue
         c = _source_coords(coord, m, n, scale, x.device)
         if mode == "nearest":
-            # "simple" (opset < 11): floor when upsampling, ceil when downsampling.
-            rule = _NEAREST.get(nearest, torch.floor if scale >= 1 else torch.ceil)
-            x = x.index_select(ax, rule(c).clamp(0, n - 1).long())
+            x = x.index_select(ax, _NEAREST[nearest](c).clamp(0, n - 1).long())
             continue
         c = c.clamp(0, n - 1)
         lo = c.floor()
@@ -415,32 +401,23 @@ def _resize(a: Attrs, i: list[Tensor | None]) -> Tensor:
     x = i[0]
     if a.get("antialias", 0) or a.get("keep_aspect_ratio_policy", "stretch") != "stretch":
         raise InputError("Resize with antialias or keep_aspect_ratio_policy is not supported by haqc's executor.")
-    if a["_opset"] < 11:  # Resize-10: (X, scales), asymmetric coordinates
-        scales, sizes, coord = i[1].tolist(), None, "asymmetric"
-    else:
-        s, z = _opt(i, 2), _opt(i, 3)
-        scales = s.tolist() if s is not None and s.numel() else None
-        sizes = _ints(z) if z is not None and z.numel() else None
-        coord = a.get("coordinate_transformation_mode", "half_pixel")
-        if "axes" in a:  # opset 18: scales/sizes name only some axes
-            full: list[Any] = [1.0] * x.dim() if sizes is None else list(x.shape)
-            for j, ax in enumerate(a["axes"]):
-                full[ax % x.dim()] = (scales or sizes)[j]
-            scales, sizes = (full, None) if sizes is None else (None, full)
-    nearest = a.get("nearest_mode", "round_prefer_floor" if a["_opset"] >= 11 else "simple")
-    return _interpolate(x, scales, sizes, a.get("mode", "nearest"), coord, nearest)
-
-
-def _upsample(a: Attrs, i: list[Tensor | None]) -> Tensor:
-    scales = list(a["scales"]) if "scales" in a else i[1].tolist()
-    return _interpolate(i[0], scales, None, a.get("mode", "nearest"), "asymmetric", "simple")
+    s, z = _opt(i, 2), _opt(i, 3)
+    scales = s.tolist() if s is not None and s.numel() else None
+    sizes = _ints(z) if z is not None and z.numel() else None
+    coord = a.get("coordinate_transformation_mode", "half_pixel")
+    if "axes" in a:  # scales/sizes name only some axes
+        full: list[Any] = [1.0] * x.dim() if sizes is None else list(x.shape)
+        for j, ax in enumerate(a["axes"]):
+            full[ax % x.dim()] = (scales or sizes)[j]
+        scales, sizes = (full, None) if sizes is None else (None, full)
+    return _interpolate(x, scales, sizes, a.get("mode", "nearest"), coord, a.get("nearest_mode", "round_prefer_floor"))
 
 
 # --- reductions, quantization, misc ---------------------------------------------------
 
 def _reducer(fn: Callable[[Tensor, list[int], bool], Tensor]) -> Handler:
     def handler(a: Attrs, i: list[Tensor | None]) -> Tensor:
-        x, axes = i[0], _axes(a, i)
+        x, axes = i[0], _axes(i)
         if not axes:
             if a.get("noop_with_empty_axes", 0):
                 return x
@@ -541,7 +518,7 @@ HANDLERS: dict[str, Handler] = {
     "Squeeze": _squeeze, "Unsqueeze": _unsqueeze, "Pad": _pad,
     "Expand": lambda a, i: i[0].expand(torch.broadcast_shapes(i[0].shape, tuple(_ints(i[1])))),
     "Tile": lambda a, i: i[0].repeat(_ints(i[1])),
-    "Resize": _resize, "Upsample": _upsample,
+    "Resize": _resize,
     "ReduceMean": _reducer(lambda x, d, k: x.mean(d, keepdim=k)),
     "ReduceSum": _reducer(lambda x, d, k: x.sum(d, keepdim=k)),
     "ReduceMax": _reducer(lambda x, d, k: x.amax(d, keepdim=k)),
@@ -590,7 +567,7 @@ def _check_supported(graph: onnx.GraphProto) -> None:
                          f"haqc's executor supports: {', '.join(sorted(HANDLERS))}.")
 
 
-def _parse_attrs(node: onnx.NodeProto, opset: int, elem_types: dict[str, int]) -> Attrs:
+def _parse_attrs(node: onnx.NodeProto, elem_types: dict[str, int]) -> Attrs:
     """Attributes as Python values, plus the few build-time facts handlers need."""
     attrs: Attrs = {}
     for at in node.attribute:
@@ -601,7 +578,7 @@ def _parse_attrs(node: onnx.NodeProto, opset: int, elem_types: dict[str, int]) -
             elem_types.update(dict.fromkeys(node.output, v.data_type))
             v = _to_torch(v)
         attrs[at.name] = v
-    attrs["_opset"], attrs["_n_out"] = opset, len(node.output)
+    attrs["_n_out"] = len(node.output)
     if node.op_type == "QuantizeLinear":
         zp = node.input[2] if len(node.input) > 2 and node.input[2] else ""
         qtype = elem_types.get(zp) if zp else attrs.get("output_dtype") or TP.UINT8
@@ -631,8 +608,10 @@ class OnnxModule(nn.Module):
                  activation_transforms: dict[str, Transform] | None = None) -> None:
         super().__init__()
         graph = model.graph
+        if opset_version(model) != CANONICAL_OPSET:
+            raise InputError(f"haqc's executor runs canonical models (opset {CANONICAL_OPSET}), this one has opset "
+                             f"{opset_version(model)}; canonicalize it first")
         _check_supported(graph)
-        opset = opset_version(model)
         wt, act = dict(weight_transforms or {}), dict(activation_transforms or {})
 
         self.params = nn.ParameterDict()
@@ -670,7 +649,7 @@ class OnnxModule(nn.Module):
             if missing:
                 raise InputError(f"node '{node.name or node.output[0]}' reads {missing[0]!r} before it is "
                                  "produced; the graph is not topologically sorted or is missing an input.")
-            attrs, handler = _parse_attrs(node, opset, elem_types), HANDLERS[node.op_type]
+            attrs, handler = _parse_attrs(node, elem_types), HANDLERS[node.op_type]
             if all(n in consts and n not in act for n in node.input if n):
                 with torch.no_grad():
                     outs = handler(attrs, [consts[n] if n else None for n in node.input])

@@ -202,3 +202,19 @@ def test_dynamic_spatial_dims_stay_dynamic():
     for shape in ((1, 3, 4, 4), (3, 3, 6, 2)):
         x = RNG.standard_normal(shape).astype(np.float32)
         assert_close_rel(run_ort(canon, {"x": x})[0], run_ort(model, {"x": x})[0])
+
+
+@pytest.mark.parametrize("op, opset", [("Resize", 10), ("Upsample", 9)])
+@pytest.mark.parametrize("scales", [[1, 1, 2, 2], [1, 1, 1.5, 3]])
+def test_old_linear_resizes_keep_their_coordinates(op, opset, scales):
+    """Resize-10 / Upsample interpolate on asymmetric coordinates; the opset upgrade must say so
+    (onnx's converter alone turns them into half_pixel, 1.28 off at 2x)."""
+    x = np.random.default_rng(0).standard_normal((1, 2, 6, 5)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node(op, ["x", "s"], ["y"], mode="linear")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array(scales, np.float32), "s")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    converted = ConvertOpset()(model)
+    np.testing.assert_allclose(run_ort(converted, {"x": x})[0], run_ort(model, {"x": x})[0], atol=1e-5)
