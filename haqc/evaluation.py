@@ -260,7 +260,9 @@ class Evaluator:
         self.dataset.check_specs(session_specs(session), "the reference model")
         batches = run_batches(session, self.dataset, self.batch_size)
         firsts = [outs[0] for outs in batches]
-        if _per_sample(firsts, len(self.dataset)) and all(b.ndim == 2 and b.dtype.kind == "f" for b in firsts):
+        # Class logits: one row of at least two scores per sample (argmax over one score is always 0).
+        if _per_sample(firsts, len(self.dataset)) and all(b.ndim == 2 and b.shape[1] > 1 and b.dtype.kind == "f"
+                                                          for b in firsts):
             targets = np.concatenate(firsts).argmax(-1)
             logger.info("reference predictions cached for %d samples (label-free mode)", len(targets))
             return targets

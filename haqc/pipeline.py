@@ -29,7 +29,7 @@ from haqc.report import LayerRow, Report, Result, Scored, SearchSummary
 from haqc.search import DDPGConfig, SearchProblem, SearchResult, SearchSpace, check_budget, search
 from haqc.search.strategies import Progress
 from haqc.passes.base import opset_version
-from haqc.passes.canonicalize import InferShapes, canonicalize
+from haqc.passes.canonicalize import InferShapes, ProbeShapes, canonicalize
 from haqc.passes.extract import Extraction, extract_layers
 from haqc.passes.load import InputShapes, check_input_shapes, graph_inputs, read_model, validate_model, with_input_shapes
 
@@ -73,7 +73,7 @@ def prepare(path_or_model: str | os.PathLike | onnx.ModelProto, input_shapes: In
     check_input_shapes(source, shapes)
     model = canonicalize(source)
     del source
-    analysis = InferShapes()(with_input_shapes(model, shapes))
+    analysis = ProbeShapes()(InferShapes()(with_input_shapes(model, shapes)))
     return Prepared(path, model, extract_layers(analysis), shapes)
 
 

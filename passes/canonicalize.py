@@ -16,6 +16,7 @@ import logging
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
 from onnx import helper, version_converter
@@ -86,13 +87,14 @@ class FoldConstants(Pass[onnx.ModelProto]):
 
     def call(self, model: onnx.ModelProto) -> onnx.ModelProto:
         graph = gs.import_onnx(_slice_partial_shapes(model))
-        # Subgraph bodies stay as they are: folding inside them is not needed to find layers.
-        graph.fold_constants(recurse_subgraphs=False)
+        # Subgraph bodies stay as they are: folding inside them is not needed to find layers. An If
+        # with a constant condition is not flattened either: onnx-graphsurgeon wires only the first
+        # output of an inlined branch (silero-vad's two-output If lost its second, and the graph
+        # no longer loaded).
+        graph.fold_constants(recurse_subgraphs=False, flatten_subgraphs=False)
         graph.cleanup()
         while _fold_affine_once(graph):
             pass
-        # No re-sort: the input is sorted and folding keeps that order. onnx-graphsurgeon's toposort
-        # ignores the outer tensors If / Loop / Scan bodies read, and could break that.
         graph.cleanup()
         # gs.export_onnx copies every folded array into the protobuf while the graph still holds
         # it, with a transient bytes copy on top (~3x the weights at peak, ~2.2 GB on vgg19):
@@ -228,6 +230,65 @@ class InferShapes(Pass[onnx.ModelProto]):
         del out.graph.output[:]
         out.graph.output.extend(inferred.graph.output)
         return out
+
+
+class ProbeShapes(Pass[onnx.ModelProto]):
+    """Layer shapes static inference leaves unknown, measured: one ONNX Runtime run on zeros.
+
+    After an If whose branches differ, or ops the inference cannot follow, a layer's input or
+    output may have no shape, or unknown dims past the batch, which would count as 1 and make
+    its MACs wrong. Such tensors are exposed as outputs of one run at the analysis shapes (a
+    dynamic batch as 1) and their shapes written into ``value_info``. Control flow is followed
+    as zeros take it; the model's outputs are unchanged.
+    """
+
+    def call(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        known = {vi.name: vi for vi in (*model.graph.input, *model.graph.value_info, *model.graph.output)}
+        layers = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")]
+        missing = [t for t in dict.fromkeys(x for n in layers for x in (n.input[0], n.output[0]))
+                   if t not in known or not _static_past_batch(known[t])]
+        if not missing:
+            return model
+        probe = initializers_as_inputs(model, lambda t: False)[0]
+        outputs = {o.name for o in probe.graph.output}
+        probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in missing if t not in outputs)
+        try:
+            session = ort.InferenceSession(probe.SerializeToString(), _quiet_options(),
+                                           providers=["CPUExecutionProvider"])
+            feeds = {i.name: np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in i.shape],
+                                      _ORT_NUMPY.get(i.type, np.float32)) for i in session.get_inputs()}
+            values = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+        except Exception as err:  # ORT raises its own error types for models it cannot run on zeros
+            raise InputError(f"the shapes of {missing[0]!r} and {len(missing) - 1} more layer tensors cannot be "
+                             f"inferred, and running the model on zeros to measure them failed ({first_line(err)}); "
+                             "give `input_shapes` for every input") from None
+        out = copy_model(model)
+        measured = {t: values[t] for t in missing}
+        keep = [vi for vi in out.graph.value_info if vi.name not in measured]
+        del out.graph.value_info[:]
+        out.graph.value_info.extend(keep)
+        for name, value in measured.items():
+            elem = helper.np_dtype_to_tensor_dtype(value.dtype)
+            out.graph.value_info.append(helper.make_tensor_value_info(name, elem, list(value.shape)))
+        logger.info("shapes of %d layer tensors measured with ONNX Runtime", len(measured))
+        return out
+
+
+def _static_past_batch(value: onnx.ValueInfoProto) -> bool:
+    """A shape is known with every dim after the first (the batch) fixed."""
+    t = value.type.tensor_type
+    return t.HasField("shape") and all(d.HasField("dim_value") and d.dim_value > 0 for d in t.shape.dim[1:])
+
+
+_ORT_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
+              "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
+
+
+def _quiet_options() -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return options
 
 
 def _is_large(tensor: onnx.TensorProto) -> bool:

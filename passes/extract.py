@@ -91,6 +91,13 @@ class ExtractLayers(Pass[Extraction]):
                 continue
             layers.append(_make_layer(len(layers), node, tuple(inits[weight].dims), shapes))
         if not layers:
+            nested = sum(_nested_layers(node) for node in model.graph.node)
+            if nested:
+                raise InputError(
+                    f"all {nested} Conv / Gemm / MatMul nodes of the model are inside If / Loop / Scan bodies, "
+                    "which haqc leaves in float (it quantizes main-graph layers only); export the model "
+                    "without control flow (e.g. one branch, or the loop unrolled) to quantize it"
+                )
             detail = f"; these layers have non-constant weights: {', '.join(skipped[:5])}" if skipped else ""
             raise InputError(
                 "the model has no quantizable layer (Conv, ConvTranspose, Gemm or MatMul with a constant "
@@ -99,6 +106,15 @@ class ExtractLayers(Pass[Extraction]):
         if skipped:
             logger.info("not quantizable (weights not constant): %s", ", ".join(skipped))
         return Extraction(layers, normalized_state(layers), _dataflow_graph(model, layers), kept_float)
+
+
+def _nested_layers(node: onnx.NodeProto) -> int:
+    """How many quantizable ops the subgraphs of ``node`` hold, at any depth."""
+    count = 0
+    for attr in node.attribute:
+        for graph in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            count += sum((inner.op_type in QUANTIZABLE_OPS) + _nested_layers(inner) for inner in graph.node)
+    return count
 
 
 def _why_not_a_layer(node: onnx.NodeProto, weight: str, inits: dict[str, onnx.TensorProto]) -> str:

@@ -167,7 +167,8 @@ def check_input_shapes(model: onnx.ModelProto, shapes: InputShapes) -> None:
             missing.append(value)
     if missing:
         what = ", ".join(f"{v.name!r} {_shape_text(v.type.tensor_type.shape.dim)}" for v in missing)
-        hint = " ".join(f"--input-shape {v.name}={'x'.join(map(str, suggest_shape(v)))}" for v in missing)
+        batch = {d.dim_param for v in inputs.values() for d in v.type.tensor_type.shape.dim[:1] if d.dim_param}
+        hint = " ".join(f"--input-shape {v.name}={'x'.join(map(str, suggest_shape(v, batch)))}" for v in missing)
         raise InputError(
             f"input{'s' if len(missing) > 1 else ''} {what} {'have' if len(missing) > 1 else 'has'} dynamic "
             f"dimensions; give the sizes to analyse at, e.g. {hint}"
@@ -179,15 +180,17 @@ _SUGGESTED_SIDE = 224
 _SUGGESTED_LENGTH = 128
 
 
-def suggest_shape(value: onnx.ValueInfoProto) -> tuple[int, ...]:
-    """A shape to analyse ``value`` at: its fixed dims, batch 1, and a typical size for the other
-    dynamic dims (an image side for the spatial dims of a 4-D input, else a sequence length)."""
+def suggest_shape(value: onnx.ValueInfoProto, batch_names: set[str] = frozenset()) -> tuple[int, ...]:
+    """A shape to analyse ``value`` at: its fixed dims, batch 1 (the leading dim, or a dim named
+    like some input's leading dim, e.g. an RNN state's [layers, batch, hidden]), and a typical
+    size for the other dynamic dims (an image side for the spatial dims of a 4-D input, else a
+    sequence length)."""
     dims = list(value.type.tensor_type.shape.dim)
     out = []
     for i, dim in enumerate(dims):
         if _fixed(dim):
             out.append(dim.dim_value)
-        elif i == 0:
+        elif i == 0 or dim.dim_param in batch_names:
             out.append(1)
         else:
             out.append(_SUGGESTED_SIDE if len(dims) == 4 and i >= 2 else _SUGGESTED_LENGTH)

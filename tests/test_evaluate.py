@@ -267,6 +267,10 @@ def test_label_free_outputs_that_are_not_logits_score_fidelity_against_the_refer
     result = evaluator.evaluate(scalar)
     assert (result.metric_name, result.accuracy, result.samples) == (FIDELITY, 1.0, N)
     assert Evaluator(ds, reference=_linear(np.eye(4))).metric_name == TOP1_AGREEMENT
+    # One score per sample ([N, 1], a voice-activity probability) is no class: argmax would always agree.
+    single = Evaluator(ds, reference=_linear(np.ones((4, 1))))
+    assert single.metric_name == FIDELITY
+    assert single.evaluate(_linear(np.full((4, 1), 1.5))).accuracy < 1.0
     maps = Evaluator(ds, reference=_map(1.0), batch_size=7)
     assert maps.metric_name == FIDELITY
     assert 1.0 > maps.evaluate(_map(1.03)).accuracy > maps.evaluate(_map(1.5)).accuracy >= 0.0

@@ -11,7 +11,7 @@ from haqc.cli import main
 from haqc.cli.inspect import input_shape_option, parse_input_shapes
 from haqc.cli.quantize import finetune_options, quantize_options, run_options
 from haqc.errors import EXIT_INTERRUPTED, InputError
-from haqc.evaluation import TOP1_AGREEMENT
+from haqc.evaluation import TOP1, TOP1_AGREEMENT
 from haqc.plot import write_plot
 from haqc.quantities import format_costs, in_report_units, report_key
 from haqc.report import Report
@@ -129,7 +129,8 @@ def format_summary(report: Report) -> str:
         latency = in_report_units("latency", r.costs["latency"])
         lines.append(f"  {r.layer[:28]:<28} {r.kind:<9} {w:>2} {a:>2} {latency:>11.4f} {100 * latency / total:>5.1f}%")
     lines.append("")
-    lines.append(f"  {'':<8} {'top-1':>8} {'latency ms':>11} {'energy mJ':>10} {'size MB':>9}")
+    score = "top-1" if report.signal in (TOP1, TOP1_AGREEMENT) else "score"
+    lines.append(f"  {'':<8} {score:>8} {'latency ms':>11} {'energy mJ':>10} {'size MB':>9}")
     for key, row in (("fp32", report.fp32), ("w8a8", report.w8a8), ("result", report.result)):
         units = row.to_dict()
         energy = "-" if units[report_key("energy")] is None else f"{units[report_key('energy')]:.4f}"

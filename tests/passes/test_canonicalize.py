@@ -8,7 +8,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import assert_close_rel, light_params, light_path, randomize_constant_of_shape, run_ort
 from haqc.errors import InputError
-from haqc.passes.canonicalize import CANONICAL_OPSET, ConvertOpset, FoldConstants, canonicalize, opset_version
+from haqc.passes.canonicalize import CANONICAL_OPSET, ConvertOpset, FoldConstants, ProbeShapes, canonicalize, opset_version
+from haqc.passes.extract import extract_layers
 from haqc.passes.load import load_model
 
 RNG = np.random.default_rng(0)
@@ -218,3 +219,57 @@ def test_old_linear_resizes_keep_their_coordinates(op, opset, scales):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     converted = ConvertOpset()(model)
     np.testing.assert_allclose(run_ort(converted, {"x": x})[0], run_ort(model, {"x": x})[0], atol=1e-5)
+
+
+def _if_model() -> onnx.ModelProto:
+    """x -> If(constant true) with two outputs (the branches differ in height) -> Conv on the second."""
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])
+
+    def branch(name: str, tall: bool) -> onnx.GraphProto:
+        nodes = [helper.make_node("Identity", ["x"], [f"{name}_a"])]
+        if tall:
+            nodes.append(helper.make_node("Concat", ["x", "x"], [f"{name}_b"], axis=2))
+        else:
+            nodes.append(helper.make_node("Neg", ["x"], [f"{name}_b"]))
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(f"{name}_a", TensorProto.FLOAT, None),
+                                                   helper.make_tensor_value_info(f"{name}_b", TensorProto.FLOAT, None)])
+
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("If", ["cond"], ["a", "b"], then_branch=branch("then", False), else_branch=branch("else", True)),
+        helper.make_node("Conv", ["b", "w"], ["y"], name="conv"),
+        helper.make_node("Add", ["a", "a"], ["z"]),
+    ]
+    inits = [numpy_helper.from_array(np.array(True), "cond"),
+             numpy_helper.from_array(rng.standard_normal((2, 3, 1, 1)).astype(np.float32), "w")]
+    graph = helper.make_graph(nodes, "g", [x_info], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                                                      helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_an_if_with_two_outputs_survives_and_layers_after_it_get_measured_shapes():
+    """A constant-condition If is not inlined (onnx-graphsurgeon wires only an inlined branch's first
+    output), and the Conv reading its second output, whose height inference cannot know, gets its
+    shapes from one ONNX Runtime run."""
+    model = _if_model()
+    x = np.random.default_rng(1).standard_normal((1, 3, 4, 4)).astype(np.float32)
+    canon = canonicalize(model)
+    assert [n.op_type for n in canon.graph.node].count("If") == 1
+    for got, want in zip(run_ort(canon, {"x": x}), run_ort(model, {"x": x})):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    layers = extract_layers(ProbeShapes()(canon)).layers
+    assert [(l.name, l.c_in, l.c_out, l.feature_size) for l in layers] == [("conv", 3, 2, 16)]
+
+
+def test_a_model_whose_layers_are_all_inside_control_flow_says_so():
+    then = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)])
+    graph = helper.make_graph(
+        [helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4]), helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.ones((4, 4), np.float32), "w")])
+    with pytest.raises(InputError, match="all 1 Conv / Gemm / MatMul nodes of the model are inside If / Loop / Scan"):
+        extract_layers(canonicalize(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])))

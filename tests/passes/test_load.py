@@ -147,3 +147,14 @@ def test_input_file_is_not_modified(saved):
     before = path.read_bytes()
     load_model(path, {"x": (1, 3, 4, 4)})
     assert path.read_bytes() == before
+
+
+def test_a_dim_named_like_the_batch_is_hinted_as_the_batch():
+    """An RNN state [layers, batch, hidden] shares the batch's name: the hint gives it 1, not a length."""
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence"]),
+              helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", 128])]
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(InputError, match=r"--input-shape x=1x128 --input-shape state=2x1x128$"):
+        check_input_shapes(model, {})
