@@ -85,7 +85,7 @@ class ThreeOptions(Target):
         return LayerCost(layer.macs * (w_bits + a_bits) * 1e-12, None, weight_bytes(layer, w_bits))
 
 
-@pytest.mark.parametrize("strategy", ["ddpg", "greedy", "uniform"])
+@pytest.mark.parametrize("strategy", ["ddpg", "greedy", "uniform", "ilp"])
 def test_a_target_with_its_own_options_searches_exports_and_reports(strategy, tmp_path):
     target = ThreeOptions()
     out = tmp_path / "model.onnx"

@@ -11,12 +11,15 @@
   (the accuracy drop with only that layer at 4 bits, the rest at 8: one
   evaluation per layer), then, starting from all-8-bit, repeatedly take the
   one-step lowering (one layer's weights or activations) with the best ratio of
-  budget saved to estimated accuracy lost, until the budget holds. Chosen over
-  an ILP: no solver dependency, and the loss model is too rough to deserve an
-  exact optimum. The loss of a layer at (w, a) bits is modelled as
+  budget saved to estimated accuracy lost, until the budget holds: few
+  evaluations and a rough loss model (the ilp strategy measures more and
+  solves exactly). The loss of a layer at (w, a) bits is modelled as
   s * (2^(4-w) + 2^(4-a)) / 2 (quantization noise halves per bit; s measured at
   w4a4, where the model gives s). For options that are not widths, the drop
   of each layer at each of its options is measured instead.
+- ilp: each layer's measured drop at each option (weights and activations
+  probed apart, their drops added), then the exact integer program over
+  (layer, option) under every budget at once (haqc.search.ilp, HiGHS).
 
 Every strategy caches evaluations per policy, keeps a per-episode history for
 plots, checkpoints to ``workdir`` after every episode (and, for greedy, after
@@ -39,6 +42,7 @@ from haqc.precision import SEARCH_BITS
 from haqc.search.budget import violations
 from haqc.search.checkpoint import fingerprint, load_state, save_state
 from haqc.search.env import Outcome, QuantEnv, SearchProblem
+from haqc.search.ilp import sensitivities, solve
 from haqc.search.space import SearchSpace
 
 logger = logging.getLogger(__name__)
@@ -305,9 +309,19 @@ class _LossModel:
         return self.sensitivity[layer] * (2.0 ** (GREEDY_PROBE_BITS - w) + 2.0 ** (GREEDY_PROBE_BITS - a)) / 2.0
 
 
+def _ilp(run: _Run, episodes: int, seed: int, config: None, saved: dict | None) -> None:
+    if run.history:  # resumed after it finished
+        return
+    env = run.env
+    drops = sensitivities(env, run.save)  # a resumed ilp search replays its probes from the evaluation cache
+    run.record(env.finish(solve(env.problem.costs, dict(env.problem.limits), env.space, drops)))
+    run.save()
+
+
 STRATEGIES: dict[str, Callable[[_Run, int, int, Any, dict | None], None]] = {
     "ddpg": _ddpg,
     "random": _random,
     "uniform": _uniform,
     "greedy": _greedy,
+    "ilp": _ilp,
 }

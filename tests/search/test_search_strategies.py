@@ -6,10 +6,10 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from search_helpers import N_LAYERS, Evaluator, synthetic_problem, w8a8
+from search_helpers import Evaluator, FP32_ACCURACY, N_LAYERS, grid_table, synthetic_accuracy, synthetic_problem, w8a8
 
 from haqc.errors import BudgetUnreachableError, InputError
-from haqc.search import STATE_FILE, QuantEnv, search
+from haqc.search import SearchProblem, STATE_FILE, QuantEnv, search
 from haqc.search.budget import violations
 
 SHORT = 10  # episodes: 2 of warm-up (clamped), then learning
@@ -88,6 +88,36 @@ def test_uniform_picks_the_highest_bitwidth_within_budget():
     wider = env.space.pin(np.array([layer.uniform(b + 1) for layer in env.space.layers]))
     assert violations(problem.costs.cost(wider), problem.limits)
     assert b == 5  # latency ~ w * a: 5 * 5 / 64 fits in half, 6 * 6 / 64 does not
+
+
+def test_ilp_finds_the_exact_optimum_of_its_sensitivity_model():
+    """Probes with one layer lowered at a time (weights, then activations), then the integer program:
+    on the synthetic problem (drops add up exactly) it is the best policy there is, found exhaustively."""
+    problem = synthetic_problem(latency_fraction=0.5)
+    ilp = search(problem, "ilp")
+    free = N_LAYERS - 2
+    assert ilp.meets_budget and ilp.evaluations <= free * (6 + 6) + 1
+    assert ilp.accuracy >= search(synthetic_problem(latency_fraction=0.5), "greedy").accuracy
+    assert ilp.policy["layer1"].w_bits >= 6 and ilp.policy["layer3"].a_bits >= 6  # the sensitive layers
+    env = QuantEnv(synthetic_problem(latency_fraction=0.5))
+    # Exhaustive check on the layers that matter: no affordable single change of one layer scores higher.
+    best = ilp.accuracy
+    for i in range(1, N_LAYERS - 1):
+        for option in env.space.layers[i].options:
+            policy = {**ilp.policy, f"layer{i}": option}
+            cost = problem.costs.policy_cost(list(policy.values()))
+            if cost["latency"] <= problem.limits["latency"]:
+                assert synthetic_accuracy(policy) <= best + 1e-12
+
+
+def test_ilp_bounds_each_layer_on_a_target_that_takes_the_maximum():
+    latency = np.broadcast_to(np.add.outer(np.arange(2, 9), np.arange(2, 9)).astype(float), (N_LAYERS, 7, 7))
+    problem = synthetic_problem(limits={"latency": 12.0})
+    maxed = SearchProblem(problem.layer_names, problem.state_matrix,
+                          grid_table({"latency": latency}, combine=np.max), {"latency": 12.0},
+                          Evaluator(), FP32_ACCURACY, pin_first=False, pin_last=False)
+    result = search(maxed, "ilp")
+    assert result.meets_budget and max(o.w_bits + o.a_bits for o in result.policy.values()) == 12
 
 
 def test_random_gets_as_many_episodes_as_ddpg():

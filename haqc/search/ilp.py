@@ -1,0 +1,109 @@
+"""The ``ilp`` strategy: measured per-layer sensitivities, then the exact integer program (HiGHS).
+
+HAWQ-V3 and ModelOpt's ``auto_quantize`` pick precisions this way. Each
+unpinned layer is probed with only itself lowered, everything else at its most
+precise option: on a grid of widths once per weight width (activations widest)
+and once per activation width (weights widest), and the drop at (w, a) is
+modelled as the sum of the two (one evaluation per probe, n_layers x
+(|W| + |A| - 2) in all); for other option lists every option is probed. Then
+
+    minimize   sum_ij drop[i, j] x[i, j]
+    subject to sum_j x[i, j] = 1 per layer, x binary,
+               sum_ij cost_q[i, j] x[i, j] <= limit_q for every budget q,
+
+solved exactly by ``scipy.optimize.milp``. A target whose model latency (or
+energy) is the maximum over layers instead of the sum gets per-layer bounds
+instead of a sum; any other way of combining cannot be written linearly and
+is refused.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+from haqc.costs import CostTable
+from haqc.errors import InputError
+from haqc.search.env import QuantEnv
+from haqc.search.space import SearchSpace
+
+logger = logging.getLogger(__name__)
+
+# Drops below this (0.01 percentage points, noise) count as this, so a layer that seems not to
+# care still prefers, among options that fit equally well, the more precise one.
+MIN_DROP = 1e-4
+
+
+def sensitivities(env: QuantEnv, after_probe: Callable[[], None]) -> np.ndarray:
+    """drop[i, j]: the score lost with layer i alone at option column j (0 at the most precise;
+    0 for pinned layers, which keep it). ``after_probe`` runs after each evaluation (checkpoints)."""
+    space = env.space
+    top = space.most_precise()
+    width = max(len(layer.options) for layer in space.layers)
+    drops = np.zeros((space.n_layers, width))
+
+    def drop(i: int, column: int) -> float:
+        probe = top.copy()
+        probe[i] = column
+        value = max(env.problem.fp32_accuracy - env.accuracy(probe), MIN_DROP)
+        after_probe()
+        return value
+
+    for i, layer in enumerate(space.layers):
+        if space.pinned[i]:
+            continue
+        if layer.grid:
+            wi_top, ai_top = layer.bits(int(top[i]))
+            per_w = [drop(i, layer.column(w, layer.a_levels[ai_top])) if k < wi_top else 0.0
+                     for k, w in enumerate(layer.w_levels)]
+            per_a = [drop(i, layer.column(layer.w_levels[wi_top], a)) if k < ai_top else 0.0
+                     for k, a in enumerate(layer.a_levels)]
+            for j in range(len(layer.options)):
+                wk, ak = layer.bits(j)
+                drops[i, j] = per_w[wk] + per_a[ak]
+        else:
+            for j in range(len(layer.options) - 1):
+                drops[i, j] = drop(i, j)
+    return drops
+
+
+def solve(table: CostTable, limits: dict[str, float], space: SearchSpace, drops: np.ndarray) -> np.ndarray:
+    """The option column per layer that minimizes the summed drop under every limit (exact)."""
+    n = space.n_layers
+    sizes = [len(layer.options) for layer in space.layers]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    variables = int(offsets[-1])
+    objective = np.concatenate([drops[i, :k] for i, k in enumerate(sizes)])
+    upper = np.ones(variables)
+    for i in range(n):
+        if space.pinned[i]:
+            upper[offsets[i]:offsets[i + 1] - 1] = 0  # only the most precise option
+    one_per_layer = np.zeros((n, variables))
+    for i in range(n):
+        one_per_layer[i, offsets[i]:offsets[i + 1]] = 1
+    constraints = [LinearConstraint(one_per_layer, 1, 1)]
+    for quantity, limit in limits.items():
+        costs = np.concatenate([table.values[quantity][i, :k] for i, k in enumerate(sizes)])
+        how = "sum" if quantity == "size" else _combination(table.combine)
+        if how == "sum":
+            constraints.append(LinearConstraint(costs[None, :], -np.inf, limit))
+        else:  # the slowest layer sets the model's cost: every layer's chosen option must fit alone
+            upper[costs > limit] = 0
+    result = milp(objective, constraints=constraints, integrality=np.ones(variables), bounds=Bounds(0, upper))
+    if result.x is None:  # check_budget has let the cheapest policy through, so this is HiGHS failing
+        raise InputError(f"the integer program found no policy ({result.message}); try another strategy")
+    chosen = np.rint(result.x).astype(np.int64)
+    return np.array([int(np.argmax(chosen[offsets[i]:offsets[i + 1]])) for i in range(n)], dtype=np.int64)
+
+
+def _combination(combine: Callable[[np.ndarray], float]) -> str:
+    """Whether a target's combine is the sum or the maximum of its layers (checked on a probe)."""
+    probe = np.array([0.3, 1.7, 0.9])
+    if np.isclose(combine(probe), probe.sum()):
+        return "sum"
+    if np.isclose(combine(probe), probe.max()):
+        return "max"
+    raise InputError("the ilp strategy needs a target whose layer costs add up or take their maximum; "
+                     "use another strategy for this target")
