@@ -31,8 +31,9 @@ def main(path: str) -> None:
     from haqc.data import Dataset
     from haqc.hw_targets import load_target
     from haqc.pipeline import prepare
-    from haqc.policy import LayerBits, uniform_policy
-    from haqc.quantize import QuantizeOptions, Quantizer
+    from haqc.policy import uniform_policy
+    from haqc.precision import Option
+    from haqc.quantizer import QuantizeOptions, Quantizer
 
     out: dict = {"model": path, "rss_after_imports_mb": rss_mb()}
     t = time.perf_counter()
@@ -57,10 +58,10 @@ def main(path: str) -> None:
     calib = Dataset({inp.name: rng.standard_normal([max(n, batch)] + shape[1:]).astype(np.float32)}, None,
                     f"{n} random inputs")
     t = time.perf_counter()
-    quantizer = Quantizer(prepared, calib, QuantizeOptions(calib_batch_size=batch))
+    quantizer = Quantizer.calibrated(prepared, calib, QuantizeOptions(calib_batch_size=batch))
     out["calibrate_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    quantizer.export(uniform_policy(layers, LayerBits(8, 8)))
+    quantizer.export(uniform_policy(layers, Option(8, 8)))
     out["export_w8a8_s"] = time.perf_counter() - t
     out["calib_samples"] = len(calib)
     out["peak_rss_mb"] = rss_mb()
