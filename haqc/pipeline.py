@@ -25,7 +25,7 @@ from haqc.policy import Policy
 from haqc.precision import FP32, Method, reference_option
 from haqc.quantities import format_costs
 from haqc.quantizer import Quantizer, finetune_export, keep_better
-from haqc.report import LayerRow, Report, Result, Scored, SearchSummary
+from haqc.report import LayerRow, Report, Result, Scored, SearchSummary, mark_frontier
 from haqc.search import DDPGConfig, SearchProblem, SearchResult, SearchSpace, check_budget, search
 from haqc.search.strategies import Progress
 from haqc.passes.base import opset_version
@@ -208,6 +208,7 @@ def build_report(*, source: str, target: Target, spec: str, table: CostTable, li
         model=source,
         target={"name": getattr(target, "name", spec), "spec": spec, "batch": target.batch},
         constraints=limits.describe(),
+        limits=dict(limits.values),
         fp32=Scored(fp32.accuracy, table.policy_cost([FP32] * n)),
         w8a8=Scored(w8a8_score, table.policy_cost([reference_option(method)] * n)),
         result=Result(exported.accuracy, table.cost(columns), accuracy_before_finetune=exported.searched,
@@ -218,6 +219,8 @@ def build_report(*, source: str, target: Target, spec: str, table: CostTable, li
         search=SearchSummary(result.strategy, result.episodes, result.best_episode, round(result.seconds, 3),
                              result.evaluations, seed, method, finetune_epochs),
         history=result.history,
+        evaluated=mark_frontier([{"accuracy": e["accuracy"], "costs": e["costs"]} for e in result.evaluated],
+                                list(limits.values)),
         label_free=fp32.label_free,
         signal=fp32.metric_name,
         seconds=seconds,

@@ -1,101 +1,120 @@
-"""Plots of a compress report: per-layer weight/activation bits (the HAQ paper's figure) and the search curve.
+"""Plots of a compress report, drawn with matplotlib: the accuracy-cost curve with its frontier, the
+bits per layer (the HAQ paper's figure) and the reward over episodes.
 
-``.html`` needs nothing beyond the standard library (inline SVG); ``.png``
-uses matplotlib when it is installed (``pip install haqc[plot]``).
+``.png`` is a raster image; ``.html`` a page holding the same figure as inline SVG (no script, no
+network when it is viewed).
 """
 from __future__ import annotations
 
 import html
 import io
+import re
 from pathlib import Path
 
-from haqc.errors import InputError
-from haqc.io import atomic_write_bytes, atomic_write_text
-from haqc.report import Report
+import matplotlib
 
-_W_COLOR, _A_COLOR, _R_COLOR = "#1f77b4", "#ff7f0e", "#2ca02c"
+matplotlib.use("Agg")  # no display: files only
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from haqc.errors import InputError  # noqa: E402
+from haqc.io import atomic_write_bytes, atomic_write_text  # noqa: E402
+from haqc.quantities import REPORT_UNITS, in_report_units  # noqa: E402
+from haqc.report import Report  # noqa: E402
+
+_W_COLOR, _A_COLOR, _R_COLOR, _FRONT_COLOR = "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"
+FLOAT_BAR = 9  # a float tensor's bar: above the widest integer width, labelled "float"
 
 
 def write_plot(report: Report, path: str) -> None:
     suffix = Path(path).suffix.lower()
-    if suffix == ".html":
-        atomic_write_text(path, _html(report))
-    elif suffix == ".png":
-        atomic_write_bytes(path, _png(report))
-    else:
+    if suffix not in (".html", ".png"):
         raise InputError(f"`plot` {path}: use a .html or .png file name")
-
-
-def _bits(report: Report) -> tuple[list[str], list[int], list[int]]:
-    rows = report.layers
-    w = [r.w_bits or 32 for r in rows]
-    a = [r.a_bits or 32 for r in rows]
-    return [r.layer for r in rows], w, a
-
-
-def _html(report: Report) -> str:
-    names, w, a = _bits(report)
-    n = len(names)
-    width, height, pad = max(480, 22 * n + 80), 260, 40
-    step = (width - 2 * pad) / max(n, 1)
-    top = 8
-    bars = []
-    for i, (name, wb, ab) in enumerate(zip(names, w, a)):
-        x = pad + i * step
-        for value, color, sign in ((wb, _W_COLOR, -1), (ab, _A_COLOR, 1)):
-            h = min(value, top) / top * (height / 2 - pad / 2)
-            y = height / 2 - h if sign < 0 else height / 2
-            bars.append(f'<rect x="{x + 2:.1f}" y="{y:.1f}" width="{step - 4:.1f}" height="{h:.1f}" fill="{color}">'
-                        f'<title>{html.escape(name)}: w{wb} a{ab}</title></rect>')
-    curve = _curve_svg(report.history, width, pad)
-    return (
-        "<!doctype html><meta charset='utf-8'><title>haqc policy</title>"
-        f"<h3>{html.escape(report.model)} on {html.escape(report.target['name'])}</h3>"
-        f"<p><span style='color:{_W_COLOR}'>&#9632; weight bits (up)</span> "
-        f"<span style='color:{_A_COLOR}'>&#9632; activation bits (down)</span>, one bar pair per layer, 8 bits full scale</p>"
-        f"<svg width='{width}' height='{height}' style='border:1px solid #ccc'>"
-        f"<line x1='{pad}' x2='{width - pad}' y1='{height / 2}' y2='{height / 2}' stroke='#333'/>{''.join(bars)}</svg>"
-        f"{curve}"
-    )
-
-
-def _curve_svg(history: list[dict], width: int, pad: int) -> str:
-    rewards = [h["reward"] for h in history]
-    if len(rewards) < 2:
-        return ""
-    height = 200
-    lo, hi = min(rewards), max(rewards)
-    span = (hi - lo) or 1.0
-    points = " ".join(
-        f"{pad + i / (len(rewards) - 1) * (width - 2 * pad):.1f},{height - pad / 2 - (r - lo) / span * (height - pad):.1f}"
-        for i, r in enumerate(rewards)
-    )
-    return (f"<p>reward per episode (min {lo:.4f}, max {hi:.4f})</p><svg width='{width}' height='{height}' "
-            f"style='border:1px solid #ccc'><polyline fill='none' stroke='{_R_COLOR}' points='{points}'/></svg>")
-
-
-def _png(report: Report) -> bytes:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise InputError("`plot` FILE.png needs matplotlib (pip install 'haqc[plot]'); or use a .html file") from None
-    names, w, a = _bits(report)
-    history = report.history
-    fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.3 * len(names)), 6))
-    x = range(len(names))
-    axes[0].bar(x, w, color=_W_COLOR, label="weight bits")
-    axes[0].bar(x, [-v for v in a], color=_A_COLOR, label="activation bits")
-    axes[0].set_xticks(list(x), names, rotation=90, fontsize=6)
-    axes[0].set_ylabel("bits")
-    axes[0].legend(fontsize=7)
-    axes[1].plot([h["episode"] for h in history], [h["reward"] for h in history], color=_R_COLOR)
-    axes[1].set_xlabel("episode")
-    axes[1].set_ylabel("reward")
-    fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    return buffer.getvalue()
+    with plt.rc_context({"svg.hashsalt": "haqc"}):  # the SVG's element ids, fixed: the same report, the same page
+        figure = _figure(report)
+        figure.savefig(buffer, format="svg" if suffix == ".html" else "png", dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    if suffix == ".png":
+        atomic_write_bytes(path, buffer.getvalue())
+        return
+    title = f"{report.model} on {report.target['name']}"
+    # matplotlib's RDF metadata carries the drawing date: dropped, so a page depends on the report only.
+    svg = re.sub(r"<metadata>.*?</metadata>", "", buffer.getvalue().decode(), flags=re.S)
+    atomic_write_text(path, "<!doctype html><meta charset='utf-8'>"
+                            f"<title>haqc: {html.escape(title)}</title><h3>{html.escape(title)}</h3>{svg}")
+
+
+def _figure(report: Report):
+    names = [row.layer for row in report.layers]
+    figure, (curve, bits, reward) = plt.subplots(
+        3, 1, figsize=(max(8.0, 0.32 * len(names) + 2), 11), gridspec_kw={"height_ratios": [3, 2.4, 1.6]})
+    _curve(curve, report)
+    _bits(bits, report)
+    _reward(reward, report)
+    figure.tight_layout()
+    return figure
+
+
+def _curve(ax, report: Report) -> None:
+    """Accuracy against the first budgeted quantity: every evaluated policy, the non-dominated ones
+    joined, the budget, the chosen policy; fp32 and w8a8 as accuracy lines (their costs, far to the
+    right, are in the legend rather than stretching the axis)."""
+    quantity = next(iter(report.constraints), "latency")
+    unit = REPORT_UNITS[quantity][0]
+
+    def x(costs: dict) -> float:
+        return in_report_units(quantity, costs[quantity])
+
+    points = report.evaluated
+    ax.scatter([x(p["costs"]) for p in points], [100 * p["accuracy"] for p in points], s=12, color="#999999",
+               alpha=0.6, label=f"evaluated policies ({len(points)})")
+    front = sorted((p for p in points if p["pareto"]), key=lambda p: x(p["costs"]))
+    ax.plot([x(p["costs"]) for p in front], [100 * p["accuracy"] for p in front], "-o", color=_FRONT_COLOR,
+            markersize=4, label="non-dominated")
+    if quantity in report.limits:
+        given = report.constraints[quantity]
+        ax.axvline(in_report_units(quantity, report.limits[quantity]), color="black", linestyle="--", linewidth=1,
+                   label=f"budget {given['limit']} ({given['budget']})")
+    ax.scatter([x(report.result.costs)], [100 * report.result.accuracy_before_finetune], marker="*", s=180,
+               color=_R_COLOR, zorder=5, label="chosen (before fine-tune)")
+    if report.result.accuracy_finetuned is not None:
+        ax.scatter([x(report.result.costs)], [100 * report.result.accuracy], marker="P", s=90, color=_R_COLOR,
+                   edgecolor="black", zorder=5, label="exported")
+    for name, row, style in (("fp32", report.fp32, ":"), ("w8a8", report.w8a8, "-.")):
+        ax.axhline(100 * row.accuracy, color="black", linestyle=style, linewidth=1,
+                   label=f"{name} {100 * row.accuracy:.2f}% at {x(row.costs):.4g} {unit}")
+    ax.set_xlabel(f"{quantity} ({unit} per batch of {report.target['batch']} on {report.target['name']})")
+    ax.set_ylabel(f"{report.signal} (%)")
+    ax.set_title("accuracy against cost")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+
+
+def _bits(ax, report: Report) -> None:
+    """Weight and activation bits per layer, the layer names on the axis, depthwise layers hatched."""
+    rows = report.layers
+    positions = range(len(rows))
+    for offset, attr, color, label in ((-0.2, "w_bits", _W_COLOR, "weight bits"),
+                                       (0.2, "a_bits", _A_COLOR, "activation bits")):
+        heights = [getattr(r, attr) or FLOAT_BAR for r in rows]
+        bars = ax.bar([p + offset for p in positions], heights, width=0.4, color=color, label=label)
+        for bar, row in zip(bars, rows):
+            if row.kind == "depthwise":
+                bar.set_hatch("///")
+                bar.set_edgecolor("white")
+    ax.set_xticks(list(positions), [r.layer for r in rows], rotation=90, fontsize=6)
+    ax.set_yticks(list(range(0, 9, 2)) + [FLOAT_BAR], [str(b) for b in range(0, 9, 2)] + ["float"])
+    ax.set_ylabel("bits")
+    ax.set_title("bits per layer (hatched: depthwise)")
+    ax.legend(fontsize=7, loc="upper right")
+
+
+def _reward(ax, report: Report) -> None:
+    episodes = [h["episode"] for h in report.history]
+    ax.plot(episodes, [h["reward"] for h in report.history], "-", color=_R_COLOR, marker="." if len(episodes) < 30 else None)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("episode")
+    ax.set_ylabel("reward (lambda x points)")
+    ax.set_title(f"reward over {len(episodes)} episode{'s' if len(episodes) != 1 else ''} ({report.search.strategy})")
+    ax.grid(alpha=0.3)

@@ -75,6 +75,7 @@ class Report:
     model: str
     target: dict[str, Any]  # name, spec, batch
     constraints: dict[str, dict[str, str]]  # quantity -> budget (as given), limit (resolved, with unit)
+    limits: dict[str, float]  # the same limits in SI units (what the plot draws; the JSON states them as text)
     fp32: Scored
     w8a8: Scored
     result: Result
@@ -82,6 +83,7 @@ class Report:
     layers: list[LayerRow]
     search: SearchSummary
     history: list[dict[str, Any]]
+    evaluated: list[dict[str, Any]]  # every scored policy: accuracy, costs (SI), pareto (non-dominated)
     label_free: bool
     signal: str  # what "accuracy" measures: top1, top1-agreement, or a metric's name
     seconds: float
@@ -110,6 +112,8 @@ class Report:
                  "costs": {k: float(v) for k, v in h["costs"].items()}}
                 for h in self.history
             ],
+            "evaluated": [{"accuracy": e["accuracy"], "costs": {k: float(v) for k, v in e["costs"].items()},
+                           "pareto": e["pareto"]} for e in self.evaluated],
             "label_free": self.label_free,
             "signal": self.signal,
             "seconds": round(self.seconds, 3),
@@ -120,3 +124,14 @@ class Report:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
+
+
+def mark_frontier(points: list[dict[str, Any]], quantities: list[str]) -> list[dict[str, Any]]:
+    """``points`` (accuracy, costs) each with ``pareto``: no other point is at least as accurate and
+    at most as costly in every one of ``quantities``, and better in one."""
+    def dominates(a: dict, b: dict) -> bool:
+        no_worse = a["accuracy"] >= b["accuracy"] and all(a["costs"][q] <= b["costs"][q] for q in quantities)
+        better = a["accuracy"] > b["accuracy"] or any(a["costs"][q] < b["costs"][q] for q in quantities)
+        return no_worse and better
+
+    return [{**p, "pareto": not any(dominates(o, p) for o in points)} for p in points]

@@ -197,6 +197,10 @@ class QuantEnv:
             self.evaluations += 1
         return self._cache[key]
 
+    def evaluated(self) -> list[tuple[tuple[int, ...], float]]:
+        """Every distinct policy evaluated so far (option columns, score), in evaluation order."""
+        return list(self._cache.items())
+
     def policy(self, columns: Sequence[int]) -> Policy:
         """Option columns as a haqc Policy."""
         return dict(zip(self.problem.layer_names, self.space.options(columns)))

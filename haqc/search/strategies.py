@@ -60,7 +60,9 @@ class SearchResult:
     """The best policy found and how the search got there.
 
     ``history`` has one entry per episode: episode, reward, accuracy, costs,
-    columns (each layer's option column) and options (their names). ``evaluations`` counts real calls of
+    columns (each layer's option column) and options (their names).
+    ``evaluated`` has one entry per distinct policy the evaluator scored
+    (episodes and probes alike): its columns, costs and accuracy. ``evaluations`` counts real calls of
     the evaluator (cached repeats are free); ``seconds`` adds up across resumes.
     """
 
@@ -75,6 +77,7 @@ class SearchResult:
     evaluations: int
     seconds: float
     history: list[dict[str, Any]]
+    evaluated: list[dict[str, Any]]
 
 
 def search(
@@ -189,6 +192,8 @@ class _Run:
             evaluations=self.env.evaluations,
             seconds=self._seconds(),
             history=self.history,
+            evaluated=[{"columns": list(columns), "costs": self.env.problem.costs.cost(np.array(columns)),
+                        "accuracy": accuracy} for columns, accuracy in self.env.evaluated()],
         )
 
     def _seconds(self) -> float:
