@@ -23,7 +23,7 @@ from haqc.evaluation import EvalResult, Evaluator, Metric, num_classes
 from haqc.finetune import FinetuneConfig
 from haqc.hw_targets import Target, load_target
 from haqc.io import atomic_write_text, check_output_path, save_model
-from haqc.passes.load import InputShapes, load_model, validate_model, with_input_shapes
+from haqc.passes.load import InputShapes, check_input_shapes, read_model, validate_model
 from haqc.pipeline import (build_report, check_budgets, cost_table, export_and_finetune,
                            inspect_summary, prepare, search_policy)
 from haqc.policy import Policy, load_policy, uniform_policy
@@ -133,19 +133,20 @@ def inspect(model: ModelSource, *, input_shapes: InputShapes | None = None, targ
 def evaluate(model: ModelSource, data: DataSource, *, reference: ModelSource | None = None,
              metric: str | Metric | None = None, batch_size: int | None = None,
              input_shapes: InputShapes | None = None) -> EvalResult:
-    """Score ``model`` exactly as given (no canonicalization, so a quantized model is scored as shipped):
-    top-1 with labels, else top-1 agreement with ``reference``, or ``metric``."""
-    proto = _load(model, input_shapes)
+    """Score ``model`` exactly as given (no canonicalization, so a quantized model is scored as shipped,
+    at the data's own shapes): top-1 with labels, else agreement with (or, for outputs that are not
+    class logits, fidelity to) ``reference``, or ``metric``. ``input_shapes`` are only checked."""
+    proto = _as_given(model)
+    if input_shapes:
+        check_input_shapes(proto, input_shapes)
     classes = num_classes(proto) if metric is None else None
     dataset = load_dataset(data, input_specs(proto), role="`data`", num_classes=classes)
-    ref = _load(reference, input_shapes) if reference is not None and dataset.labels is None else None
+    ref = _as_given(reference) if reference is not None and dataset.labels is None else None
     return Evaluator(dataset, batch_size, metric, ref).evaluate(proto, _source_name(model))
 
 
-def _load(model: ModelSource, input_shapes: InputShapes | None) -> onnx.ModelProto:
-    if isinstance(model, onnx.ModelProto):
-        return with_input_shapes(validate_model(model, "the model"), input_shapes or {})
-    return load_model(model, input_shapes)
+def _as_given(model: ModelSource) -> onnx.ModelProto:
+    return validate_model(model, "the model") if isinstance(model, onnx.ModelProto) else read_model(model)
 
 
 def quantize(model: ModelSource, config: QuantizeConfig | None = None, *, output: str | os.PathLike | None = None,

@@ -29,7 +29,9 @@ DEFAULTS = CompressConfig()
 @click.option("--data", type=click.Path(path_type=str), default=DEFAULTS.data, help="Validation .npz (inputs + optional labels).")
 @quantize_options
 @finetune_options
-@click.option("--strategy", type=click.Choice(list(STRATEGIES)), default=DEFAULTS.strategy, show_default=True)
+@click.option("--strategy", type=click.Choice(list(STRATEGIES)), default=DEFAULTS.strategy, show_default=True,
+              help="ddpg: HAQ's agent; ilp: measured sensitivities + an exact integer program; greedy, random, "
+                   "uniform: baselines (docs/search.md).")
 @click.option("--episodes", type=int, default=DEFAULTS.episodes, show_default=True, help="Search episodes (ddpg, random).")
 @click.option("--no-pin-first", is_flag=True, default=not DEFAULTS.pin_first, help="Let the search choose the first layer's bits (HAQ pins w8a8).")
 @click.option("--no-pin-last", is_flag=True, default=not DEFAULTS.pin_last, help="Let the search choose the last layer's bits (HAQ pins w8a8).")

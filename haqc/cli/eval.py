@@ -5,11 +5,10 @@ import json
 
 import click
 
+from haqc.api import evaluate
 from haqc.cli import main
 from haqc.cli.inspect import input_shape_option, parse_input_shapes
-from haqc.data import input_specs, load_dataset
-from haqc.evaluation import FIDELITY, FIDELITY_DB, Evaluator, num_classes
-from haqc.passes.load import check_input_shapes, read_model
+from haqc.evaluation import FIDELITY, FIDELITY_DB
 
 
 @main.command("eval")
@@ -34,14 +33,8 @@ def eval_(
     as_json: bool,
 ) -> None:
     """Measure MODEL on --data exactly as given (no canonicalization), so quantized models are scored as shipped."""
-    shapes = parse_input_shapes(input_shapes)
-    proto = read_model(model)  # as given: the data's own shapes are what it runs at
-    if shapes:  # accepted for symmetry with the other commands, and checked; eval runs any shape
-        check_input_shapes(proto, shapes)
-    classes = num_classes(proto) if metric is None else None
-    dataset = load_dataset(data, input_specs(proto), role="--data", num_classes=classes)
-    ref = read_model(reference) if reference is not None and dataset.labels is None else None
-    result = Evaluator(dataset, batch_size, metric, ref).evaluate(proto, model)
+    result = evaluate(model, data, reference=reference, metric=metric, batch_size=batch_size,
+                      input_shapes=parse_input_shapes(input_shapes))
     if as_json:
         click.echo(json.dumps({
             "model": model,

@@ -10,7 +10,7 @@ import pytest
 
 from haqc.errors import InputError
 from haqc.hw_targets import LayerCost, Target, cost_summary, weight_bytes
-from haqc.precision import SEARCH_BITS as TABLE_BITS, Option
+from haqc.precision import SEARCH_BITS, Option
 from haqc.hw_targets.base import FLOAT_EXEC_BITS
 
 from hwt_helpers import TARGETS, conv, fc, mnist_mbv2, grid_costs
@@ -25,8 +25,8 @@ def test_cost_table_matches_scalar_costs(name):
     table = grid_costs(target, LAYERS)
     assert table.latency_s.shape == (len(LAYERS), 7, 7)
     for i, layer in enumerate(LAYERS):
-        for w in TABLE_BITS:
-            for a in TABLE_BITS:
+        for w in SEARCH_BITS:
+            for a in SEARCH_BITS:
                 c = target.cost(layer, w, a)
                 assert table.latency_s[i, w - 2, a - 2] == pytest.approx(c.latency_s, rel=1e-12)
                 assert table.weight_bytes[i, w - 2, a - 2] == pytest.approx(c.weight_bytes, rel=1e-12)

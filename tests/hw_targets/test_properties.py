@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from haqc.precision import SEARCH_BITS as TABLE_BITS
+from haqc.precision import SEARCH_BITS
 
 from hwt_helpers import REPO, TARGETS, conv, fc, mnist_mbv2, resnet50, grid_costs
 
@@ -67,8 +67,8 @@ def test_edge_compute_bound_layer_compute_time_scales_with_w_times_a():
     base = edge.breakdown(layer, 8, 8)
     assert base["compute_s"] > base["memory_s"]  # compute-bound at w8a8
     assert base["latency_s"] == base["compute_s"]
-    for w in TABLE_BITS:
-        for a in TABLE_BITS:
+    for w in SEARCH_BITS:
+        for a in SEARCH_BITS:
             assert edge.breakdown(layer, w, a)["compute_s"] == pytest.approx(base["compute_s"] * w * a / 64)
     # Compute-bound down to w4a4 (the roofline hands over to memory below that).
     assert edge.breakdown(layer, 4, 4)["latency_s"] == pytest.approx(base["latency_s"] / 4)
@@ -77,8 +77,8 @@ def test_edge_compute_bound_layer_compute_time_scales_with_w_times_a():
 def test_edge_depthwise_layer_is_memory_bound_latency_follows_bytes_not_w_times_a():
     edge = TARGETS["edge"]
     layer = conv(0, 96, 96, 3, 1, 14, groups=96)
-    for w in TABLE_BITS:
-        for a in TABLE_BITS:
+    for w in SEARCH_BITS:
+        for a in SEARCH_BITS:
             parts = edge.breakdown(layer, w, a)
             assert parts["memory_s"] > parts["compute_s"]
             assert parts["latency_s"] == pytest.approx(parts["dram_bytes"] / edge.params.dram_bytes_per_s)
