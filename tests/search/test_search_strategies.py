@@ -161,8 +161,8 @@ def test_unreachable_budget_fails_before_any_evaluation():
 
 
 def test_bad_arguments():
-    with pytest.raises(InputError, match="unknown search strategy 'ilp'"):
-        search(synthetic_problem(), "ilp")
+    with pytest.raises(InputError, match="unknown search strategy 'anneal'"):  # (ilp exists now)
+        search(synthetic_problem(), "anneal")
     with pytest.raises(InputError, match="at least one episode"):
         search(synthetic_problem(), "ddpg", 0)
     with pytest.raises(InputError, match="`resume` needs the `workdir`"):
