@@ -29,7 +29,7 @@ from haqc.pipeline import (build_report, check_budgets, cost_table, export_and_f
 from haqc.policy import Policy, load_policy, uniform_policy
 from haqc.precision import Method, parse_option, reference_option
 from haqc.quantizer import (DataSource, QuantizeOptions, QuantizeResult, Quantizer, Scores, calibrate_model,
-                            finetune_export, keep_better, load_data, load_run_data)
+                            finetune_export, keep_better, load_run_data)
 from haqc.report import Report
 from haqc.search import STRATEGIES, DDPGConfig, SearchResult
 from haqc.search.strategies import Progress

@@ -17,7 +17,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from haqc.precision import Option
-from haqc.quantities import QUANTITIES, Quantity
+from haqc.quantities import QUANTITIES
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +31,6 @@ class LayerCost:
     latency_s: float
     energy_j: float | None  # None: this target cannot estimate energy
     weight_bytes: float
-
-    def by_quantity(self) -> dict[Quantity, float | None]:
-        return {"latency": self.latency_s, "energy": self.energy_j, "size": self.weight_bytes}
 
 
 def sum_costs(per_layer: np.ndarray) -> float:
@@ -123,10 +120,6 @@ class CostTable:
     def layer_cost(self, layer: int, column: int) -> dict[str, float]:
         """One layer's cost at one column, per quantity."""
         return {q: float(t[layer, column]) for q, t in self.values.items()}
-
-    def column(self, quantity: str, option: Option) -> np.ndarray:
-        """Every layer's ``quantity`` at ``option`` (each layer must cost it)."""
-        return self.values[quantity][self._rows, self.indices([option] * self.n_layers)]
 
     def _combine(self, quantity: str, per_layer: np.ndarray) -> float:
         return sum_costs(per_layer) if quantity == "size" else float(self.combine(per_layer))

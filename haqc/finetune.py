@@ -196,9 +196,6 @@ def build_simulation(
     return Simulation(module, weight_q, act_q, inputs)
 
 
-def layers_by(layers: list[Layer]) -> dict[str, Layer]:
-    return {layer.name: layer for layer in layers}
-
 
 @dataclass(frozen=True)
 class FinetuneConfig:

@@ -23,7 +23,6 @@ from haqc.finetune import FinetuneConfig
 from haqc.hw_targets import Target, cost_summary, load_target, parse_budget
 from haqc.policy import Policy
 from haqc.precision import FP32, Method, reference_option
-from haqc.quantities import format_costs
 from haqc.quantizer import Quantizer, finetune_export, keep_better
 from haqc.report import LayerRow, Report, Result, Scored, SearchSummary, mark_frontier
 from haqc.search import DDPGConfig, SearchProblem, SearchResult, SearchSpace, check_budget, search
@@ -137,10 +136,6 @@ class Limits:
     given: dict[str, str]  # quantity -> budget string ("0.5x", "20ms")
     values: dict[str, float]  # quantity -> seconds / joules / bytes
 
-    def describe(self) -> dict[str, dict[str, str]]:
-        """The report's ``constraints``: each budget as given and its resolved limit with a unit."""
-        return {q: {"budget": self.given[q], "limit": format_costs(q, self.values[q])[0]} for q in self.given}
-
 
 def check_budgets(table: CostTable, budgets: Mapping[str, str], method: Method, *, pin_first: bool = True,
                   pin_last: bool = True) -> Limits:
@@ -207,7 +202,7 @@ def build_report(*, source: str, target: Target, spec: str, table: CostTable, li
     return Report(
         model=source,
         target={"name": getattr(target, "name", spec), "spec": spec, "batch": target.batch},
-        constraints=limits.describe(),
+        budgets=dict(limits.given),
         limits=dict(limits.values),
         fp32=Scored(fp32.accuracy, table.policy_cost([FP32] * n)),
         w8a8=Scored(w8a8_score, table.policy_cost([reference_option(method)] * n)),

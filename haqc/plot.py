@@ -60,7 +60,7 @@ def _curve(ax, report: Report) -> None:
     """Accuracy against the first budgeted quantity: every evaluated policy, the non-dominated ones
     joined, the budget, the chosen policy; fp32 and w8a8 as accuracy lines (their costs, far to the
     right, are in the legend rather than stretching the axis)."""
-    quantity = next(iter(report.constraints), "latency")
+    quantity = next(iter(report.budgets))  # compress takes at least one
     unit = REPORT_UNITS[quantity][0]
 
     def x(costs: dict) -> float:
@@ -72,10 +72,9 @@ def _curve(ax, report: Report) -> None:
     front = sorted((p for p in points if p["pareto"]), key=lambda p: x(p["costs"]))
     ax.plot([x(p["costs"]) for p in front], [100 * p["accuracy"] for p in front], "-o", color=_FRONT_COLOR,
             markersize=4, label="non-dominated")
-    if quantity in report.limits:
-        given = report.constraints[quantity]
-        ax.axvline(in_report_units(quantity, report.limits[quantity]), color="black", linestyle="--", linewidth=1,
-                   label=f"budget {given['limit']} ({given['budget']})")
+    given = report.constraints[quantity]
+    ax.axvline(in_report_units(quantity, report.limits[quantity]), color="black", linestyle="--", linewidth=1,
+               label=f"budget {given['limit']} ({given['budget']})")
     ax.scatter([x(report.result.costs)], [100 * report.result.accuracy_before_finetune], marker="*", s=180,
                color=_R_COLOR, zorder=5, label="chosen (before fine-tune)")
     if report.result.accuracy_finetuned is not None:

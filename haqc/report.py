@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from haqc.policy import Policy, policy_to_json
-from haqc.quantities import as_units
+from haqc.quantities import as_units, format_costs
 
 REPORT_SCHEMA = 1
 
@@ -74,8 +74,8 @@ class Report:
 
     model: str
     target: dict[str, Any]  # name, spec, batch
-    constraints: dict[str, dict[str, str]]  # quantity -> budget (as given), limit (resolved, with unit)
-    limits: dict[str, float]  # the same limits in SI units (what the plot draws; the JSON states them as text)
+    budgets: dict[str, str]  # quantity -> the budget as given ("0.5x", "20ms")
+    limits: dict[str, float]  # quantity -> the resolved limit, SI units
     fp32: Scored
     w8a8: Scored
     result: Result
@@ -91,6 +91,11 @@ class Report:
     schema: int = field(default=REPORT_SCHEMA)
 
     @property
+    def constraints(self) -> dict[str, dict[str, str]]:
+        """Each budget as given and its resolved limit with a unit (the JSON's ``constraints``)."""
+        return {q: {"budget": self.budgets[q], "limit": format_costs(q, self.limits[q])[0]} for q in self.budgets}
+
+    @property
     def accuracy_drop(self) -> float:
         """Percentage points lost from fp32 to the result."""
         return 100.0 * (self.fp32.accuracy - self.result.accuracy)
@@ -100,7 +105,7 @@ class Report:
             "schema": self.schema,
             "model": self.model,
             "target": dict(self.target),
-            "constraints": {q: dict(c) for q, c in self.constraints.items()},
+            "constraints": self.constraints,
             "fp32": self.fp32.to_dict(),
             "w8a8": self.w8a8.to_dict(),
             "result": self.result.to_dict(),

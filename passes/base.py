@@ -12,6 +12,7 @@ from typing import Callable, Generic, TypeVar
 import numpy as np
 import onnx
 import onnx.numpy_helper
+import onnxruntime as ort
 
 from haqc.layers import Layer
 
@@ -171,3 +172,28 @@ class GraphBuilder:
         """A node with one fresh output; the node is named like it unless ``name`` gives another base."""
         out = self.fresh(base)
         return onnx.helper.make_node(op, inputs, [out], name=self.fresh(name) if name else out, **attrs)
+
+
+def quiet_session_options() -> ort.SessionOptions:
+    """Options for the ONNX Runtime sessions passes run (calibration, shape probing): ORT's own
+    warnings stay out of the user's terminal."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return options
+
+
+def bytes_with_outputs(model: onnx.ModelProto, tensors: list[str]) -> bytes:
+    """``model`` serialized with ``tensors`` added to its outputs, without copying the model.
+
+    Protobuf merges a message field that occurs twice in the wire format (repeated fields
+    inside it are appended), so the serialized model followed by a ModelProto whose graph holds
+    only the extra outputs parses as the model with those outputs appended. A ``CopyFrom``
+    would hold one more copy of every weight (0.6 GB on vgg19).
+    """
+    have = {o.name for o in model.graph.output}
+    infos = {vi.name: vi for vi in (*model.graph.value_info, *model.graph.input)}
+    extra = onnx.ModelProto()
+    for name in tensors:
+        if name not in have:
+            extra.graph.output.append(infos[name] if name in infos else onnx.ValueInfoProto(name=name))
+    return model.SerializeToString() + (extra.SerializeToString() if len(extra.graph.output) else b"")

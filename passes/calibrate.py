@@ -18,7 +18,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from haqc.layers import Layer
-from haqc.passes.base import initializers_as_inputs, layer_outputs
+from haqc.passes.base import bytes_with_outputs, initializers_as_inputs, layer_outputs, quiet_session_options
 
 logger = logging.getLogger(__name__)
 
@@ -94,22 +94,16 @@ def calibrate(
     """Run ``feeds`` through ONNX Runtime once, collecting statistics of every layer's input and
     of the output its integer kernel writes (``layer_outputs``)."""
     tensors = list(dict.fromkeys([layer.input for layer in layers] + list(layer_outputs(model, layers).values())))
-    options = _quiet_options()
+    options = quiet_session_options()
     # Prepacked copies of the weights speed up many runs; calibration makes a few (-0.4 GB on vgg19).
     options.add_session_config_entry("session.disable_prepacking", "1")
     light, weights = _weights_as_inputs(model)
-    session = ort.InferenceSession(_exposed_bytes(light, tensors), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(bytes_with_outputs(light, tensors), options, providers=["CPUExecutionProvider"])
     stats = {t: TensorStats() for t in tensors}
     for feed in feeds:
         for name, value in zip(tensors, session.run(tensors, {**feed, **weights})):
             stats[name].update(value)
     return Calibration(stats, method)
-
-
-def _quiet_options() -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return options
 
 
 _LARGE_WEIGHT = 1 << 16  # bytes
@@ -131,23 +125,6 @@ def _weights_as_inputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[st
 def _is_large(tensor: onnx.TensorProto) -> bool:
     return (tensor.data_location != onnx.TensorProto.EXTERNAL and tensor.data_type == onnx.TensorProto.FLOAT
             and tensor.ByteSize() > _LARGE_WEIGHT)
-
-
-def _exposed_bytes(model: onnx.ModelProto, tensors: list[str]) -> bytes:
-    """``model`` serialized with ``tensors`` added to its outputs, without copying the model.
-
-    Protobuf merges a message field that occurs twice in the wire format (repeated fields
-    inside it are appended), so the serialized model followed by a ModelProto whose graph holds
-    only the extra outputs parses as the model with those outputs appended. A ``CopyFrom``
-    would hold one more copy of every weight (0.6 GB on vgg19).
-    """
-    have = {o.name for o in model.graph.output}
-    infos = {vi.name: vi for vi in (*model.graph.value_info, *model.graph.input)}
-    extra = onnx.ModelProto()
-    for name in tensors:
-        if name not in have:
-            extra.graph.output.append(infos[name] if name in infos else onnx.ValueInfoProto(name=name))
-    return model.SerializeToString() + (extra.SerializeToString() if len(extra.graph.output) else b"")
 
 
 def choose_clip(hist: np.ndarray, hist_range: float, absmax: float, levels: int, method: ClipMethod) -> float:

@@ -22,7 +22,9 @@ from onnx_graphsurgeon.logger import G_LOGGER
 from onnx import helper, version_converter
 
 from haqc.errors import InputError, first_line
-from haqc.passes.base import Pass, copy_model, initializers_as_inputs, opset_version
+from haqc.passes.base import (Pass, bytes_with_outputs, copy_model, initializers_as_inputs, opset_version,
+                              quiet_session_options)
+from haqc.passes.load import graph_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -249,28 +251,26 @@ class ProbeShapes(Pass[onnx.ModelProto]):
                    if t not in known or not _static_past_batch(known[t])]
         if not missing:
             return model
-        probe = initializers_as_inputs(model, lambda t: False)[0]
-        outputs = {o.name for o in probe.graph.output}
-        probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in missing if t not in outputs)
+        feeds = {i.name: np.zeros([d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
+                                   for d in i.type.tensor_type.shape.dim],
+                                  helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type))
+                 for i in graph_inputs(model)}
         try:
-            session = ort.InferenceSession(probe.SerializeToString(), _quiet_options(),
+            session = ort.InferenceSession(bytes_with_outputs(model, missing), quiet_session_options(),
                                            providers=["CPUExecutionProvider"])
-            feeds = {i.name: np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in i.shape],
-                                      _ORT_NUMPY.get(i.type, np.float32)) for i in session.get_inputs()}
-            values = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+            values = dict(zip(missing, session.run(missing, feeds)))
         except Exception as err:  # ORT raises its own error types for models it cannot run on zeros
             raise InputError(f"the shapes of {missing[0]!r} and {len(missing) - 1} more layer tensors cannot be "
                              f"inferred, and running the model on zeros to measure them failed ({first_line(err)}); "
                              "give `input_shapes` for every input") from None
         out = copy_model(model)
-        measured = {t: values[t] for t in missing}
-        keep = [vi for vi in out.graph.value_info if vi.name not in measured]
+        keep = [vi for vi in out.graph.value_info if vi.name not in values]
         del out.graph.value_info[:]
         out.graph.value_info.extend(keep)
-        for name, value in measured.items():
+        for name, value in values.items():
             elem = helper.np_dtype_to_tensor_dtype(value.dtype)
             out.graph.value_info.append(helper.make_tensor_value_info(name, elem, list(value.shape)))
-        logger.info("shapes of %d layer tensors measured with ONNX Runtime", len(measured))
+        logger.info("shapes of %d layer tensors measured with ONNX Runtime", len(values))
         return out
 
 
@@ -278,17 +278,6 @@ def _static_past_batch(value: onnx.ValueInfoProto) -> bool:
     """A shape is known with every dim after the first (the batch) fixed."""
     t = value.type.tensor_type
     return t.HasField("shape") and all(d.HasField("dim_value") and d.dim_value > 0 for d in t.shape.dim[1:])
-
-
-_ORT_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
-              "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
-
-
-def _quiet_options() -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return options
 
 
 def _is_large(tensor: onnx.TensorProto) -> bool:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, numpy_helper
 
 from haqc.errors import InputError
 from haqc.layers import Layer

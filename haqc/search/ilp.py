@@ -32,7 +32,8 @@ from haqc.search.space import SearchSpace
 logger = logging.getLogger(__name__)
 
 # Drops below this (0.01 percentage points, noise) count as this, so a layer that seems not to
-# care still prefers, among options that fit equally well, the more precise one.
+# care still prefers, among options that fit equally well, the more precise one, and the greedy
+# strategy's ratios stay finite.
 MIN_DROP = 1e-4
 
 

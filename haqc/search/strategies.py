@@ -42,8 +42,7 @@ from haqc.precision import SEARCH_BITS
 from haqc.search.budget import violations
 from haqc.search.checkpoint import fingerprint, load_state, save_state
 from haqc.search.env import Outcome, QuantEnv, SearchProblem
-from haqc.search.ilp import sensitivities, solve
-from haqc.search.space import SearchSpace
+from haqc.search.ilp import MIN_DROP, sensitivities, solve
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +50,6 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[int, float, dict[str, float]], None]
 
 GREEDY_PROBE_BITS = 4
-# Sensitivities below this (0.01 percentage points, noise) count as this, so ratios stay finite.
-MIN_SENSITIVITY = 1e-4
 
 
 @dataclass(frozen=True)
@@ -248,15 +245,9 @@ def _greedy(run: _Run, episodes: int, seed: int, config: None, saved: dict | Non
     env = run.env
     space, costs, limits = env.space, env.problem.costs, env.problem.limits
     chosen = space.most_precise()
-    loss = _LossModel(space)
-    for i in range(space.n_layers):
-        if space.pinned[i]:
-            continue
-        for column in loss.probes(i):
-            probe = chosen.copy()
-            probe[i] = column
-            loss.measured(i, column, env.problem.fp32_accuracy - env.accuracy(probe))
-            run.save()  # a resumed greedy search replays its probes from the evaluation cache
+    # A drop model of widths is strictly monotone; measured drops may tie, so there a step that
+    # loses nothing measurable still counts as losing the noise floor.
+    loss, floor = (_modelled_loss(run), 0.0) if space.by_width else (sensitivities(env, run.save), MIN_DROP)
     while over := violations(costs.cost(chosen), limits):
         best, best_ratio = None, 0.0
         for i in reversed(range(space.n_layers)):  # ties go to later layers, as in HAQ's enforcement
@@ -266,7 +257,7 @@ def _greedy(run: _Run, episodes: int, seed: int, config: None, saved: dict | Non
             for new in space.layers[i].lowerings(now):
                 before, after = costs.layer_cost(i, now), costs.layer_cost(i, new)
                 saved_share = sum((before[q] - after[q]) / limits[q] for q in over)
-                extra_loss = max(loss(i, new) - loss(i, now), MIN_SENSITIVITY * loss.step_floor)
+                extra_loss = max(loss[i, new] - loss[i, now], floor)
                 if saved_share / extra_loss > best_ratio:
                     best, best_ratio = (i, new), saved_share / extra_loss
         if best is None:  # nothing saves anything (odd cost tables): leave the rest to budget enforcement
@@ -276,42 +267,25 @@ def _greedy(run: _Run, episodes: int, seed: int, config: None, saved: dict | Non
     run.save()
 
 
-class _LossModel:
-    """Greedy's estimate of the accuracy a layer loses at an option, from a few measured probes.
-
-    Widths: one probe per layer at w4a4 (snapped), loss s * (2^(4-w) + 2^(4-a)) / 2 (float
-    activations count as the widest width). Other options: every option below the most
-    precise is probed, and its measured drop is the loss.
-    """
-
-    def __init__(self, space: SearchSpace) -> None:
-        self.space = space
-        self.sensitivity = np.zeros(space.n_layers)
-        self.drops: dict[tuple[int, int], float] = {}
-        # A drop model of widths is strictly monotone; measured drops may tie, so a step that
-        # loses nothing measurable still counts as losing the noise floor.
-        self.step_floor = 0.0 if space.by_width else 1.0
-
-    def probes(self, layer: int) -> list[int]:
-        choices = self.space.layers[layer]
-        if self.space.by_width:
-            return [choices.uniform(GREEDY_PROBE_BITS)]
-        return list(range(len(choices.options) - 1))
-
-    def measured(self, layer: int, column: int, drop: float) -> None:
-        if self.space.by_width:
-            self.sensitivity[layer] = max(drop, MIN_SENSITIVITY)
-        else:
-            self.drops[layer, column] = max(drop, MIN_SENSITIVITY)
-
-    def __call__(self, layer: int, column: int) -> float:
-        choices = self.space.layers[layer]
-        if not self.space.by_width:
-            return self.drops.get((layer, column), 0.0)
-        option = choices.options[column]
-        w = option.w_bits
-        a = option.a_bits if option.a_bits is not None else SEARCH_BITS[-1]
-        return self.sensitivity[layer] * (2.0 ** (GREEDY_PROBE_BITS - w) + 2.0 ** (GREEDY_PROBE_BITS - a)) / 2.0
+def _modelled_loss(run: _Run) -> np.ndarray:
+    """loss[i, j] for options that are widths: one probe per unpinned layer at w4a4 (snapped) gives
+    its sensitivity s, and s * (2^(4-w) + 2^(4-a)) / 2 the loss at (w, a) (float activations count
+    as the widest width)."""
+    env = run.env
+    space = env.space
+    top = space.most_precise()
+    loss = np.zeros((space.n_layers, max(len(layer.options) for layer in space.layers)))
+    for i, choices in enumerate(space.layers):
+        if space.pinned[i]:
+            continue
+        probe = top.copy()
+        probe[i] = choices.uniform(GREEDY_PROBE_BITS)
+        sensitivity = max(env.problem.fp32_accuracy - env.accuracy(probe), MIN_DROP)
+        run.save()  # a resumed greedy search replays its probes from the evaluation cache
+        for j, option in enumerate(choices.options):
+            a = option.a_bits if option.a_bits is not None else SEARCH_BITS[-1]
+            loss[i, j] = sensitivity * (2.0 ** (GREEDY_PROBE_BITS - option.w_bits) + 2.0 ** (GREEDY_PROBE_BITS - a)) / 2.0
+    return loss
 
 
 def _ilp(run: _Run, episodes: int, seed: int, config: None, saved: dict | None) -> None:
