@@ -1,8 +1,9 @@
 """Linear quantization: a per-layer precision policy becomes a QDQ ONNX model.
 
 Weights are stored as integers in the smallest ONNX type that holds them
-(INT2 / INT4 / INT8, packed) and expanded by DequantizeLinear (INT2: Cast +
-Mul, working around an ONNX Runtime fusion bug); activations
+(INT2 / INT4 / INT8, packed; UINT8 offset by 128 where int8 could saturate
+ONNX Runtime's u8s8 kernels, see ``saturates_u8s8``) and expanded by
+DequantizeLinear (INT2: Cast + Mul, working around an ONNX Runtime fusion bug); activations
 pass through QuantizeLinear / DequantizeLinear in uint8, with the codes
 clamped by an integer Clip whenever the b-bit range is narrower, so odd
 widths (3, 5, 6, 7 bits) really are b-bit. Bias becomes int32 in steps of s_a * s_w when
@@ -137,6 +138,10 @@ def activation_range(bits: int, signed: bool) -> tuple[int, int]:
     return (-levels - 1 if signed else 0), levels
 
 
+# Signed 8-bit values stored as uint8 are offset by this: uint8 v holds int8 v - 128.
+_UINT8_OFFSET = -activation_range(8, True)[0]
+
+
 @dataclass(frozen=True)
 class ActivationQuant:
     """How one activation is quantized: [0, c] with 2^b - 1 steps if non-negative, else [-c - s, c]
@@ -167,7 +172,7 @@ class ActivationQuant:
     def zero_point(self) -> int:
         """Signed values are stored as uint8 offset by 128: the same numbers as int8, and ONNX Runtime
         fuses a Conv into QLinearConv only when its input and output share one type."""
-        return -activation_range(8, True)[0] if self.signed else 0
+        return _UINT8_OFFSET if self.signed else 0
 
 
 def activation_quant(calibration: Calibration, tensor: str, bits: int, clip: float | None = None) -> ActivationQuant:
@@ -253,8 +258,8 @@ class LinearQuantize(Pass[onnx.ModelProto]):
     weights) memoizes quantized weights per (weight, bits, axis) across policies, so a search
     quantizes each (layer, bits) once. What fine-tuning trained under is used rather than chosen:
     ``weight_scales`` by weight name, ``input_clips`` by layer name (per layer: two layers reading
-    one tensor may learn two clips). ``packed=False`` stores every weight in INT8: the same numbers,
-    and ONNX Runtime runs INT8 weights (only) as integer kernels, which is what an evaluation during
+    one tensor may learn two clips). ``packed=False`` stores every weight in 8 bits: the same numbers,
+    and ONNX Runtime runs 8-bit weights (only) as integer kernels, which is what an evaluation during
     the search wants.
     """
 
@@ -331,7 +336,7 @@ class LinearQuantize(Pass[onnx.ModelProto]):
             node = nodes_by_name[layer.name]
             emitted = before.setdefault(layer.name, [])
             if quant.weight is not None:
-                node.input[1] = _dequantize_weight(build, layer, quant.weight, emitted, self.packed)
+                node.input[1] = _dequantize_weight(build, layer, quant.weight, emitted, self.packed, quant.activation)
             if quant.activation is not None:
                 # On this edge only: other readers of the input (a residual Add) see floats.
                 qa, prefix, source = quant.activation, f"{layer.name}/a{quant.activation.bits}", sources[layer.name]
@@ -456,16 +461,39 @@ def pack_signed(values: np.ndarray, bits_per_value: int) -> bytes:
     return np.bitwise_or.reduce(flat << shifts, axis=1).astype(np.uint8).tobytes()
 
 
+# x86 CPUs without VNNI multiply uint8 activations by int8 weights with vpmaddubsw, which sums each
+# pair of products into a saturating int16: ONNX Runtime's u8s8 kernels (QLinearConv, QGemm) then
+# compute wrong values wherever 2 * |activation code| * |weight code| can pass this.
+_PAIR_SUM_MAX = 2**15 - 1
+
+
+def saturates_u8s8(weight: QuantizedWeight, activation: ActivationQuant | None) -> bool:
+    """Whether int8 weights under this stored (uint8) input could saturate the u8s8 kernels: 8-bit
+    weights under 8-bit or signed inputs (stored offset by 128) can; 7-bit weights never do."""
+    if activation is None:  # weight-only layers are dequantized to float and run float kernels
+        return False
+    top_code = activation.zero_point + activation.codes[1]
+    return 2 * top_code * weight.levels > _PAIR_SUM_MAX
+
+
 def _int_tensor(name: str, values: np.ndarray, data_type: int) -> TensorProto:
     if data_type == TensorProto.INT8:
         return numpy_helper.from_array(values.astype(np.int8), name)
+    if data_type == TensorProto.UINT8:
+        return numpy_helper.from_array((values.astype(np.int16) + _UINT8_OFFSET).astype(np.uint8), name)
     tensor = TensorProto(name=name, data_type=data_type, dims=list(values.shape))
     tensor.raw_data = pack_signed(values, 2 if data_type == TensorProto.INT2 else 4)
     return tensor
 
 
-def _dequantize_weight(build: GraphBuilder, layer: Layer, qw: QuantizedWeight, nodes: list, packed: bool = True) -> str:
+def _dequantize_weight(build: GraphBuilder, layer: Layer, qw: QuantizedWeight, nodes: list, packed: bool = True,
+                       activation: ActivationQuant | None = None) -> str:
     """Emit the stored integer weight and its dequantization; returns the float weight's name.
+
+    Weights whose int8 form could saturate the u8s8 kernels under ``activation`` (the layer's
+    input) are stored as uint8 offset by 128: the same numbers, run by ONNX Runtime's u8u8 kernels,
+    which widen to 16 bits before multiplying and so compute exactly on every CPU (on AVX2 without
+    VNNI they take ~1.35x the time of u8s8: resnet18 w8a8 33 vs 25 ms; 7-bit weights keep u8s8).
 
     INT2 weights are dequantized by Cast + Mul instead of DequantizeLinear:
     ONNX Runtime 1.32 fuses DequantizeLinear(int2) -> Conv -> QuantizeLinear
@@ -473,7 +501,8 @@ def _dequantize_weight(build: GraphBuilder, layer: Layer, qw: QuantizedWeight, n
     Mul computes the same q * scale (the zero point is 0) and ORT folds it.
     """
     prefix = f"{layer.weight}/w{qw.bits}"
-    data_type = container_type(qw.bits) if packed else TensorProto.INT8
+    data_type = (TensorProto.UINT8 if saturates_u8s8(qw, activation)
+                 else container_type(qw.bits) if packed else TensorProto.INT8)
     q = build.const(f"{prefix}/q", _int_tensor(f"{prefix}/q", qw.q, data_type))
     name = f"{layer.name}/w{qw.bits}/Dequantize"
     if data_type == TensorProto.INT2:
@@ -486,7 +515,8 @@ def _dequantize_weight(build: GraphBuilder, layer: Layer, qw: QuantizedWeight, n
         nodes.extend([cast, mul])
         return mul.output[0]
     scale = build.const(f"{prefix}/scale", qw.scale)
-    zero_point = build.const(f"{prefix}/zero_point", _int_tensor(f"{prefix}/zero_point", np.zeros(qw.scale.shape, np.int8), data_type))
+    zero_point = build.const(f"{prefix}/zero_point", _int_tensor(f"{prefix}/zero_point", np.zeros(qw.scale.shape, np.int8),
+                                                                 data_type))
     attrs = {} if qw.axis is None else {"axis": qw.axis}
     dq = build.node("DequantizeLinear", [q, scale, zero_point], f"{prefix}/dq", name=name, **attrs)
     nodes.append(dq)

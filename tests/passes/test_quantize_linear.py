@@ -95,7 +95,7 @@ def test_bitwidth_matches_numpy_reference(bits, relu_input):
 def test_weights_stored_packed_in_smallest_type(bits):
     model, layers = _tiny_conv(True)
     calibration = calibrate(model, layers, [{"x": RNG.standard_normal((4, 3, 6, 6)).astype(np.float32)}])
-    q = LinearQuantize(layers, calibration, {"conv": Option(bits, 8)})(model)
+    q = LinearQuantize(layers, calibration, {"conv": Option(bits, 7)})(model)
     stored = [t for t in q.graph.initializer if t.name.endswith(f"/w{bits}/q")][0]
     assert stored.data_type == container_type(bits)
     container_bits = {TensorProto.INT2: 2, TensorProto.INT4: 4, TensorProto.INT8: 8}[stored.data_type]
@@ -103,6 +103,40 @@ def test_weights_stored_packed_in_smallest_type(bits):
     values = numpy_helper.to_array(stored).astype(int)
     assert values.min() >= -weight_levels(bits) and values.max() <= weight_levels(bits)
     assert "w" not in {t.name for t in q.graph.initializer}, "the float weight must be gone"
+
+
+@pytest.mark.parametrize(("relu_input", "option", "uint8"), [
+    (True, Option(8, 8), True), (False, Option(8, 4), True),  # 8-bit or signed (offset) input codes
+    (True, Option(8, 7), False), (True, Option(8, None), False), (False, Option(7, 8), False)])
+def test_weights_that_could_saturate_u8s8_kernels_are_stored_uint8(relu_input, option, uint8):
+    """8-bit weights under input codes above 129 are stored as uint8 offset by 128 (exact u8u8
+    kernels); the rest stay int8, as u8s8 kernels compute them without saturating."""
+    model, layers = _tiny_conv(relu_input)
+    calibration = calibrate(model, layers, [{"x": RNG.standard_normal((4, 3, 6, 6)).astype(np.float32)}])
+    q = LinearQuantize(layers, calibration, {"conv": option})(model)
+    inits = {t.name: t for t in q.graph.initializer}
+    dq = next(n for n in q.graph.node if n.name == f"conv/w{option.w_bits}/Dequantize")
+    stored, zero_point = inits[dq.input[0]], numpy_helper.to_array(inits[dq.input[2]])
+    assert stored.data_type == (TensorProto.UINT8 if uint8 else TensorProto.INT8)
+    assert set(zero_point.ravel()) == {128 if uint8 else 0}
+    expected = LinearQuantize(layers, calibration, {"conv": option}).plan(model).layers["conv"].weight.q
+    np.testing.assert_array_equal(numpy_helper.to_array(stored).astype(int) - zero_point.reshape(-1, 1, 1, 1), expected)
+
+
+def test_w8a8_layers_at_the_top_of_both_ranges_run_exactly_on_every_cpu():
+    """Inputs at the top code times 8-bit weights of one sign: the pair sums vpmaddubsw would clamp
+    to int16 on x86 without VNNI (2 * 255 * 127 > 32767). ONNX Runtime's integer kernels
+    (QLinearConv, QGemm) match the simulation anyway."""
+    model, layers = _residual_model()
+    for t in model.graph.initializer:
+        if t.name.startswith("w"):
+            t.CopyFrom(numpy_helper.from_array(np.abs(numpy_helper.to_array(t)) + 0.5, t.name))
+    x = np.abs(RNG.standard_normal((2, 3, 8, 8))).astype(np.float32) + 2.0
+    calibration = calibrate(model, layers, [{"x": x}])
+    w8a8 = {layer.name: Option(8, 8) for layer in layers}
+    q = LinearQuantize(layers, calibration, w8a8)(model)
+    simulated = build_simulation(model, layers, LinearQuantize(layers, calibration, w8a8).plan(model)).module(x=torch.from_numpy(x))
+    np.testing.assert_allclose(run_ort(q, {"x": x})[0], simulated.detach().numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_float_layers_are_untouched_and_input_unmodified():
