@@ -26,13 +26,14 @@ from haqc.io import atomic_write_text, check_output_path, save_model
 from haqc.passes.load import InputShapes, check_input_shapes, read_model, validate_model
 from haqc.pipeline import (build_report, check_budgets, cost_table, export_and_finetune,
                            inspect_summary, prepare, search_policy)
-from haqc.policy import Policy, load_policy, uniform_policy
+from haqc.policy import load_policy, uniform_policy
 from haqc.precision import Method, parse_option, reference_option
-from haqc.quantizer import (DataSource, QuantizeOptions, QuantizeResult, Quantizer, Scores, calibrate_model,
-                            finetune_export, keep_better, load_run_data)
+from haqc.quantizer import (CandidateScorer, DataSource, QuantizeOptions, QuantizeResult, Quantizer, Scores,
+                            calibrate_model, finetune_export, keep_better, load_run_data)
 from haqc.report import Report
 from haqc.search import STRATEGIES, DDPGConfig, SearchResult
 from haqc.search.strategies import Progress
+from haqc.workers import require_ray
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ class CompressConfig(RunConfig):
     resume: bool = False
     max_accuracy_drop: float | None = None  # percentage points; more raises AccuracyDropError (exit 4)
     ddpg: DDPGConfig | None = None
+    workers: int = 1  # candidates evaluated at once, in Ray workers when more than 1 (docs/parallel.md)
+    ray_address: str | None = None  # join this Ray cluster ("auto", "host:port"); None: workers on this machine
 
 
 @dataclass(frozen=True)
@@ -210,18 +213,14 @@ def compress(model: ModelSource, config: CompressConfig | None = None, *, output
     evaluator = Evaluator(run.val, reference=prepared.model, metric=config.metric)
     fp32 = evaluator.evaluate(prepared.model, "the fp32 model")
 
-    def score(policy: Policy) -> float:
-        if config.search_finetune_steps:
-            candidate = finetune_export(quantizer, policy, run.train, config.finetune(1, config.search_finetune_steps))
-        else:  # unpacked: the same numbers, run as ONNX Runtime integer kernels
-            candidate = quantizer.export(policy, packed=False)
-        return evaluator.evaluate(candidate, "the quantized model").accuracy
-
+    score = CandidateScorer(quantizer, evaluator, run.train,
+                            config.finetune(1, config.search_finetune_steps) if config.search_finetune_steps else None)
     start = time.perf_counter()
     result = search_policy(prepared, table, limits, score, fp32.accuracy, strategy=config.strategy,
                            episodes=config.episodes, seed=config.seed, pin_first=config.pin_first,
                            pin_last=config.pin_last, reward_lambda=config.reward_lambda, ddpg=config.ddpg,
-                           workdir=config.workdir, resume=config.resume, progress=progress)
+                           workdir=config.workdir, resume=config.resume, progress=progress,
+                           workers=config.workers, ray_address=config.ray_address)
     w8a8 = uniform_policy(prepared.layers, reference_option(config.method))
     w8a8_score = evaluator.evaluate(quantizer.export(w8a8), "the w8a8 model").accuracy
     exported = export_and_finetune(quantizer, result.policy, result.accuracy, evaluator, run.train,
@@ -230,7 +229,7 @@ def compress(model: ModelSource, config: CompressConfig | None = None, *, output
                          table=table, limits=limits,
                          prepared=prepared, fp32=fp32, w8a8_score=w8a8_score, method=config.method, result=result,
                          exported=exported, seed=config.seed, finetune_epochs=run.epochs,
-                         seconds=time.perf_counter() - start)
+                         seconds=time.perf_counter() - start, workers=config.workers)
     if output is not None:
         save_model(exported.model, output)
         built = dataclasses.replace(built, output=str(output))
@@ -253,6 +252,10 @@ def _check(config: CompressConfig) -> None:
         raise InputError(f"unknown `strategy` {config.strategy!r}; choose one of: {', '.join(STRATEGIES)}")
     if config.episodes < 1:
         raise InputError(f"`episodes` must be at least 1, got {config.episodes}")
+    if config.workers < 1:
+        raise InputError(f"`workers` must be at least 1, got {config.workers}")
+    if config.workers > 1 or config.ray_address is not None:
+        require_ray()  # before any calibration or evaluation
     if config.data is None:
         raise InputError("compress needs validation data to measure accuracy; pass `data` (an .npz or arrays)")
     if config.search_finetune_steps and config.train_data is None:

@@ -10,6 +10,7 @@ EXIT_OK = 0
 EXIT_BAD_INPUT = 2
 EXIT_BUDGET_UNREACHABLE = 3
 EXIT_ACCURACY_DROP = 4
+EXIT_WORKER_FAILED = 5
 EXIT_INTERRUPTED = 130
 
 
@@ -35,6 +36,12 @@ class AccuracyDropError(HaqcError):
     """The result's accuracy drop exceeds ``--max-accuracy-drop``: exit code 4."""
 
     exit_code = EXIT_ACCURACY_DROP
+
+
+class WorkerError(HaqcError):
+    """A parallel evaluation worker died or failed, or the pool could not start: exit code 5."""
+
+    exit_code = EXIT_WORKER_FAILED
 
 
 def first_line(err: BaseException) -> str:

@@ -54,16 +54,26 @@ _ORT_ERRORS = tuple(
 )
 
 
-def _threads() -> int:
+_session_threads: int | None = None  # set in a pool's worker process (haqc.workers): its share of the cores
+
+
+def available_cores() -> int:
     """The cores this process may use (containers and taskset restrict them below os.cpu_count())."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def set_session_threads(threads: int | None) -> None:
+    """ONNX Runtime's intra-op threads for this process's sessions (None: every available core). A pool's
+    workers share the machine's cores, so each takes its share instead of all of them."""
+    global _session_threads
+    _session_threads = threads
 
 
 def make_session(model: ModelSource, name: str | None = None) -> ort.InferenceSession:
     """A CPU inference session tuned for repeated evaluation; ``name`` labels error messages."""
     options = ort.SessionOptions()
     options.graph_optimization_level = GRAPH_OPTIMIZATION
-    options.intra_op_num_threads = _threads()
+    options.intra_op_num_threads = _session_threads or available_cores()
     # Idle workers sleep instead of spinning: spinning cost 1.5x on a busy 2-core machine
     # (and would steal cores from the agent's torch updates between evaluations).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")

@@ -6,9 +6,11 @@ them for each command; scripts may call them one by one.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from typing import Callable, Mapping, Sequence
@@ -27,6 +29,7 @@ from haqc.quantizer import Quantizer, finetune_export, keep_better
 from haqc.report import LayerRow, Report, Result, Scored, SearchSummary, mark_frontier
 from haqc.search import DDPGConfig, SearchProblem, SearchResult, SearchSpace, check_budget, search
 from haqc.search.strategies import Progress
+from haqc.workers import RayPool
 from haqc.passes.base import opset_version
 from haqc.passes.canonicalize import InferShapes, ProbeShapes, canonicalize
 from haqc.passes.extract import Extraction, extract_layers
@@ -153,8 +156,10 @@ def check_budgets(table: CostTable, budgets: Mapping[str, str], method: Method, 
 def search_policy(prepared: Prepared, table: CostTable, limits: Limits, score: Callable[[Policy], float],
                   fp32_score: float, *, strategy: str, episodes: int, seed: int, pin_first: bool, pin_last: bool,
                   reward_lambda: float, ddpg: DDPGConfig | None, workdir: str | os.PathLike | None, resume: bool,
-                  progress: Progress | None = None) -> SearchResult:
-    """Stage 5: search a policy that meets ``limits``, scoring candidates with ``score``."""
+                  progress: Progress | None = None, workers: int = 1,
+                  ray_address: str | None = None) -> SearchResult:
+    """Stage 5: search a policy that meets ``limits``, scoring candidates with ``score``: in this
+    process, or (``workers`` > 1 or a ``ray_address``) in a pool of Ray workers (haqc.workers)."""
     problem = SearchProblem(
         layer_names=[l.name for l in prepared.layers],
         state_matrix=prepared.extraction.state_matrix,
@@ -166,7 +171,12 @@ def search_policy(prepared: Prepared, table: CostTable, limits: Limits, score: C
         pin_last=pin_last,
         reward_lambda=reward_lambda,
     )
-    return search(problem, strategy, episodes, seed, config=ddpg, workdir=workdir, resume=resume, progress=progress)
+    run = partial(search, strategy=strategy, episodes=episodes, seed=seed, config=ddpg, workdir=workdir,
+                  resume=resume, progress=progress)
+    if workers == 1 and ray_address is None:
+        return run(problem)
+    with RayPool(score, workers, ray_address) as pool:
+        return run(dataclasses.replace(problem, parallel=pool))
 
 
 @dataclass(frozen=True)
@@ -192,7 +202,7 @@ def export_and_finetune(quantizer: Quantizer, policy: Policy, searched: float, e
 
 def build_report(*, source: str, target: Target, spec: str, table: CostTable, limits: Limits, prepared: Prepared,
                  fp32: EvalResult, w8a8_score: float, method: Method, result: SearchResult, exported: Exported,
-                 seed: int, finetune_epochs: int, seconds: float) -> Report:
+                 seed: int, finetune_epochs: int, seconds: float, workers: int = 1) -> Report:
     """Stage 8: the report, every cost read off ``table``."""
     layers = prepared.layers
     n = len(layers)
@@ -212,7 +222,7 @@ def build_report(*, source: str, target: Target, spec: str, table: CostTable, li
         layers=[LayerRow(l.name, l.kind, o.w_bits, o.a_bits, table.layer_cost(i, int(c)))
                 for i, (l, o, c) in enumerate(zip(layers, options, columns))],
         search=SearchSummary(result.strategy, result.episodes, result.best_episode, round(result.seconds, 3),
-                             result.evaluations, seed, method, finetune_epochs),
+                             result.evaluations, seed, method, finetune_epochs, workers),
         history=result.history,
         evaluated=mark_frontier([{"accuracy": e["accuracy"], "costs": e["costs"]} for e in result.evaluated],
                                 list(limits.values)),

@@ -194,6 +194,28 @@ def finetune_export(quantizer: Quantizer, policy: Policy, train: Dataset, config
 
 
 @dataclass(frozen=True)
+class CandidateScorer:
+    """A search candidate's score: export the policy (optionally fine-tune it a few steps), evaluate.
+
+    Everything it holds pickles, so it is also the recipe a parallel worker builds its state from
+    once (the prepared model, the calibration, the evaluator with its data); its weight caches
+    then fill in that worker.
+    """
+
+    quantizer: Quantizer
+    evaluator: Evaluator
+    train: Dataset | None = None
+    finetune: FinetuneConfig | None = None  # with ``train``: fine-tune each candidate before scoring it
+
+    def __call__(self, policy: Policy) -> float:
+        if self.finetune is not None:
+            candidate = finetune_export(self.quantizer, policy, self.train, self.finetune)
+        else:  # unpacked: the same numbers, run as ONNX Runtime integer kernels
+            candidate = self.quantizer.export(policy, packed=False)
+        return self.evaluator.evaluate(candidate, "the quantized model").accuracy
+
+
+@dataclass(frozen=True)
 class Scores:
     """One evaluation, as ``haqc quantize`` reports it."""
 

@@ -66,6 +66,7 @@ class SearchSummary:
     seed: int
     method: str
     finetune_epochs: int
+    workers: int = 1  # candidates evaluated at once (the search's round size)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,12 @@ DEFAULTS = CompressConfig()
               show_default=True, help="Fine-tune each candidate this many steps before measuring it (slow; needs --train-data).")
 @click.option("--ddpg", "ddpg_overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a DDPG hyperparameter, e.g. --ddpg actor_lr=3e-4 (see docs/search.md).")
-@click.option("--workdir", type=click.Path(path_type=str), default=DEFAULTS.workdir, help="Checkpoint the search here after every episode.")
+@click.option("--workers", type=click.IntRange(min=1), default=DEFAULTS.workers, show_default=True,
+              help="Evaluate up to N candidates at once in Ray workers (pip install 'haqc[ray]'; docs/parallel.md).")
+@click.option("--ray-address", default=DEFAULTS.ray_address, metavar="ADDRESS",
+              help="Run the workers on this Ray cluster (auto, or host:port) instead of on this machine.")
+@click.option("--workdir", type=click.Path(path_type=str), default=DEFAULTS.workdir,
+              help="Checkpoint the search here after every episode (every round of --workers episodes).")
 @click.option("--resume", is_flag=True, default=DEFAULTS.resume, help="Continue the search checkpointed in --workdir.")
 @click.option("--max-accuracy-drop", type=float, default=DEFAULTS.max_accuracy_drop, help="Exit 4 when top-1 drops more than this many points.")
 @input_shape_option

@@ -1,4 +1,4 @@
-"""Search checkpoints: the full state after every episode, so ``--resume`` continues bit-for-bit.
+"""Search checkpoints: the full state after every episode (every round of parallel episodes), so ``--resume`` continues bit-for-bit.
 
 The state (agent weights and optimizer moments, replay buffer, moving-average
 baseline, RNG state, history, best so far, evaluation cache) goes to
@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "search_state.pt"
 FORMAT_VERSION = 2  # 2: option columns instead of (w, a) bits
+ROUNDS = ("ddpg", "random")  # the strategies that play episodes in rounds of the problem's workers
 
 
 def fingerprint(env: QuantEnv, strategy: str, episodes: int, seed: int, config: DDPGConfig | None) -> dict[str, Any]:
@@ -50,6 +51,8 @@ def fingerprint(env: QuantEnv, strategy: str, episodes: int, seed: int, config: 
         "episodes": int(episodes),
         "seed": int(seed),
         "agent config": dataclasses.asdict(config) if config is not None else None,
+        # Episodes acting before they are evaluated together change an agent's course; probes do not.
+        "episodes per round": problem.workers if strategy in ROUNDS else 1,
     }
 
 

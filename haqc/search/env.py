@@ -31,6 +31,7 @@ from haqc.errors import InputError
 from haqc.layers import STATE_FEATURES
 from haqc.policy import Policy
 from haqc.search.budget import check_budget, enforce_budget, violations
+from haqc.search.parallel import Evaluations
 from haqc.search.space import SearchSpace, action_to_bits
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,9 @@ class SearchProblem:
     quantized at 8 bits too, a simple explicit choice where the reference
     leaves it unquantized but costs it as 7 bits. Pinned layers' steps still
     take an action, so every episode has the same layout; the pin overrides it.
-    ``reward_lambda`` scales accuracies in percent, as HAQ does.
+    ``reward_lambda`` scales accuracies in percent, as HAQ does. ``parallel``,
+    when given, scores several policies at once (``haqc.search.parallel``);
+    its ``workers`` is the search's round size.
     """
 
     layer_names: Sequence[str]
@@ -80,6 +83,7 @@ class SearchProblem:
     pin_first: bool = True
     pin_last: bool = True
     reward_lambda: float = 0.1
+    parallel: Evaluations | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         n = len(self.layer_names)
@@ -98,6 +102,11 @@ class SearchProblem:
 
     def space(self) -> SearchSpace:
         return SearchSpace.build(self.costs, self.pin_first, self.pin_last)
+
+    @property
+    def workers(self) -> int:
+        """How many policies are evaluated together (1: one after another, as ``evaluate`` is called)."""
+        return self.parallel.workers if self.parallel is not None else 1
 
 
 @dataclass(frozen=True)
@@ -146,6 +155,16 @@ class QuantEnv:
     def step(self, action: float | np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Bin the action into the current layer's weight or activation bits (or its option); at the
         last step, finish."""
+        obs, terminated, info = self.advance(action)
+        if not terminated:
+            return obs, 0.0, False, False, info
+        outcome = self.finish(self._columns)
+        info["outcome"] = outcome  # the final policy, its costs, accuracy and reward
+        return obs, outcome.reward, True, False, info
+
+    def advance(self, action: float | np.ndarray) -> tuple[np.ndarray, bool, dict[str, Any]]:
+        """``step`` without the final evaluation: (obs, terminated, info). A search that evaluates
+        several episodes together plays each with this, then passes ``choice()`` to ``finish_all``."""
         a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], 0.0, 1.0))
         i, is_weight = self._step // self.steps_per_layer, self._is_weight_step()
         layer = self.space.layers[i]
@@ -162,25 +181,33 @@ class QuantEnv:
         self._prev_action = a
         if self._step + 1 < self.steps_per_episode:
             self._step += 1
-            return self._obs(), 0.0, False, False, info
-        outcome = self.finish(self._columns)
-        info["outcome"] = outcome  # the final policy, its costs, accuracy and reward
-        return self._obs(), outcome.reward, True, False, info
+            return self._obs(), False, info
+        return self._obs(), True, info
+
+    def choice(self) -> np.ndarray:
+        """The option columns the episode's actions chose so far (before pins and budget enforcement)."""
+        return self._columns.copy()
 
     def finish(self, columns: np.ndarray) -> Outcome:
         """Pin, enforce the budget, evaluate (cached) and reward a full choice of options."""
+        return self.finish_all([columns])[0]
+
+    def finish_all(self, choices: Sequence[np.ndarray]) -> list[Outcome]:
+        """``finish`` for several choices, their evaluations run together (in parallel, with workers)."""
         problem = self.problem
-        chosen = enforce_budget(problem.costs, problem.limits, self.space, self.space.pin(columns))
-        costs = problem.costs.cost(chosen)
-        accuracy = self.accuracy(chosen)
-        return Outcome(
-            columns=tuple(int(c) for c in chosen),
-            policy=self.policy(chosen),
-            costs=costs,
-            accuracy=accuracy,
-            reward=self.reward(accuracy),
-            meets_budget=not violations(costs, problem.limits),
-        )
+        chosen = [enforce_budget(problem.costs, problem.limits, self.space, self.space.pin(c)) for c in choices]
+        outcomes = []
+        for columns, accuracy in zip(chosen, self.accuracies(chosen)):
+            costs = problem.costs.cost(columns)
+            outcomes.append(Outcome(
+                columns=tuple(int(c) for c in columns),
+                policy=self.policy(columns),
+                costs=costs,
+                accuracy=accuracy,
+                reward=self.reward(accuracy),
+                meets_budget=not violations(costs, problem.limits),
+            ))
+        return outcomes
 
     def reward(self, accuracy: float) -> float:
         """HAQ's R = lambda * (acc_quant - acc_fp32), accuracies in percent."""
@@ -188,14 +215,26 @@ class QuantEnv:
 
     def accuracy(self, columns: np.ndarray) -> float:
         """The evaluator's score for these options; a policy seen before is not evaluated again."""
-        key: ChoiceKey = tuple(int(c) for c in columns)
-        if key not in self._cache:
-            accuracy = float(self.problem.evaluate(self.policy(columns)))
-            if not (math.isfinite(accuracy) and 0.0 <= accuracy <= 1.0):
-                raise ValueError(f"evaluate() returned {accuracy!r}; expected a score in [0, 1]")
-            self._cache[key] = accuracy
-            self.evaluations += 1
-        return self._cache[key]
+        return self.accuracies([columns])[0]
+
+    def accuracies(self, candidates: Sequence[np.ndarray]) -> list[float]:
+        """Scores for several choices of options: each unseen policy evaluated once, all of them together
+        when the problem has parallel workers, and cached in the order given (not the order they finish)."""
+        keys: list[ChoiceKey] = [tuple(int(c) for c in columns) for columns in candidates]
+        missing = [key for key in dict.fromkeys(keys) if key not in self._cache]
+        if missing:
+            policies = [self.policy(key) for key in missing]
+            if self.problem.parallel is None:
+                scores = [self.problem.evaluate(policy) for policy in policies]
+            else:
+                scores = self.problem.parallel.map(policies)
+            for key, score in zip(missing, scores):
+                accuracy = float(score)
+                if not (math.isfinite(accuracy) and 0.0 <= accuracy <= 1.0):
+                    raise ValueError(f"evaluate() returned {score!r}; expected a score in [0, 1]")
+                self._cache[key] = accuracy
+                self.evaluations += 1
+        return [self._cache[key] for key in keys]
 
     def evaluated(self) -> list[tuple[tuple[int, ...], float]]:
         """Every distinct policy evaluated so far (option columns, score), in evaluation order."""

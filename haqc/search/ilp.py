@@ -27,7 +27,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from haqc.costs import CostTable
 from haqc.errors import InputError
 from haqc.search.env import QuantEnv
-from haqc.search.space import SearchSpace
+from haqc.search.space import LayerChoices, SearchSpace
 
 logger = logging.getLogger(__name__)
 
@@ -37,37 +37,41 @@ logger = logging.getLogger(__name__)
 MIN_DROP = 1e-4
 
 
-def sensitivities(env: QuantEnv, after_probe: Callable[[], None]) -> np.ndarray:
+def sensitivities(env: QuantEnv, score: Callable[[list[np.ndarray]], list[float]]) -> np.ndarray:
     """drop[i, j]: the score lost with layer i alone at option column j (0 at the most precise;
-    0 for pinned layers, which keep it). ``after_probe`` runs after each evaluation (checkpoints)."""
+    0 for pinned layers, which keep it). ``score`` evaluates the probes, in the order given."""
     space = env.space
     top = space.most_precise()
-    width = max(len(layer.options) for layer in space.layers)
-    drops = np.zeros((space.n_layers, width))
-
-    def drop(i: int, column: int) -> float:
-        probe = top.copy()
-        probe[i] = column
-        value = max(env.problem.fp32_accuracy - env.accuracy(probe), MIN_DROP)
-        after_probe()
-        return value
-
-    for i, layer in enumerate(space.layers):
-        if space.pinned[i]:
-            continue
-        if layer.grid:
-            wi_top, ai_top = layer.bits(int(top[i]))
-            per_w = [drop(i, layer.column(w, layer.a_levels[ai_top])) if k < wi_top else 0.0
-                     for k, w in enumerate(layer.w_levels)]
-            per_a = [drop(i, layer.column(layer.w_levels[wi_top], a)) if k < ai_top else 0.0
-                     for k, a in enumerate(layer.a_levels)]
-            for j in range(len(layer.options)):
+    plans = {i: _probe_columns(layer, int(top[i])) for i, layer in enumerate(space.layers) if not space.pinned[i]}
+    candidates = []
+    for i, (w_columns, a_columns) in plans.items():
+        for column in (*w_columns, *a_columns):
+            candidates.append(top.copy())
+            candidates[-1][i] = column
+    lost = iter([max(env.problem.fp32_accuracy - accuracy, MIN_DROP) for accuracy in score(candidates)])
+    drops = np.zeros((space.n_layers, max(len(layer.options) for layer in space.layers)))
+    for i, (w_columns, a_columns) in plans.items():
+        layer = space.layers[i]
+        # lower widths / options first, zero from the most precise one on
+        per_w = [next(lost) for _ in w_columns] + [0.0] * (len(layer.w_levels if layer.grid else layer.options) - len(w_columns))
+        per_a = [next(lost) for _ in a_columns] + [0.0] * (len(layer.a_levels or ()) - len(a_columns))
+        for j in range(len(layer.options)):
+            if layer.grid:
                 wk, ak = layer.bits(j)
                 drops[i, j] = per_w[wk] + per_a[ak]
-        else:
-            for j in range(len(layer.options) - 1):
-                drops[i, j] = drop(i, j)
+            else:
+                drops[i, j] = per_w[j]
     return drops
+
+
+def _probe_columns(layer: LayerChoices, top: int) -> tuple[list[int], list[int]]:
+    """One layer's probes: on a grid, each lower weight width (activations at the top's), then each
+    lower activation width (weights at the top's); otherwise every option below the most precise."""
+    if not layer.grid:
+        return list(range(len(layer.options) - 1)), []
+    wi_top, ai_top = layer.bits(top)
+    return ([layer.column(w, layer.a_levels[ai_top]) for w in layer.w_levels[:wi_top]],
+            [layer.column(layer.w_levels[wi_top], a) for a in layer.a_levels[:ai_top]])
 
 
 def solve(table: CostTable, limits: dict[str, float], space: SearchSpace, drops: np.ndarray) -> np.ndarray:

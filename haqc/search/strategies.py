@@ -31,6 +31,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
@@ -43,6 +44,7 @@ from haqc.search.budget import violations
 from haqc.search.checkpoint import fingerprint, load_state, save_state
 from haqc.search.env import Outcome, QuantEnv, SearchProblem
 from haqc.search.ilp import MIN_DROP, sensitivities, solve
+from haqc.search.parallel import rounds
 
 logger = logging.getLogger(__name__)
 
@@ -208,22 +210,42 @@ def _random(run: _Run, episodes: int, seed: int, config: None, saved: dict | Non
 
 
 def _run_episodes(run: _Run, agent: Agent, episodes: int, saved: dict | None) -> None:
-    """The episode loop: act until the env terminates, learn from the episode, record, checkpoint."""
+    """The episode loop, in rounds of the problem's ``workers`` episodes: play each (acting until the
+    env terminates), evaluate the round's policies together, then learn from each episode in order,
+    record and checkpoint. A round of one is HAQ's loop: act, evaluate, learn."""
     env = run.env
     if saved is not None:
         agent.load_state_dict(saved)
-    for episode in range(len(run.history), episodes):
-        obs, _ = env.reset()
-        trajectory = []
-        terminated = False
-        while not terminated:
-            action = agent.act(obs, episode)
-            next_obs, reward, terminated, _, info = env.step(action)
-            trajectory.append((obs, action, next_obs, terminated))
-            obs = next_obs
-        agent.observe(trajectory, reward, episode)
-        run.record(info["outcome"])
+    for episodes_of_round in rounds(len(run.history), episodes, env.problem.workers):
+        played = [_play(env, agent, episode) for episode in episodes_of_round]
+        outcomes = env.finish_all([choice for _, choice in played])
+        for episode, (trajectory, _), outcome in zip(episodes_of_round, played, outcomes):
+            agent.observe(trajectory, outcome.reward, episode)
+            run.record(outcome)
         run.save(agent.state_dict())
+
+
+def _play(env: QuantEnv, agent: Agent, episode: int) -> tuple[list, np.ndarray]:
+    """One episode's actions, unevaluated: its transitions and the options they chose."""
+    obs, _ = env.reset()
+    trajectory = []
+    terminated = False
+    while not terminated:
+        action = agent.act(obs, episode)
+        next_obs, terminated, _ = env.advance(action)
+        trajectory.append((obs, action, next_obs, terminated))
+        obs = next_obs
+    return trajectory, env.choice()
+
+
+def _probe(run: _Run, candidates: list[np.ndarray]) -> list[float]:
+    """Scores of independent probes, ``workers`` at a time, checkpointing after each batch (a resumed
+    search replays the probes done from the evaluation cache)."""
+    scores: list[float] = []
+    for batch in rounds(0, len(candidates), run.env.problem.workers):
+        scores += run.env.accuracies([candidates[i] for i in batch])
+        run.save()
+    return scores
 
 
 def _uniform(run: _Run, episodes: int, seed: int, config: None, saved: dict | None) -> None:
@@ -247,7 +269,7 @@ def _greedy(run: _Run, episodes: int, seed: int, config: None, saved: dict | Non
     chosen = space.most_precise()
     # A drop model of widths is strictly monotone; measured drops may tie, so there a step that
     # loses nothing measurable still counts as losing the noise floor.
-    loss, floor = (_modelled_loss(run), 0.0) if space.by_width else (sensitivities(env, run.save), MIN_DROP)
+    loss, floor = (_modelled_loss(run), 0.0) if space.by_width else (sensitivities(env, partial(_probe, run)), MIN_DROP)
     while over := violations(costs.cost(chosen), limits):
         best, best_ratio = None, 0.0
         for i in reversed(range(space.n_layers)):  # ties go to later layers, as in HAQ's enforcement
@@ -271,18 +293,17 @@ def _modelled_loss(run: _Run) -> np.ndarray:
     """loss[i, j] for options that are widths: one probe per unpinned layer at w4a4 (snapped) gives
     its sensitivity s, and s * (2^(4-w) + 2^(4-a)) / 2 the loss at (w, a) (float activations count
     as the widest width)."""
-    env = run.env
-    space = env.space
+    space = run.env.space
     top = space.most_precise()
+    probed = [i for i in range(space.n_layers) if not space.pinned[i]]
+    probes = []
+    for i in probed:
+        probes.append(top.copy())
+        probes[-1][i] = space.layers[i].uniform(GREEDY_PROBE_BITS)
     loss = np.zeros((space.n_layers, max(len(layer.options) for layer in space.layers)))
-    for i, choices in enumerate(space.layers):
-        if space.pinned[i]:
-            continue
-        probe = top.copy()
-        probe[i] = choices.uniform(GREEDY_PROBE_BITS)
-        sensitivity = max(env.problem.fp32_accuracy - env.accuracy(probe), MIN_DROP)
-        run.save()  # a resumed greedy search replays its probes from the evaluation cache
-        for j, option in enumerate(choices.options):
+    for i, accuracy in zip(probed, _probe(run, probes)):
+        sensitivity = max(run.env.problem.fp32_accuracy - accuracy, MIN_DROP)
+        for j, option in enumerate(space.layers[i].options):
             a = option.a_bits if option.a_bits is not None else SEARCH_BITS[-1]
             loss[i, j] = sensitivity * (2.0 ** (GREEDY_PROBE_BITS - option.w_bits) + 2.0 ** (GREEDY_PROBE_BITS - a)) / 2.0
     return loss
@@ -292,7 +313,7 @@ def _ilp(run: _Run, episodes: int, seed: int, config: None, saved: dict | None) 
     if run.history:  # resumed after it finished
         return
     env = run.env
-    drops = sensitivities(env, run.save)  # a resumed ilp search replays its probes from the evaluation cache
+    drops = sensitivities(env, partial(_probe, run))
     run.record(env.finish(solve(env.problem.costs, dict(env.problem.limits), env.space, drops)))
     run.save()
 

@@ -112,3 +112,18 @@ def additive_costs(n_layers: int, scale: float = 1.0, size: bool = False, **leve
     if size:
         tables["size"] = np.broadcast_to(BITS[:, None] * np.ones(7), (n_layers, 7, 7)).astype(float)
     return grid_table(tables, **levels)
+
+
+class ExitsAt:
+    """An evaluator whose process exits at its ``at``-th call: a worker that dies (run it in a worker only)."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.calls = at, 0
+
+    def __call__(self, policy: Policy) -> float:
+        self.calls += 1
+        if self.calls == self.at:
+            import os
+
+            os._exit(3)
+        return synthetic_accuracy(policy)
