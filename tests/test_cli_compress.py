@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -141,6 +142,12 @@ def test_bad_options_exit_2(args, pattern):
     result = _compress(*args, "--quiet")
     assert result.exit_code == 2
     assert re.search(pattern, _error_line(result))
+
+
+def test_workers_without_ray_say_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
+    result = _compress("--latency", "0.5x", "--workers", "2")
+    assert result.exit_code == 2 and "--workers" in _error_line(result) and "haqc[ray]" in _error_line(result)
 
 
 def test_output_rules(tmp_path):
