@@ -1,9 +1,9 @@
-"""haqc benchmarks (issue 6): quality, peer, speed, scale. Not part of the test suite.
+"""haqc benchmarks (issues 6, 15): quality, peer, speed, scale, parallel. Not part of the test suite.
 
-    python benchmarks/run.py [--quick] [--only quality,peer,speed,scale] [--deadline-min M] [--fresh]
+    python benchmarks/run.py [--quick] [--only quality,peer,speed,scale,parallel] [--deadline-min M] [--fresh]
     python benchmarks/run.py --render          # only rewrite RESULTS.md from benchmarks/results/*.json
 
-Each part (quality.py, peer.py, speed.py, scale.py) measures into its raw result file and renders
+Each part (quality.py, peer.py, speed.py, scale.py, parallel.py) measures into its raw result file and renders
 its section of RESULTS.md from it; this driver runs the chosen parts and assembles the document.
 --quick writes to benchmarks/results/quick/ (and renders its own RESULTS.md there), so a smoke run
 never overwrites the measured results. See benchmarks/README.md.
@@ -17,13 +17,14 @@ import logging
 import sys
 from pathlib import Path
 
+import parallel
 import peer
 import quality
 import scale
 import speed
 from common import HERE, ROOT, Check, log, machine, read_json, results_dir, versions
 
-PARTS = {"quality": quality, "peer": peer, "speed": speed, "scale": scale}
+PARTS = {"quality": quality, "peer": peer, "speed": speed, "scale": scale, "parallel": parallel}
 NOT_MEASURED = "_not measured in this run._\n"
 
 
