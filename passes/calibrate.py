@@ -9,6 +9,7 @@ hundreds of times.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
@@ -61,27 +62,48 @@ class TensorStats:
 
 
 class Calibration:
-    """Per-tensor statistics and the clip cache; ``clip(tensor, bits)`` is what quantizers ask."""
+    """Per-tensor statistics and the range cache; ``clip`` and ``zero_point`` are what quantizers ask."""
 
     def __init__(self, stats: dict[str, TensorStats], method: ClipMethod = "mse") -> None:
         if method not in CLIP_METHODS:
             raise ValueError(f"unknown clip method {method!r}")
         self.stats = stats
         self.method = method
-        self._cache: dict[tuple[str, int, str], float] = {}
-
-    def signed(self, tensor: str) -> bool:
-        return self.stats[tensor].signed
+        self._cache: dict[tuple[str, int, str], tuple[float, int]] = {}
 
     def clip(self, tensor: str, bits: int, method: ClipMethod | None = None) -> float:
-        """The clip c for ``tensor`` at ``bits`` (values outside [-c, c] or [0, c] saturate)."""
-        method = method or self.method
+        """The top c of ``tensor``'s b-bit range (values above c saturate)."""
+        return self._range(tensor, bits, method or self.method)[0]
+
+    def zero_point(self, tensor: str, bits: int) -> int:
+        """How many of the 2^b - 1 steps lie below zero (see ``ActivationQuant``)."""
+        return self._range(tensor, bits, self.method)[1]
+
+    def _range(self, tensor: str, bits: int, method: ClipMethod) -> tuple[float, int]:
+        """(clip, zero point). A non-negative tensor takes all steps above zero. A signed one whose
+        negative side is short (activations such as hard-swish, SiLU or GELU, whose minima are
+        -0.28..-0.38) keeps its minimum with just enough steps below zero, as long as that leaves
+        more steps above zero than the symmetric range would; otherwise it is symmetric, 2^(b-1)
+        steps below zero. The clip is chosen for the steps above zero that the range leaves."""
         key = (tensor, bits, method)
         if key not in self._cache:
             s = self.stats[tensor]
-            levels = 2 ** (bits - 1) - 1 if s.signed else 2**bits - 1
+            steps, half = 2**bits - 1, 2 ** (bits - 1)
             rule = "max" if method == "kl" and bits >= KL_MAX_BITS else method
-            self._cache[key] = choose_clip(s.hist, s.hist_range, s.absmax, levels, rule)
+
+            def clip(levels: int) -> float:
+                return choose_clip(s.hist, s.hist_range, s.absmax, levels, rule)
+
+            if not s.signed:
+                self._cache[key] = clip(steps), 0
+            else:
+                below = -s.minimum
+                c = clip(steps)
+                zero = math.ceil(steps * below / (c + below))
+                if zero < half:  # the clip for the steps left above zero, then the zero point for it
+                    c = clip(steps - zero)
+                    zero = math.ceil(steps * below / (c + below))  # zero * step >= below: the minimum is in range
+                self._cache[key] = (c, zero) if zero < half else (clip(half - 1), half)
         return self._cache[key]
 
 

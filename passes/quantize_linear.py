@@ -127,40 +127,41 @@ def dequantize(qw: QuantizedWeight) -> np.ndarray:
     return (qw.q.astype(np.float32) * scale).astype(np.float32)
 
 
-def activation_levels(bits: int, signed: bool) -> int:
-    """Positive integer levels of a b-bit activation: 2^(b-1) - 1 signed, 2^b - 1 unsigned."""
-    return weight_levels(bits) if signed else 2**bits - 1
-
-
-def activation_range(bits: int, signed: bool) -> tuple[int, int]:
-    """The integer range of a b-bit activation: [-2^(b-1), 2^(b-1) - 1] signed, [0, 2^b - 1] unsigned."""
-    levels = activation_levels(bits, signed)
-    return (-levels - 1 if signed else 0), levels
-
-
-# Signed 8-bit values stored as uint8 are offset by this: uint8 v holds int8 v - 128.
-_UINT8_OFFSET = -activation_range(8, True)[0]
+# Int8 weight codes stored as uint8 are offset by this: uint8 v holds int8 v - 128.
+_UINT8_OFFSET = 128
 
 
 @dataclass(frozen=True)
 class ActivationQuant:
-    """How one activation is quantized: [0, c] with 2^b - 1 steps if non-negative, else [-c - s, c]
-    with 2^b steps (the full two's-complement range, as int8 kernels use it). What the QDQ holds
-    and what the fine-tuning simulation applies."""
+    """How one activation is quantized: b-bit codes 0 .. 2^b - 1 around an integer zero point z,
+    in steps s = clip / (2^b - 1 - z), so the range is [-z s, clip]. z is 0 for a non-negative
+    tensor and 2^(b-1) for a symmetric signed one (the two's-complement range int8 kernels use);
+    a tensor whose negative side is short gets just the codes it needs below zero (hard-swish
+    outputs [-0.375, 6.7] at 8 bits: z = 14, half the symmetric range's step). What the QDQ
+    holds and what the fine-tuning simulation applies."""
 
     bits: int
     clip: float
-    signed: bool
+    zero_point: int
+
+    @property
+    def levels(self) -> int:
+        """Steps above zero: 2^b - 1 - z."""
+        return 2**self.bits - 1 - self.zero_point
 
     @property
     def scale(self) -> float:
         """The step, rounded to float32 as ONNX stores it."""
-        return float(np.float32(self.clip / activation_levels(self.bits, self.signed)))
+        return float(np.float32(self.clip / self.levels))
 
     @property
     def codes(self) -> tuple[int, int]:
-        """The integer range the codes are clamped to."""
-        return activation_range(self.bits, self.signed)
+        """The integer range relative to zero: [-z, 2^b - 1 - z]."""
+        return -self.zero_point, self.levels
+
+    @property
+    def signed(self) -> bool:
+        return self.zero_point > 0
 
     @property
     def bounds(self) -> tuple[float, float]:
@@ -168,17 +169,12 @@ class ActivationQuant:
         lo, hi = self.codes
         return float(np.float32(self.scale * lo)), float(np.float32(self.scale * hi))
 
-    @property
-    def zero_point(self) -> int:
-        """Signed values are stored as uint8 offset by 128: the same numbers as int8, and ONNX Runtime
-        fuses a Conv into QLinearConv only when its input and output share one type."""
-        return _UINT8_OFFSET if self.signed else 0
-
 
 def activation_quant(calibration: Calibration, tensor: str, bits: int, clip: float | None = None) -> ActivationQuant:
     """The calibrated quantization of ``tensor`` at ``bits``; ``clip`` replaces the calibrated clip
-    (one fine-tuning learned)."""
-    return ActivationQuant(bits, calibration.clip(tensor, bits) if clip is None else clip, calibration.signed(tensor))
+    (one fine-tuning learned; the zero point stays the calibrated one)."""
+    return ActivationQuant(bits, calibration.clip(tensor, bits) if clip is None else clip,
+                           calibration.zero_point(tensor, bits))
 
 
 REQUANT_BITS = 8
@@ -469,10 +465,10 @@ _PAIR_SUM_MAX = 2**15 - 1
 
 def saturates_u8s8(weight: QuantizedWeight, activation: ActivationQuant | None) -> bool:
     """Whether int8 weights under this stored (uint8) input could saturate the u8s8 kernels: 8-bit
-    weights under 8-bit or signed inputs (stored offset by 128) can; 7-bit weights never do."""
+    weights under 8-bit inputs can; 7-bit weights, or inputs of 7 bits or fewer, never do."""
     if activation is None:  # weight-only layers are dequantized to float and run float kernels
         return False
-    top_code = activation.zero_point + activation.codes[1]
+    top_code = 2**activation.bits - 1
     return 2 * top_code * weight.levels > _PAIR_SUM_MAX
 
 

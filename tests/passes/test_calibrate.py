@@ -45,6 +45,29 @@ def test_non_negative_tensor_is_unsigned():
     assert not _stats(np.maximum(RNG.standard_normal(1000), 0)).signed
 
 
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_a_short_negative_side_gets_just_the_steps_it_needs(bits):
+    """Hard-swish outputs (minimum -0.375): the range keeps the minimum with a few steps below zero,
+    finer than the symmetric range, and its error is lower; a symmetric tensor stays symmetric."""
+    x = RNG.standard_normal(100_000) * 2.0
+    hswish = x * np.clip(x + 3.0, 0.0, 6.0) / 6.0
+    calib = Calibration({"h": _stats(hswish), "n": _stats(x)}, "mse")
+    zero, clip = calib.zero_point("h", bits), calib.clip("h", bits)
+    steps = 2**bits - 1
+    assert 0 < zero < 2 ** (bits - 1)
+    step = clip / (steps - zero)
+    assert zero * step >= -hswish.min()  # the whole negative side is inside the range
+    assert calib.zero_point("n", bits) == 2 ** (bits - 1)
+
+    def error(zero: int, clip: float) -> float:
+        step = clip / (steps - zero)
+        return float(np.mean((np.clip(np.round(hswish / step), -zero, steps - zero) * step - hswish) ** 2))
+
+    half = 2 ** (bits - 1)
+    symmetric = choose_clip(calib.stats["h"].hist, calib.stats["h"].hist_range, calib.stats["h"].absmax, half - 1, "mse")
+    assert error(zero, clip) < error(half, symmetric)
+
+
 def test_max_and_percentile():
     x = np.abs(RNG.standard_normal(200_000))
     assert _clip(x, 8, "max") == pytest.approx(x.max())
@@ -121,7 +144,8 @@ def test_calibrate_records_each_layer_input_as_ort_computes_it():
     calib = calibrate(model, layers, [{"x": b} for b in x])
     w1 = numpy_helper.to_array(inits[0]).reshape(4, 2)
     relu = np.maximum(np.einsum("oc,nchw->nohw", w1, np.concatenate(x)), 0)
-    assert calib.signed(layers[0].input) and not calib.signed(layers[1].input)
+    # A standard normal input is symmetric (half the steps below zero); the Relu output has none.
+    assert calib.zero_point(layers[0].input, 8) == 128 and calib.zero_point(layers[1].input, 8) == 0
     assert calib.stats[layers[0].input].absmax == pytest.approx(np.abs(np.concatenate(x)).max())
     assert calib.stats[layers[1].input].absmax == pytest.approx(relu.max(), rel=1e-5)
     assert calib.stats[layers[1].input].hist.sum() == relu.size

@@ -54,11 +54,10 @@ def _reference(model, layer, calibration, x, w_bits, a_bits):
     qw = quantize_weight(inits[layer.weight], w_bits, axis=0)
     w = dequantize(qw).astype(np.float64)
     xin = np.maximum(x, 0) if layer.input == "r" else x
-    st = calibration.stats[layer.input]
-    c = calibration.clip(layer.input, a_bits)
-    levels = weight_levels(a_bits) if st.signed else 2**a_bits - 1
+    c, zero = calibration.clip(layer.input, a_bits), calibration.zero_point(layer.input, a_bits)
+    levels = 2**a_bits - 1 - zero  # steps above zero; ``zero`` steps below it
     s = np.float32(c / levels)
-    lo = -levels - 1 if st.signed else 0  # signed: the full two's-complement range
+    lo = -zero
     xq = np.clip(np.round(np.clip(xin, lo * s, levels * s) / s), lo, levels) * s
     bias = inits[[n for n in model.graph.node if n.name == layer.name][0].input[2]]
     step = bias_scale(float(s), qw.scale)
@@ -83,12 +82,12 @@ def test_bitwidth_matches_numpy_reference(bits, relu_input):
     probe = onnx.ModelProto()
     probe.CopyFrom(q)
     probe.graph.output.append(onnx.ValueInfoProto(name=act.input[0]))
-    # Signed values are stored as uint8 with zero point 128 (ORT's integer kernels need one type).
+    # Codes are uint8 in [0, 2^b - 1] around the zero point (ORT's integer kernels need one type).
     zero_point = int(numpy_helper.to_array({t.name: t for t in q.graph.initializer}[act.input[2]]))
-    codes = run_ort(probe, {"x": x})[1].astype(np.int64) - zero_point
+    assert zero_point == calibration.zero_point(layers[0].input, bits) and (zero_point == 0) == relu_input
+    codes = run_ort(probe, {"x": x})[1].astype(np.int64)
     assert len(np.unique(codes)) <= 2**bits
-    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if not relu_input else (0, 2**bits - 1)
-    assert codes.min() >= lo and codes.max() <= hi
+    assert codes.min() >= 0 and codes.max() <= 2**bits - 1
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
@@ -106,10 +105,11 @@ def test_weights_stored_packed_in_smallest_type(bits):
 
 
 @pytest.mark.parametrize(("relu_input", "option", "uint8"), [
-    (True, Option(8, 8), True), (False, Option(8, 4), True),  # 8-bit or signed (offset) input codes
-    (True, Option(8, 7), False), (True, Option(8, None), False), (False, Option(7, 8), False)])
+    (True, Option(8, 8), True), (False, Option(8, 8), True),  # 8-bit input codes, unsigned or signed
+    (True, Option(8, 7), False), (False, Option(8, 4), False), (True, Option(8, None), False),
+    (False, Option(7, 8), False)])
 def test_weights_that_could_saturate_u8s8_kernels_are_stored_uint8(relu_input, option, uint8):
-    """8-bit weights under input codes above 129 are stored as uint8 offset by 128 (exact u8u8
+    """8-bit weights under 8-bit input codes are stored as uint8 offset by 128 (exact u8u8
     kernels); the rest stay int8, as u8s8 kernels compute them without saturating."""
     model, layers = _tiny_conv(relu_input)
     calibration = calibrate(model, layers, [{"x": RNG.standard_normal((4, 3, 6, 6)).astype(np.float32)}])
