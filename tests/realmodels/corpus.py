@@ -113,8 +113,11 @@ def _wheel(requirement: str) -> Path:
     found = sorted(folder.glob(f"{name}-{version}-*.whl"))
     if not found:
         folder.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(folder), requirement],
-                       check=True)
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:  # atomic: a parallel test run may want it too
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, requirement],
+                           check=True)
+            for wheel in Path(tmp).glob("*.whl"):
+                os.replace(wheel, folder / wheel.name)
         found = sorted(folder.glob(f"{name}-{version}-*.whl"))
     return found[0]
 
