@@ -178,15 +178,15 @@ def _candidates(hist: np.ndarray, absmax: float, width: float) -> np.ndarray:
 def _mse_clip(hist: np.ndarray, width: float, absmax: float, levels: int) -> float:
     """Minimize the expected squared error: rounding noise inside [0, c], saturation outside."""
     centers = (np.arange(len(hist)) + 0.5) * width
-    best, best_err = absmax, np.inf
-    for edge in _candidates(hist, absmax, width):
-        c = edge * width
-        step = c / levels
-        inside = centers <= c
-        err = np.sum(hist[inside]) * step * step / 12.0 + np.sum(hist[~inside] * (centers[~inside] - c) ** 2)
-        if err < best_err:
-            best, best_err = c, err
-    return float(best)
+    edges = _candidates(hist, absmax, width)  # bins below ``edge`` are inside [0, c]
+    clips = edges * width
+    h = hist.astype(np.float64)
+    # The saturated bins' error sum h (x - c)^2, for every candidate at once from suffix sums.
+    above = [np.concatenate([np.cumsum(v[::-1])[::-1], [0.0]]) for v in (h, h * centers, h * centers**2)]
+    inside = np.cumsum(np.concatenate([[0.0], h]))[edges]
+    saturated = above[2][edges] - 2 * clips * above[1][edges] + clips**2 * above[0][edges]
+    err = inside * (clips / levels) ** 2 / 12.0 + saturated
+    return float(clips[int(np.argmin(err))])
 
 
 def _kl_clip(hist: np.ndarray, width: float, absmax: float, levels: int) -> float:

@@ -17,9 +17,6 @@ from haqc.errors import InputError, WorkerError
 from haqc.search import STATE_FILE, search
 from haqc.search.parallel import InOrder
 
-# One local Ray per module: under pytest-xdist the module stays on one worker (--dist loadgroup).
-pytestmark = pytest.mark.xdist_group("ray")
-
 SHORT = 10  # episodes: 2 of warm-up, then learning
 
 
