@@ -180,10 +180,12 @@ class DDPG(RandomAgent):
         return _truncated_normal(self.rng, mu, self.config.sigma_at(episode, self.episodes))
 
     def observe(self, trajectory: Sequence[Transition], reward: float, episode: int) -> None:
-        """Store each transition with the episode's final reward; after warm-up, update once per transition."""
+        """Store each transition with the episode's final reward; after warm-up, update once per
+        transition, except after the last episode, when no action would use what was learned."""
+        learn = self.warmup <= episode < self.episodes - 1
         for obs, action, next_obs, done in trajectory:
             self.buffer.add(obs, action, reward, next_obs, done)
-            if episode >= self.warmup:
+            if learn:
                 for _ in range(self.config.updates_per_transition):
                     self.update()
 
