@@ -51,7 +51,7 @@ def render(results: Path, quick: bool) -> Path:
     v = meta.get("versions") or versions()
     m = meta.get("machine") or machine()
     lines += ["## Setup", "",
-              f"- Date: {meta.get('date', datetime.date.today().isoformat())}",
+              f"- Date of the latest part's run: {meta.get('date', datetime.date.today().isoformat())}",
               f"- Command(s): {'; '.join('`' + c + '`' for c in meta.get('commands', [])) or '`python benchmarks/run.py`'}",
               f"- Machine: {m['nproc']} cores ({m['cpu']}), `free -g` Mem row: `{m['free_g']}`, {m['platform']}",
               "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
