@@ -488,8 +488,8 @@ def _dequantize_weight(build: GraphBuilder, layer: Layer, qw: QuantizedWeight, n
 
     Weights whose int8 form could saturate the u8s8 kernels under ``activation`` (the layer's
     input) are stored as uint8 offset by 128: the same numbers, run by ONNX Runtime's u8u8 kernels,
-    which widen to 16 bits before multiplying and so compute exactly on every CPU (on AVX2 without
-    VNNI they take ~1.35x the time of u8s8: resnet18 w8a8 33 vs 25 ms; 7-bit weights keep u8s8).
+    which widen to 16 bits before multiplying and so compute exactly on every CPU, more slowly
+    than u8s8 (docs/design.md has the figures; 7-bit weights keep u8s8).
 
     INT2 weights are dequantized by Cast + Mul instead of DequantizeLinear:
     ONNX Runtime 1.32 fuses DequantizeLinear(int2) -> Conv -> QuantizeLinear

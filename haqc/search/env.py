@@ -31,7 +31,7 @@ from haqc.errors import InputError
 from haqc.layers import STATE_FEATURES
 from haqc.policy import Policy
 from haqc.search.budget import check_budget, enforce_budget, violations
-from haqc.search.parallel import Evaluations
+from haqc.search.parallel import Evaluations, InOrder
 from haqc.search.space import SearchSpace, action_to_bits
 
 logger = logging.getLogger(__name__)
@@ -104,9 +104,14 @@ class SearchProblem:
         return SearchSpace.build(self.costs, self.pin_first, self.pin_last)
 
     @property
+    def evaluations(self) -> Evaluations:
+        """What scores policies: ``parallel``, or ``evaluate`` one policy after another."""
+        return self.parallel if self.parallel is not None else InOrder(self.evaluate)
+
+    @property
     def workers(self) -> int:
         """How many policies are evaluated together (1: one after another, as ``evaluate`` is called)."""
-        return self.parallel.workers if self.parallel is not None else 1
+        return self.evaluations.workers
 
 
 @dataclass(frozen=True)
@@ -223,11 +228,7 @@ class QuantEnv:
         keys: list[ChoiceKey] = [tuple(int(c) for c in columns) for columns in candidates]
         missing = [key for key in dict.fromkeys(keys) if key not in self._cache]
         if missing:
-            policies = [self.policy(key) for key in missing]
-            if self.problem.parallel is None:
-                scores = [self.problem.evaluate(policy) for policy in policies]
-            else:
-                scores = self.problem.parallel.map(policies)
+            scores = self.problem.evaluations.map([self.policy(key) for key in missing])
             for key, score in zip(missing, scores):
                 accuracy = float(score)
                 if not (math.isfinite(accuracy) and 0.0 <= accuracy <= 1.0):

@@ -27,8 +27,9 @@ class Evaluations(Protocol):
 
 @dataclass(frozen=True)
 class InOrder:
-    """One policy after another in this process, in rounds of ``workers``: what a pool of that size
-    computes, without the pool (tests, and the reference a pool must agree with)."""
+    """One policy after another in this process, in rounds of ``workers``: the serial search (one
+    worker), and what a pool of that size computes without the pool (the reference a pool must
+    agree with)."""
 
     evaluate: Callable[[Policy], float]
     workers: int = 1
