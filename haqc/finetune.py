@@ -227,7 +227,7 @@ def finetune(
     labels: np.ndarray | None,
     config: FinetuneConfig,
     teacher_logits: np.ndarray | None = None,
-    weight_quant: Callable[[Layer, np.ndarray, int], QuantizedWeight] | None = None,
+    weight_quant: Callable[[Layer, np.ndarray, int, int], QuantizedWeight] | None = None,
 ) -> Tuned:
     """Train the weights under fake quantization; return the float model with them written back,
     and the activation clips and weight scales of the last epoch.
@@ -295,13 +295,13 @@ def _loss(out: Tensor, target: Tensor, supervised: bool, temperature: float) -> 
 
 
 def _refresh_scales(simulation: Simulation, layers: list[Layer],
-                    weight_quant: Callable[[Layer, np.ndarray, int], QuantizedWeight]) -> None:
+                    weight_quant: Callable[[Layer, np.ndarray, int, int], QuantizedWeight]) -> None:
     """Re-plan weight scales from the trained weights, as the re-export will."""
     arrays = simulation.module.initializer_arrays()
     for layer in layers:
         fq = simulation.weights.get(layer.name)
         if isinstance(fq, WeightFakeQuant):
-            fq.set_scale(weight_quant(layer, arrays[layer.weight], fq.bits).scale)
+            fq.set_scale(weight_quant(layer, arrays[layer.weight], fq.bits, fq.levels).scale)
 
 
 def _write_back(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:

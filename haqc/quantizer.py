@@ -127,10 +127,10 @@ class Quantizer:
         plan = self.quantize_pass(policy).plan(self.prepared.model)
         return build_simulation(self.prepared.model, self.layers, plan, trainable_clip=trainable_clip)
 
-    def _weight_rule(self, layer: Layer, array: np.ndarray, bits: int) -> QuantizedWeight:
+    def _weight_rule(self, layer: Layer, array: np.ndarray, bits: int, levels: int) -> QuantizedWeight:
         """How the linear pass quantizes weights it has not seen (fine-tuned ones), uncached."""
         return LinearQuantize(self.layers, self.calibration, {}, per_channel=self.options.per_channel) \
-            .weight_quant(layer, array, bits)
+            .weight_quant(layer, array, bits, levels)
 
 
 def fixed_batch_size(model: onnx.ModelProto) -> int | None:

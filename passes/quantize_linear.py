@@ -1,8 +1,8 @@
 """Linear quantization: a per-layer precision policy becomes a QDQ ONNX model.
 
 Weights are stored as integers in the smallest ONNX type that holds them
-(INT2 / INT4 / INT8, packed; UINT8 offset by 128 where int8 could saturate
-ONNX Runtime's u8s8 kernels, see ``saturates_u8s8``) and expanded by
+(INT2 / INT4 / INT8, packed; 8-bit weights under 8-bit inputs use codes
+within +-64 so ONNX Runtime's u8s8 kernels cannot saturate, see ``weight_levels``) and expanded by
 DequantizeLinear (INT2: Cast + Mul, working around an ONNX Runtime fusion bug); activations
 pass through QuantizeLinear / DequantizeLinear in uint8, with the codes
 clamped by an integer Clip whenever the b-bit range is narrower, so odd
@@ -45,34 +45,47 @@ _CLIP_RATIOS = np.linspace(0.3, 1.0, 15)
 
 @dataclass(frozen=True)
 class QuantizedWeight:
-    q: np.ndarray  # int8 values inside the symmetric b-bit range
+    q: np.ndarray  # int8 values in -levels .. levels
     scale: np.ndarray  # float32, one per output channel (or a scalar)
-    bits: int
+    bits: int  # the width of the container the export stores them in
     axis: int | None  # None: per tensor
-
-    @property
-    def levels(self) -> int:
-        """The largest magnitude of the integers: 2^(b-1) - 1."""
-        return weight_levels(self.bits)
+    levels: int  # the largest magnitude of the integers (``weight_levels``)
 
 
-def weight_levels(bits: int) -> int:
-    """Positive integer levels of a symmetric signed b-bit quantizer: 2^(b-1) - 1."""
-    return 2 ** (bits - 1) - 1
+# x86 CPUs without VNNI multiply uint8 activations by int8 weights with vpmaddubsw, which sums each
+# pair of products into a saturating int16: ONNX Runtime's u8s8 kernels (QLinearConv, QGemm) compute
+# wrong values wherever 2 * (largest activation code) * (largest weight code) can pass this.
+_PAIR_SUM_MAX = 2**15 - 1
 
 
-def quantize_weight(w: np.ndarray, bits: int, axis: int | None, scale: np.ndarray | None = None) -> QuantizedWeight:
-    """Symmetric quantization per output channel (``axis``) or per tensor (``axis=None``).
+def weight_levels(bits: int, input_bits: int | None = None) -> int:
+    """The largest integer magnitude of symmetric b-bit weights: 2^(b-1) - 1, capped where the
+    layer's input is quantized to ``input_bits`` so that no pair of products can saturate int16.
+
+    Only 8-bit weights under 8-bit inputs are capped (to +-64, what ``quantize_static``'s
+    ``reduce_range`` does): they then run ONNX Runtime's fast u8s8 kernels exactly on every CPU.
+    7-bit weights, or inputs of 7 bits or fewer, never reach the limit.
+    """
+    levels = 2 ** (bits - 1) - 1
+    if input_bits is None:  # weight-only layers are dequantized to float and run float kernels
+        return levels
+    return min(levels, _PAIR_SUM_MAX // (2 * (2**input_bits - 1)))
+
+
+def quantize_weight(w: np.ndarray, bits: int, axis: int | None, scale: np.ndarray | None = None,
+                    levels: int | None = None) -> QuantizedWeight:
+    """Symmetric quantization per output channel (``axis``) or per tensor (``axis=None``) to
+    integers within +-``levels`` (default: the full b-bit range, ``weight_levels(bits)``).
 
     Below 5 bits the clip per channel minimises the squared error over a grid
     of fractions of |w|max; at 5+ bits the clip is |w|max. A given ``scale`` (one per
     channel, or a scalar) is used as is: fine-tuned weights are exported with the scales they
     were trained under, since scales chosen afresh from them round them differently.
     """
-    levels = weight_levels(bits)
+    levels = weight_levels(bits) if levels is None else levels
     moved = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1) if axis is not None else w.reshape(1, -1)
     if scale is not None:
-        return _round_to(moved, np.asarray(scale, np.float32).reshape(-1), w, bits, axis)
+        return _round_to(moved, np.asarray(scale, np.float32).reshape(-1), w, bits, axis, levels)
     # The float64 arithmetic runs over slices of about _CHUNK elements (whole rows, or columns of
     # a single row): a large layer (vgg19's fc6, 103M weights) would otherwise take several
     # float64 temporaries of 0.8 GB each. Every step is elementwise or a per-row max, so the
@@ -95,20 +108,20 @@ def quantize_weight(w: np.ndarray, bits: int, axis: int | None, scale: np.ndarra
         clip = absmax * ratio
     else:
         clip = absmax
-    return _round_to(moved, (clip / levels).astype(np.float32), w, bits, axis)
+    return _round_to(moved, (clip / levels).astype(np.float32), w, bits, axis, levels)
 
 
-def _round_to(moved: np.ndarray, scale: np.ndarray, w: np.ndarray, bits: int, axis: int | None) -> QuantizedWeight:
-    """Round the rows of ``moved`` (``w`` with its channel axis first) to ``scale``'s levels."""
-    levels = weight_levels(bits)
+def _round_to(moved: np.ndarray, scale: np.ndarray, w: np.ndarray, bits: int, axis: int | None,
+              levels: int) -> QuantizedWeight:
+    """Round the rows of ``moved`` (``w`` with its channel axis first) to ``scale``'s steps, within +-levels."""
     scale64 = scale.astype(np.float64)[:, None]
     q = np.empty(moved.shape, np.int8)
     for rows, cols in _slices(moved.shape):
         q[rows, cols] = np.clip(np.round(moved[rows, cols].astype(np.float64) / scale64[rows]), -levels, levels)
     if axis is None:
-        return QuantizedWeight(q.reshape(w.shape), scale.reshape(()), bits, None)
+        return QuantizedWeight(q.reshape(w.shape), scale.reshape(()), bits, None, levels)
     q = np.moveaxis(q.reshape((w.shape[axis],) + tuple(np.delete(w.shape, axis))), 0, axis)
-    return QuantizedWeight(q, scale, bits, axis)
+    return QuantizedWeight(q, scale, bits, axis, levels)
 
 
 _CHUNK = 1 << 22  # elements per slice in quantize_weight
@@ -125,10 +138,6 @@ def _slices(shape: tuple[int, int]) -> list[tuple[slice, slice]]:
 def dequantize(qw: QuantizedWeight) -> np.ndarray:
     scale = qw.scale if qw.axis is None else np.expand_dims(qw.scale, tuple(i for i in range(qw.q.ndim) if i != qw.axis))
     return (qw.q.astype(np.float32) * scale).astype(np.float32)
-
-
-# Int8 weight codes stored as uint8 are offset by this: uint8 v holds int8 v - 128.
-_UINT8_OFFSET = 128
 
 
 @dataclass(frozen=True)
@@ -244,7 +253,7 @@ class LinearPlan:
     requantized: dict[str, ActivationQuant]
 
 
-WeightCache = dict[tuple[str, int, "int | None"], QuantizedWeight]
+WeightCache = dict[tuple[str, int, int, "int | None"], QuantizedWeight]
 
 
 class LinearQuantize(Pass[onnx.ModelProto]):
@@ -252,7 +261,7 @@ class LinearQuantize(Pass[onnx.ModelProto]):
 
     Configuration is fixed at construction. ``cache`` (owned by the caller, one per set of
     weights) memoizes quantized weights per (weight, bits, axis) across policies, so a search
-    quantizes each (layer, bits) once. What fine-tuning trained under is used rather than chosen:
+    quantizes each (layer, bits, levels) once. What fine-tuning trained under is used rather than chosen:
     ``weight_scales`` by weight name, ``input_clips`` by layer name (per layer: two layers reading
     one tensor may learn two clips). ``packed=False`` stores every weight in 8 bits: the same numbers,
     and ONNX Runtime runs 8-bit weights (only) as integer kernels, which is what an evaluation during
@@ -275,15 +284,16 @@ class LinearQuantize(Pass[onnx.ModelProto]):
         self.input_clips = input_clips or {}
         self.cache = {} if cache is None else cache
 
-    def weight_quant(self, layer: Layer, array: np.ndarray, bits: int) -> QuantizedWeight:
-        """``layer``'s weights at ``bits`` as this pass quantizes them (cached unless a scale is imposed)."""
+    def weight_quant(self, layer: Layer, array: np.ndarray, bits: int, levels: int) -> QuantizedWeight:
+        """``layer``'s weights at ``bits`` within +-``levels`` as this pass quantizes them (cached
+        unless a scale is imposed)."""
         axis = layer.weight_axis if self.per_channel else None
         scale = self.weight_scales.get(layer.weight)
         if scale is not None:
-            return quantize_weight(array, bits, axis, scale)
-        key = (layer.weight, bits, axis)
+            return quantize_weight(array, bits, axis, scale, levels)
+        key = (layer.weight, bits, levels, axis)
         if key not in self.cache:
-            self.cache[key] = quantize_weight(array, bits, axis)
+            self.cache[key] = quantize_weight(array, bits, axis, levels=levels)
         return self.cache[key]
 
     def requires(self, model: onnx.ModelProto) -> None:
@@ -302,7 +312,8 @@ class LinearQuantize(Pass[onnx.ModelProto]):
             option = self.policy.get(layer.name, FP32)
             qw = qa = step = None
             if option.w_bits is not None:
-                qw = self.weight_quant(layer, numpy_helper.to_array(inits[layer.weight]), option.w_bits)
+                qw = self.weight_quant(layer, numpy_helper.to_array(inits[layer.weight]), option.w_bits,
+                                       weight_levels(option.w_bits, option.a_bits))
             if option.a_bits is not None:
                 qa = activation_quant(self.calibration, layer.input, option.a_bits, self.input_clips.get(layer.name))
             node = nodes[layer.name]
@@ -332,7 +343,7 @@ class LinearQuantize(Pass[onnx.ModelProto]):
             node = nodes_by_name[layer.name]
             emitted = before.setdefault(layer.name, [])
             if quant.weight is not None:
-                node.input[1] = _dequantize_weight(build, layer, quant.weight, emitted, self.packed, quant.activation)
+                node.input[1] = _dequantize_weight(build, layer, quant.weight, emitted, self.packed)
             if quant.activation is not None:
                 # On this edge only: other readers of the input (a residual Add) see floats.
                 qa, prefix, source = quant.activation, f"{layer.name}/a{quant.activation.bits}", sources[layer.name]
@@ -457,39 +468,16 @@ def pack_signed(values: np.ndarray, bits_per_value: int) -> bytes:
     return np.bitwise_or.reduce(flat << shifts, axis=1).astype(np.uint8).tobytes()
 
 
-# x86 CPUs without VNNI multiply uint8 activations by int8 weights with vpmaddubsw, which sums each
-# pair of products into a saturating int16: ONNX Runtime's u8s8 kernels (QLinearConv, QGemm) then
-# compute wrong values wherever 2 * |activation code| * |weight code| can pass this.
-_PAIR_SUM_MAX = 2**15 - 1
-
-
-def saturates_u8s8(weight: QuantizedWeight, activation: ActivationQuant | None) -> bool:
-    """Whether int8 weights under this stored (uint8) input could saturate the u8s8 kernels: 8-bit
-    weights under 8-bit inputs can; 7-bit weights, or inputs of 7 bits or fewer, never do."""
-    if activation is None:  # weight-only layers are dequantized to float and run float kernels
-        return False
-    top_code = 2**activation.bits - 1
-    return 2 * top_code * weight.levels > _PAIR_SUM_MAX
-
-
 def _int_tensor(name: str, values: np.ndarray, data_type: int) -> TensorProto:
     if data_type == TensorProto.INT8:
         return numpy_helper.from_array(values.astype(np.int8), name)
-    if data_type == TensorProto.UINT8:
-        return numpy_helper.from_array((values.astype(np.int16) + _UINT8_OFFSET).astype(np.uint8), name)
     tensor = TensorProto(name=name, data_type=data_type, dims=list(values.shape))
     tensor.raw_data = pack_signed(values, 2 if data_type == TensorProto.INT2 else 4)
     return tensor
 
 
-def _dequantize_weight(build: GraphBuilder, layer: Layer, qw: QuantizedWeight, nodes: list, packed: bool = True,
-                       activation: ActivationQuant | None = None) -> str:
+def _dequantize_weight(build: GraphBuilder, layer: Layer, qw: QuantizedWeight, nodes: list, packed: bool = True) -> str:
     """Emit the stored integer weight and its dequantization; returns the float weight's name.
-
-    Weights whose int8 form could saturate the u8s8 kernels under ``activation`` (the layer's
-    input) are stored as uint8 offset by 128: the same numbers, run by ONNX Runtime's u8u8 kernels,
-    which widen to 16 bits before multiplying and so compute exactly on every CPU, more slowly
-    than u8s8 (docs/design.md has the figures; 7-bit weights keep u8s8).
 
     INT2 weights are dequantized by Cast + Mul instead of DequantizeLinear:
     ONNX Runtime 1.32 fuses DequantizeLinear(int2) -> Conv -> QuantizeLinear
@@ -497,8 +485,7 @@ def _dequantize_weight(build: GraphBuilder, layer: Layer, qw: QuantizedWeight, n
     Mul computes the same q * scale (the zero point is 0) and ORT folds it.
     """
     prefix = f"{layer.weight}/w{qw.bits}"
-    data_type = (TensorProto.UINT8 if saturates_u8s8(qw, activation)
-                 else container_type(qw.bits) if packed else TensorProto.INT8)
+    data_type = container_type(qw.bits) if packed else TensorProto.INT8
     q = build.const(f"{prefix}/q", _int_tensor(f"{prefix}/q", qw.q, data_type))
     name = f"{layer.name}/w{qw.bits}/Dequantize"
     if data_type == TensorProto.INT2:

@@ -51,7 +51,7 @@ def _tiny_conv(relu_input: bool):
 def _reference(model, layer, calibration, x, w_bits, a_bits):
     """numpy fake-quant + torch conv in float64: what the exported QDQ model must compute."""
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    qw = quantize_weight(inits[layer.weight], w_bits, axis=0)
+    qw = quantize_weight(inits[layer.weight], w_bits, axis=0, levels=weight_levels(w_bits, a_bits))
     w = dequantize(qw).astype(np.float64)
     xin = np.maximum(x, 0) if layer.input == "r" else x
     c, zero = calibration.clip(layer.input, a_bits), calibration.zero_point(layer.input, a_bits)
@@ -104,29 +104,31 @@ def test_weights_stored_packed_in_smallest_type(bits):
     assert "w" not in {t.name for t in q.graph.initializer}, "the float weight must be gone"
 
 
-@pytest.mark.parametrize(("relu_input", "option", "uint8"), [
-    (True, Option(8, 8), True), (False, Option(8, 8), True),  # 8-bit input codes, unsigned or signed
-    (True, Option(8, 7), False), (False, Option(8, 4), False), (True, Option(8, None), False),
-    (False, Option(7, 8), False)])
-def test_weights_that_could_saturate_u8s8_kernels_are_stored_uint8(relu_input, option, uint8):
-    """8-bit weights under 8-bit input codes are stored as uint8 offset by 128 (exact u8u8
-    kernels); the rest stay int8, as u8s8 kernels compute them without saturating."""
+@pytest.mark.parametrize(("relu_input", "option", "levels"), [
+    (True, Option(8, 8), 64), (False, Option(8, 8), 64),  # 8-bit input codes, unsigned or signed
+    (True, Option(8, 7), 127), (False, Option(8, 4), 127), (True, Option(8, None), 127),
+    (False, Option(7, 8), 63), (True, Option(4, 8), 7)])
+def test_weights_that_could_saturate_u8s8_kernels_use_a_reduced_range(relu_input, option, levels):
+    """8-bit weights under 8-bit input codes take codes within +-64 (2 * 255 * 64 <= 32767), stored
+    int8 for ONNX Runtime's u8s8 kernels; every other option keeps its full symmetric range."""
     model, layers = _tiny_conv(relu_input)
     calibration = calibrate(model, layers, [{"x": RNG.standard_normal((4, 3, 6, 6)).astype(np.float32)}])
     q = LinearQuantize(layers, calibration, {"conv": option})(model)
     inits = {t.name: t for t in q.graph.initializer}
     dq = next(n for n in q.graph.node if n.name == f"conv/w{option.w_bits}/Dequantize")
-    stored, zero_point = inits[dq.input[0]], numpy_helper.to_array(inits[dq.input[2]])
-    assert stored.data_type == (TensorProto.UINT8 if uint8 else TensorProto.INT8)
-    assert set(zero_point.ravel()) == {128 if uint8 else 0}
-    expected = LinearQuantize(layers, calibration, {"conv": option}).plan(model).layers["conv"].weight.q
-    np.testing.assert_array_equal(numpy_helper.to_array(stored).astype(int) - zero_point.reshape(-1, 1, 1, 1), expected)
+    stored = inits[dq.input[0]]
+    assert stored.data_type == container_type(option.w_bits)
+    planned = LinearQuantize(layers, calibration, {"conv": option}).plan(model).layers["conv"].weight
+    assert planned.levels == levels == weight_levels(option.w_bits, option.a_bits)
+    codes = numpy_helper.to_array(stored).astype(int)
+    np.testing.assert_array_equal(codes, planned.q)
+    assert np.abs(codes).max() == levels  # the largest weight of some channel reaches the top code
 
 
 def test_w8a8_layers_at_the_top_of_both_ranges_run_exactly_on_every_cpu():
     """Inputs at the top code times 8-bit weights of one sign: the pair sums vpmaddubsw would clamp
-    to int16 on x86 without VNNI (2 * 255 * 127 > 32767). ONNX Runtime's integer kernels
-    (QLinearConv, QGemm) match the simulation anyway."""
+    to int16 on x86 without VNNI if the weights used all of int8 (2 * 255 * 127 > 32767). With
+    codes within +-64 ONNX Runtime's u8s8 integer kernels (QLinearConv, QGemm) match the simulation."""
     model, layers = _residual_model()
     for t in model.graph.initializer:
         if t.name.startswith("w"):
