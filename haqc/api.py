@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence, TypeVar, Union
 
@@ -24,7 +25,7 @@ from haqc.finetune import FinetuneConfig
 from haqc.hw_targets import Target, load_target
 from haqc.io import atomic_write_text, check_output_path, save_model
 from haqc.passes.load import InputShapes, check_input_shapes, read_model, validate_model
-from haqc.pipeline import (build_report, check_budgets, cost_table, export_and_finetune,
+from haqc.pipeline import (build_report, check_budgets, cost_table, export_and_finetune, measure_models,
                            inspect_summary, prepare, search_policy)
 from haqc.policy import load_policy, uniform_policy
 from haqc.precision import Method, parse_option, reference_option
@@ -52,6 +53,7 @@ class RunConfig:
     method: Method = QuantizeOptions.method
     clip_method: str = QuantizeOptions.clip_method
     per_channel: bool = QuantizeOptions.per_channel
+    format: str = QuantizeOptions.format  # qdq, packed or qonnx (haqc.quantizer.FORMATS)
     seed: int = 0
     finetune_epochs: int | None = None  # default: 1 with train_data, else 0
     lr: float = FinetuneConfig.lr
@@ -61,7 +63,7 @@ class RunConfig:
 
     def quantize_options(self) -> QuantizeOptions:
         return QuantizeOptions(method=self.method, clip_method=self.clip_method, per_channel=self.per_channel,
-                               seed=self.seed)
+                               seed=self.seed, format=self.format)
 
     def finetune(self, epochs: int, max_steps: int | None = None) -> FinetuneConfig:
         """The fine-tuning settings, for the final tune or (``max_steps``) a search candidate's."""
@@ -186,12 +188,13 @@ def quantize(model: ModelSource, config: QuantizeConfig | None = None, *, output
             scores["finetuned"] = Scores.of(result)
             kept = "finetuned" if best is tuned else "quantized"
             quantized = best
+    quantized = quantizer.written(quantized, policy)
     size = None
     if out_path is not None:
         save_model(quantized, out_path)
         size = out_path.stat().st_size / 1e6
     return QuantizeResult(quantized, _source_name(model), None if out_path is None else str(out_path),
-                          config.method, policy, kept=kept, size_mb=size, **scores)
+                          config.method, policy, kept=kept, size_mb=size, format=options.format, **scores)
 
 
 def compress(model: ModelSource, config: CompressConfig | None = None, *, output: str | os.PathLike | None = None,
@@ -221,18 +224,20 @@ def compress(model: ModelSource, config: CompressConfig | None = None, *, output
                            pin_last=config.pin_last, reward_lambda=config.reward_lambda, ddpg=config.ddpg,
                            workdir=config.workdir, resume=config.resume, progress=progress,
                            workers=config.workers, ray_address=config.ray_address)
-    w8a8 = uniform_policy(prepared.layers, reference_option(config.method))
-    w8a8_score = evaluator.evaluate(quantizer.export(w8a8), "the w8a8 model").accuracy
+    w8a8_model = quantizer.export(uniform_policy(prepared.layers, reference_option(config.method)))
+    w8a8_score = evaluator.evaluate(w8a8_model, "the w8a8 model").accuracy
     exported = export_and_finetune(quantizer, result.policy, result.accuracy, evaluator, run.train,
                                    config.finetune(run.epochs) if run.epochs else None)
+    measured = measure_models(prepared, target, [prepared.model, w8a8_model, exported.model])
     built = build_report(source=_source_name(model), target=target, spec=target.name if config.target is target else config.target,
                          table=table, limits=limits,
                          prepared=prepared, fp32=fp32, w8a8_score=w8a8_score, method=config.method, result=result,
                          exported=exported, seed=config.seed, finetune_epochs=run.epochs,
-                         seconds=time.perf_counter() - start, workers=config.workers)
+                         seconds=time.perf_counter() - start, workers=config.workers, measured=measured,
+                         output_format=options.format)
     if output is not None:
-        save_model(exported.model, output)
-        built = dataclasses.replace(built, output=str(output))
+        save_model(quantizer.written(exported.model, result.policy), output)
+        built = dataclasses.replace(built, output=str(output), output_mb=Path(output).stat().st_size / 1e6)
     if report is not None:
         atomic_write_text(report, built.to_json())
     if config.max_accuracy_drop is not None and built.accuracy_drop > config.max_accuracy_drop:

@@ -54,6 +54,7 @@ class Layer:
     weight: str  # initializer name of the weight
     input: str  # tensor name of the quantized activation input
     weight_axis: int = 0  # the weight's output-channel axis (per-channel quantization)
+    input_shape: tuple[int, ...] = ()  # of ``input``, one sample where the batch is dynamic (measured targets)
 
     @property
     def state(self) -> list[float]:
@@ -74,4 +75,5 @@ class Layer:
         d = asdict(self)
         d["kernel"] = list(self.kernel)
         d["stride"] = list(self.stride)
+        d["input_shape"] = list(self.input_shape)
         return d

@@ -22,17 +22,19 @@ from haqc.data import Dataset
 from haqc.errors import InputError
 from haqc.evaluation import EvalResult, Evaluator
 from haqc.finetune import FinetuneConfig
-from haqc.hw_targets import Target, cost_summary, load_target, parse_budget
+from haqc.hw_targets import MeasuredTarget, Target, cost_summary, load_target, parse_budget
 from haqc.policy import Policy
 from haqc.precision import FP32, Method, reference_option
 from haqc.quantizer import Quantizer, finetune_export, keep_better
 from haqc.report import LayerRow, Report, Result, Scored, SearchSummary, mark_frontier
 from haqc.search import DDPGConfig, SearchProblem, SearchResult, SearchSpace, check_budget, search
+from haqc.search.budget import violations
 from haqc.search.strategies import Progress
 from haqc.workers import RayPool
 from haqc.passes.base import opset_version
 from haqc.passes.canonicalize import InferShapes, ProbeShapes, canonicalize
 from haqc.passes.extract import Extraction, extract_layers
+from haqc.passes.isolate import LayerSubgraphs
 from haqc.passes.load import InputShapes, check_input_shapes, graph_inputs, read_model, validate_model, with_input_shapes
 
 logger = logging.getLogger(__name__)
@@ -84,7 +86,7 @@ def prepare(path_or_model: str | os.PathLike | onnx.ModelProto, input_shapes: In
 LAYER_FIELDS = ("name", "op", "kind", "c_in", "c_out", "kernel", "stride", "groups", "feature_size", "params", "macs")
 
 
-def inspect_summary(prepared: Prepared, targets: Sequence[str] = ()) -> dict:
+def inspect_summary(prepared: Prepared, targets: Sequence[str | Target] = ()) -> dict:
     """The ``haqc inspect --json`` object: per-layer shapes, MACs, normalized HAQ state, and the
     cost on each of ``targets`` (names or TOML files) at w8a8 / w4a4 / w2a2."""
     layers = prepared.layers
@@ -105,8 +107,8 @@ def inspect_summary(prepared: Prepared, targets: Sequence[str] = ()) -> dict:
     if targets:
         summary["targets"] = {}
         for spec in targets:
-            target = load_target(spec)
-            costs = cost_summary(target, layers)
+            target = spec if isinstance(spec, Target) else load_target(spec)
+            costs = cost_summary(cost_table(prepared, target, "linear"))
             summary["targets"][target.name] = costs["total"]
             for row, per_layer in zip(rows, costs["per_layer"]):
                 row.setdefault("targets", {})[target.name] = per_layer
@@ -128,7 +130,11 @@ def kept_float_summary(prepared: Prepared) -> dict[str, dict]:
 
 
 def cost_table(prepared: Prepared, target: Target, method: Method) -> CostTable:
-    """Stage 2: every layer at each option the target offers it (plus fp32 and all-8-bit for the report)."""
+    """Stage 2: every layer at each option the target offers it (plus fp32 and all-8-bit for the report).
+    A measured target times the layers' own subgraphs (cached), built here by a pass."""
+    if isinstance(target, MeasuredTarget):
+        subgraphs = LayerSubgraphs(prepared.model, prepared.layers, prepared.input_shapes)
+        return target.measured_table(prepared.layers, subgraphs, method)
     return target.cost_table(prepared.layers, method)
 
 
@@ -200,24 +206,43 @@ def export_and_finetune(quantizer: Quantizer, policy: Policy, searched: float, e
     return Exported(kept, tuned_result.accuracy if kept is tuned else searched, searched, tuned_result.accuracy)
 
 
+def measure_models(prepared: Prepared, target: Target, models: Sequence[onnx.ModelProto]) -> list[float] | None:
+    """Seconds per batch of each of ``models`` on a measured target (interleaved medians, on the
+    same seeded inputs the target's whole-model fit used); None for a modelled target."""
+    if not isinstance(target, MeasuredTarget):
+        return None
+    feeds = LayerSubgraphs(prepared.model, prepared.layers, prepared.input_shapes).feeds(target.batch)
+    return target.time_models(models, feeds)
+
+
 def build_report(*, source: str, target: Target, spec: str, table: CostTable, limits: Limits, prepared: Prepared,
                  fp32: EvalResult, w8a8_score: float, method: Method, result: SearchResult, exported: Exported,
-                 seed: int, finetune_epochs: int, seconds: float, workers: int = 1) -> Report:
-    """Stage 8: the report, every cost read off ``table``."""
+                 seed: int, finetune_epochs: int, seconds: float, workers: int = 1,
+                 measured: Sequence[float] | None = None, output_format: str = "qdq") -> Report:
+    """Stage 8: the report, every estimated cost read off ``table``; ``measured``: the fp32, w8a8
+    and result models' latencies on a measured target, which the result must meet too."""
     layers = prepared.layers
     n = len(layers)
     policy = result.policy
     options = [policy[l.name] for l in layers]
     columns = table.indices(options)
+    fp32_measured, w8a8_measured, result_measured = measured if measured is not None else (None, None, None)
+    meets = result.meets_budget
+    if meets and result_measured is not None and "latency" in limits.values:
+        meets = not violations({"latency": result_measured}, {"latency": limits.values["latency"]})
+        if not meets:
+            logger.warning("the result's measured latency %.4g ms misses the budget %.4g ms that its estimate met",
+                           1e3 * result_measured, 1e3 * limits.values["latency"])
     return Report(
         model=source,
         target={"name": getattr(target, "name", spec), "spec": spec, "batch": target.batch},
         budgets=dict(limits.given),
         limits=dict(limits.values),
-        fp32=Scored(fp32.accuracy, table.policy_cost([FP32] * n)),
-        w8a8=Scored(w8a8_score, table.policy_cost([reference_option(method)] * n)),
-        result=Result(exported.accuracy, table.cost(columns), accuracy_before_finetune=exported.searched,
-                      accuracy_finetuned=exported.finetuned, meets_budget=result.meets_budget),
+        fp32=Scored(fp32.accuracy, table.policy_cost([FP32] * n), fp32_measured),
+        w8a8=Scored(w8a8_score, table.policy_cost([reference_option(method)] * n), w8a8_measured),
+        result=Result(exported.accuracy, table.cost(columns), result_measured,
+                      accuracy_before_finetune=exported.searched,
+                      accuracy_finetuned=exported.finetuned, meets_budget=meets),
         policy=policy,
         layers=[LayerRow(l.name, l.kind, o.w_bits, o.a_bits, table.layer_cost(i, int(c)))
                 for i, (l, o, c) in enumerate(zip(layers, options, columns))],
@@ -229,4 +254,5 @@ def build_report(*, source: str, target: Target, spec: str, table: CostTable, li
         label_free=fp32.label_free,
         signal=fp32.metric_name,
         seconds=seconds,
+        format=output_format,
     )

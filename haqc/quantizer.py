@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping, Union
+from typing import TYPE_CHECKING, Literal, Mapping, Union, get_args
 
 import numpy as np
 import onnx
@@ -25,6 +25,7 @@ from haqc.passes.calibrate import Calibration, ClipMethod, calibrate
 from haqc.passes.load import graph_inputs
 from haqc.passes.quantize_kmeans import KMeansQuantize
 from haqc.passes.quantize_linear import LinearQuantize, QuantizedWeight
+from haqc.passes.qonnx import ToQONNX
 from haqc.policy import Policy, policy_to_json
 from haqc.precision import METHODS, Method
 
@@ -34,6 +35,11 @@ if TYPE_CHECKING:  # the pipeline builds Prepared and imports this module
 logger = logging.getLogger(__name__)
 
 DEFAULT_CLIP_METHOD: ClipMethod = "mse"  # measured best on the example: docs/calibration.md
+# How the written model stores linear quantization (docs/design.md, "Output formats"):
+# qdq: weights in INT8 containers, run as ONNX Runtime's integer kernels; packed: INT4 / INT2
+# containers, the smallest file; qonnx: QONNX Quant nodes with their bit widths (FINN, hls4ml).
+Format = Literal["qdq", "packed", "qonnx"]
+FORMATS: tuple[Format, ...] = get_args(Format)
 # What data may be given as: an .npz path, or arrays by input name (plus optional "labels").
 DataSource = Union[str, os.PathLike, Mapping[str, np.ndarray]]
 
@@ -47,10 +53,16 @@ class QuantizeOptions:
     per_channel: bool = True
     calib_batch_size: int = 256
     seed: int = 0  # k-means codebooks are fitted on a seeded sample of a large layer's weights
+    format: Format = "qdq"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise InputError(f"unknown `method` {self.method!r}; choose one of: {', '.join(METHODS)}")
+        if self.format not in FORMATS:
+            raise InputError(f"unknown `format` {self.format!r}; choose one of: {', '.join(FORMATS)}")
+        if self.format == "qonnx" and self.method != "linear":
+            raise InputError("the qonnx format holds linear quantization; k-means codebooks are written as "
+                             "`format` qdq")
 
 
 def calibrate_model(prepared: Prepared, calib: Dataset | None, options: QuantizeOptions) -> Calibration | None:
@@ -98,14 +110,17 @@ class Quantizer:
         return LinearQuantize(self.layers, self.calibration, policy, per_channel=self.options.per_channel,
                               packed=packed, weight_scales=tuned.weight_scales, input_clips=tuned.clips)
 
-    def export(self, policy: Policy, tuned: Tuned | None = None, packed: bool = True) -> onnx.ModelProto:
-        """The quantized model for ``policy`` (of the prepared model, or of a fine-tuned one).
-
-        ``packed=False`` keeps linear weights in INT8 rather than INT4 / INT2: the same numbers
-        in a larger file that ONNX Runtime runs as integer kernels, for evaluations that are
-        not the final output (the search's).
-        """
+    def export(self, policy: Policy, tuned: Tuned | None = None, packed: bool | None = None) -> onnx.ModelProto:
+        """The quantized model for ``policy`` (of the prepared model, or of a fine-tuned one), one
+        ONNX Runtime runs: linear weights in INT4 / INT2 containers where ``packed`` (default: the
+        ``packed`` format), else INT8 (the same numbers, run as integer kernels; what the search
+        evaluates). ``written`` turns it into the output format."""
+        packed = self.options.format == "packed" if packed is None else packed
         return self.quantize_pass(policy, tuned, packed)(self.prepared.model if tuned is None else tuned.model)
+
+    def written(self, model: onnx.ModelProto, policy: Policy) -> onnx.ModelProto:
+        """``model`` (an ``export``) in the output format: QONNX Quant nodes for ``qonnx``, else as is."""
+        return ToQONNX(policy)(model) if self.options.format == "qonnx" else model
 
     def finetune(
         self,
@@ -243,6 +258,7 @@ class QuantizeResult:
     finetuned: Scores | None = None
     kept: str | None = None  # "finetuned" or "quantized" when both were evaluated
     size_mb: float | None = None  # of the written file
+    format: str = "qdq"
 
     @property
     def layers(self) -> int:
@@ -257,5 +273,6 @@ class QuantizeResult:
         if self.kept is not None:
             out["kept"] = self.kept
         out["size_mb"] = self.size_mb
+        out["format"] = self.format
         out["policy"] = policy_to_json(self.policy)
         return out

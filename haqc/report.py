@@ -11,20 +11,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from haqc.policy import Policy, policy_to_json
-from haqc.quantities import as_units, format_costs
+from haqc.quantities import as_units, format_costs, in_report_units
 
 REPORT_SCHEMA = 1
 
 
 @dataclass(frozen=True)
 class Scored:
-    """A model's score and its cost on the target (SI costs by quantity; None: not estimated)."""
+    """A model's score and its cost on the target (SI costs by quantity; None: not estimated), and on
+    a measured target the latency its whole model measured (seconds per batch)."""
 
     accuracy: float
     costs: dict[str, float | None]
+    measured_latency_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"accuracy": self.accuracy, **as_units(self.costs)}
+        return {"accuracy": self.accuracy, **as_units(self.costs), **self._measured()}
+
+    def _measured(self) -> dict[str, float]:
+        if self.measured_latency_s is None:
+            return {}
+        return {"measured_latency_ms": in_report_units("latency", self.measured_latency_s)}
 
 
 @dataclass(frozen=True)
@@ -37,7 +44,7 @@ class Result(Scored):
 
     def to_dict(self) -> dict[str, Any]:
         return {"accuracy": self.accuracy, "accuracy_before_finetune": self.accuracy_before_finetune,
-                "accuracy_finetuned": self.accuracy_finetuned, **as_units(self.costs),
+                "accuracy_finetuned": self.accuracy_finetuned, **as_units(self.costs), **self._measured(),
                 "meets_budget": self.meets_budget}
 
 
@@ -89,6 +96,8 @@ class Report:
     signal: str  # what "accuracy" measures: top1, top1-agreement, or a metric's name
     seconds: float
     output: str | None = None
+    output_mb: float | None = None  # the size of the file written
+    format: str = "qdq"  # how the output stores the quantization (haqc.quantizer.FORMATS)
     schema: int = field(default=REPORT_SCHEMA)
 
     @property
@@ -124,8 +133,10 @@ class Report:
             "signal": self.signal,
             "seconds": round(self.seconds, 3),
         }
+        out["format"] = self.format
         if self.output is not None:
             out["output"] = self.output
+            out["output_mb"] = self.output_mb
         return out
 
     def to_json(self) -> str:

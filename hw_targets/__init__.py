@@ -9,7 +9,7 @@ docs/writing_targets.md.
 from __future__ import annotations
 
 from haqc.costs import CostTable, LayerCost
-from haqc.hw_targets.base import ParametricTarget, Target, weight_bytes
+from haqc.hw_targets.base import MeasuredTarget, ParametricTarget, Subgraphs, Target, weight_bytes
 from haqc.hw_targets.bitserial import BitSerialOverlay, BitSerialParams
 from haqc.hw_targets.budget import Budget, parse_budget
 from haqc.hw_targets.declarative import load_target_file
@@ -26,7 +26,9 @@ __all__ = [
     "Budget",
     "CostTable",
     "LayerCost",
+    "MeasuredTarget",
     "ParametricTarget",
+    "Subgraphs",
     "Target",
     "TargetInfo",
     "available_targets",

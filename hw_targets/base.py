@@ -19,7 +19,7 @@ import math
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from haqc.costs import CostTable, LayerCost, padded
 from haqc.errors import InputError
 from haqc.layers import Layer
 from haqc.precision import FP32, SEARCH_BITS, Method, Option, grid, reference_option, weight_only
+
+if TYPE_CHECKING:  # targets that only model costs never load ONNX; measured ones receive its models
+    import onnx
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +128,50 @@ class Target(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {getattr(self, 'name', '?')!r} batch={self.batch}>"
+
+
+class Subgraphs(Protocol):
+    """What a measured target times, built by a pass (``haqc.passes.isolate.LayerSubgraphs``)."""
+
+    model: onnx.ModelProto  # the whole canonical model
+
+    def geometry(self, layer: Layer, batch: int) -> str:
+        """A key for what decides ``layer``'s run time (op, attributes, shapes), not its values."""
+
+    def layer(self, layer: Layer, option: Option, batch: int) -> onnx.ModelProto:
+        """``layer`` alone at ``option``, with the Quantize / Dequantize the export puts around it."""
+
+    def whole(self, option: Option, batch: int) -> onnx.ModelProto:
+        """The whole model with every layer at ``option``."""
+
+    def feeds(self, batch: int) -> dict[str, np.ndarray]:
+        """Inputs for ``whole``."""
+
+
+class MeasuredTarget(Target):
+    """A target that times the model's own layers in a runtime instead of evaluating a formula.
+
+    The pipeline hands it the layers' standalone subgraphs (``Subgraphs``); it never edits the
+    user's graph. It also times whole models, so compress can check a result against what runs.
+    """
+
+    @abc.abstractmethod
+    def measured_table(self, layers: Sequence[Layer], subgraphs: Subgraphs, method: Method = "linear") -> CostTable:
+        """The cost table, from measurements of ``subgraphs``."""
+
+    @abc.abstractmethod
+    def time_models(self, models: Sequence[onnx.ModelProto], feeds: dict[str, np.ndarray]) -> list[float]:
+        """Seconds per batch of each model on ``feeds``, median of interleaved runs."""
+
+    def layer_cost(self, layer: Layer, w_bits: int, a_bits: int) -> LayerCost:
+        raise self._needs_subgraphs()
+
+    def cost_table(self, layers: Sequence[Layer], method: Method = "linear") -> CostTable:
+        raise self._needs_subgraphs()
+
+    def _needs_subgraphs(self) -> InputError:
+        return InputError(f"target {self.name!r} measures layers in their own subgraphs: cost a model with "
+                          "haqc.pipeline.cost_table (or `haqc inspect --target`), not from Layer records alone")
 
 
 def _check_bits(bits: Any, what: str) -> int:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 
-from haqc.hw_targets.base import Target, check_target
+from haqc.hw_targets.base import MeasuredTarget, Target, check_target
 from haqc.hw_targets.declarative import load_target_file
 
 from haqc.errors import InputError
@@ -120,7 +120,7 @@ def _instantiate(ep: EntryPoint) -> Target:
 
 
 def _info(name: str, source: str, target: Target) -> TargetInfo:
-    energy = target.cost(_PROBE, 8, 8).energy_j is not None
+    energy = not isinstance(target, MeasuredTarget) and target.cost(_PROBE, 8, 8).energy_j is not None
     return TargetInfo(
         name, source, target.description, target.batch, tuple(target.w_bits), tuple(target.a_bits), energy
     )

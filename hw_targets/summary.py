@@ -9,10 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from haqc.hw_targets.base import Target
-
 from haqc.costs import CostTable
-from haqc.layers import Layer
 from haqc.precision import Option
 from haqc.quantities import as_units
 
@@ -21,17 +18,16 @@ logger = logging.getLogger(__name__)
 DEFAULT_SETTINGS: tuple[Option, ...] = (Option(8, 8), Option(4, 4), Option(2, 2))
 
 
-def cost_summary(target: Target, layers: Sequence[Layer], settings: Sequence[Option] = DEFAULT_SETTINGS) -> dict:
+def cost_summary(table: CostTable, settings: Sequence[Option] = DEFAULT_SETTINGS) -> dict:
     """``{"per_layer": [{"w8a8": {...}, ...} per layer], "total": {"w8a8": {...}, ...}}``.
 
     Each entry is ``{"latency_ms", "energy_mj" (None if unknown), "size_mb"}``;
     totals combine layers the target's way. Settings some layer does not offer
     are left out; when none is left, the options every layer offers are shown.
     """
-    table = target.cost_table(layers)
     shown = [o for o in settings if _everywhere(table, o)] or [
         o for o in table.options[0][: table.declared[0]] if _everywhere(table, o)]
-    per_layer: list[dict] = [{} for _ in layers]
+    per_layer: list[dict] = [{} for _ in range(table.n_layers)]
     total: dict[str, dict] = {}
     for option in shown:
         columns = table.indices([option] * table.n_layers)

@@ -187,6 +187,7 @@ def _make_layer(index: int, node: onnx.NodeProto, w: tuple[int, ...], shapes: di
         weight=node.input[1],
         weight_axis=axis,
         input=node.input[0],
+        input_shape=tuple(int(d) for d in x_shape),
     )
 
 

@@ -93,3 +93,10 @@ def example():
         "calib": load_data(str(EXAMPLE_DIR / "calib.npz"), prepared, "--calib-data"),
         "train": load_data(str(EXAMPLE_DIR / "train.npz"), prepared, "--train-data"),
     }
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _measurement_cache(tmp_path_factory):
+    """Measured targets cache in a directory of this test session, never the user's cache."""
+    os.environ["HAQC_CACHE_DIR"] = str(tmp_path_factory.mktemp("haqc-cache"))
+    yield

@@ -206,3 +206,48 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_measured_target_checks_the_result_against_its_own_timing(tmp_path):
+    """On ort-cpu compress times the written model beside fp32 and w8a8; meets_budget holds only if
+    the measured latency meets the limit too. The output format is recorded with the file's size."""
+    out, report = tmp_path / "m.onnx", tmp_path / "r.json"
+    result = _compress("--target", "ort-cpu", "--latency", "1.0x", "--strategy", "random", "--episodes", "2",
+                       "--format", "qonnx", "-o", out, "--report", report)
+    assert result.exit_code == 0, result.output
+    assert "measured ms" in result.output and "(qonnx," in result.output
+    data = json.loads(report.read_text())
+    for key in ("fp32", "w8a8", "result"):
+        assert data[key]["measured_latency_ms"] > 0 and data[key]["energy_mj"] is None
+    limit_ms = data["w8a8"]["latency_ms"]
+    measured_ok = data["result"]["measured_latency_ms"] <= limit_ms * (1 + 1e-9)
+    assert data["result"]["meets_budget"] == (data["result"]["latency_ms"] <= limit_ms * (1 + 1e-9) and measured_ok)
+    assert data["format"] == "qonnx" and data["output_mb"] == pytest.approx(out.stat().st_size / 1e6)
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+    from qonnx.util.cleanup import cleanup_model
+
+    val = np.load(EXAMPLE_DIR / "val.npz")
+    wrapped = cleanup_model(ModelWrapper(str(out)), override_inpsize=64)
+    logits = execute_onnx(wrapped, {wrapped.graph.input[0].name: val["input"][:64]})[wrapped.graph.output[0].name]
+    assert np.mean(logits.argmax(-1) == val["labels"][:64]) > 0.9
+
+
+@pytest.mark.parametrize(("fmt", "containers"), [("qdq", {"INT8"}), ("packed", {"INT4"})])
+def test_quantize_formats_store_weights_in_their_containers_and_run(tmp_path, fmt, containers):
+    out = tmp_path / f"{fmt}.onnx"
+    result = CliRunner().invoke(main, ["quantize", str(EXAMPLE), "--bits", "w4a8", *map(str, DATA), "--format", fmt,
+                                       "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["format"] == fmt
+    import onnx
+    from onnx import TensorProto
+
+    model = onnx.load(out)
+    stored = {TensorProto.DataType.Name(t.data_type) for t in model.graph.initializer if t.name.endswith("/q")
+              and "/w" in t.name}
+    assert stored == containers
+    val = np.load(EXAMPLE_DIR / "val.npz")
+    logits = run_ort(out, {"input": val["input"]})[0]
+    assert np.mean(logits.argmax(-1) == val["labels"]) == pytest.approx(summary["quantized"]["accuracy"])

@@ -8,7 +8,7 @@ import click
 
 from haqc.api import CompressConfig, compress
 from haqc.cli import main
-from haqc.cli.inspect import input_shape_option, parse_input_shapes
+from haqc.cli.inspect import execution_provider_option, input_shape_option, parse_input_shapes, with_provider
 from haqc.cli.quantize import finetune_options, quantize_options, run_options
 from haqc.errors import EXIT_INTERRUPTED, InputError
 from haqc.evaluation import TOP1, TOP1_AGREEMENT
@@ -23,6 +23,7 @@ DEFAULTS = CompressConfig()
 @main.command(name="compress")
 @click.argument("model", type=click.Path(path_type=str))
 @click.option("--target", default=DEFAULTS.target, show_default=True, help="Target name (haqc targets) or a .toml file.")
+@execution_provider_option
 @click.option("--latency", help="Latency budget: 20ms, 1.5s, 300us, or relative to all-8-bit: 0.5x, 60%.")
 @click.option("--energy", help="Energy budget: 5mJ, 0.2J, or 0.5x / 50%.")
 @click.option("--size", help="Weight-size budget: 2MB, 500KB, 1.5MiB, or 0.25x / 25%.")
@@ -56,12 +57,13 @@ DEFAULTS = CompressConfig()
 @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (for CI).")
 def compress_command(model, latency, energy, size, per_tensor, no_pin_first, no_pin_last, ddpg_overrides, input_shapes,
-                     output, report_path, plot_path, force, quiet, as_json, **options) -> None:
+                     output, report_path, plot_path, force, quiet, as_json, target, provider, **options) -> None:
     """Find per-layer bitwidths for MODEL that meet a budget on a target, and export them."""
     budgets = {q: v for q, v in (("latency", latency), ("energy", energy), ("size", size)) if v is not None}
     config = CompressConfig(
         budgets=budgets, pin_first=not no_pin_first, pin_last=not no_pin_last, ddpg=parse_ddpg_overrides(ddpg_overrides),
-        input_shapes=parse_input_shapes(input_shapes), **run_options(per_tensor, **options),
+        input_shapes=parse_input_shapes(input_shapes), target=with_provider(target, provider),
+        **run_options(per_tensor, **options),
     )
     show = not quiet and not as_json
     bar = _Progress(config.episodes if config.strategy in ("ddpg", "random") else None, budgets) if show else None
@@ -137,12 +139,14 @@ def format_summary(report: Report) -> str:
         lines.append(f"  {r.layer[:28]:<28} {r.kind:<9} {w:>2} {a:>2} {latency:>11.4f} {100 * latency / total:>5.1f}%")
     lines.append("")
     score = "top-1" if report.signal in (TOP1, TOP1_AGREEMENT) else "score"
-    lines.append(f"  {'':<8} {score:>8} {'latency ms':>11} {'energy mJ':>10} {'size MB':>9}")
+    measured = report.result.measured_latency_s is not None
+    lines.append(f"  {'':<8} {score:>8} {'latency ms':>11} {'energy mJ':>10} {'size MB':>9}"
+                 + (f" {'measured ms':>12}" if measured else ""))
     for key, row in (("fp32", report.fp32), ("w8a8", report.w8a8), ("result", report.result)):
         units = row.to_dict()
         energy = "-" if units[report_key("energy")] is None else f"{units[report_key('energy')]:.4f}"
         lines.append(f"  {key:<8} {100 * row.accuracy:>7.2f}% {units[report_key('latency')]:>11.4f} {energy:>10} "
-                     f"{units[report_key('size')]:>9.4f}")
+                     f"{units[report_key('size')]:>9.4f}" + (f" {units['measured_latency_ms']:>12.4f}" if measured else ""))
     budget = ", ".join(f"{q} <= {c['limit']} ({c['budget']})" for q, c in report.constraints.items())
     verdict = "meets" if report.result.meets_budget else "MISSES"
     lines.append(f"  result {verdict} the budget: {budget}")
@@ -150,5 +154,5 @@ def format_summary(report: Report) -> str:
         what = "top-1 agreement with" if report.signal == TOP1_AGREEMENT else f"{report.signal} against"
         lines.append(f"  (label-free: accuracy is {what} the fp32 model)")
     if report.output:
-        lines.append(f"  wrote {report.output}")
+        lines.append(f"  wrote {report.output} ({report.format}, {report.output_mb:.4f} MB)")
     return "\n".join(lines)

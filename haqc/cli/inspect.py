@@ -7,6 +7,9 @@ import click
 
 from haqc.api import inspect as inspect_model
 from haqc.cli import main
+from haqc.errors import InputError
+from haqc.hw_targets import Target
+from haqc.hw_targets.ort_cpu import OrtTarget
 from haqc.passes.load import parse_input_shape
 
 
@@ -25,15 +28,34 @@ def parse_input_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
     return dict(parse_input_shape(v) for v in values)
 
 
+def execution_provider_option(func):
+    """``--execution-provider EP``: which ONNX Runtime execution provider the ort-cpu target measures."""
+    return click.option("--execution-provider", "provider", metavar="EP",
+                        help="Measure the ort-cpu target on this ONNX Runtime execution provider (CPU, CUDA, "
+                             "TensorRT, ...; that build of onnxruntime must be installed).")(func)
+
+
+def with_provider(spec: str, provider: str | None) -> str | Target:
+    """The target ``spec`` names, measured on ``provider`` when one is given (ort-cpu only)."""
+    if provider is None:
+        return spec
+    if spec != "ort-cpu":
+        raise InputError(f"--execution-provider configures the measured ort-cpu target, not {spec!r}")
+    return OrtTarget(provider=provider)
+
+
 @main.command()
 @click.argument("model", type=click.Path(path_type=str))
 @input_shape_option
 @click.option("--target", "targets", multiple=True, metavar="NAME_OR_FILE",
               help="Add costs at w8a8/w4a4/w2a2 on this target (repeatable; see haqc targets).")
+@execution_provider_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def inspect(model: str, input_shapes: tuple[str, ...], targets: tuple[str, ...], as_json: bool) -> None:
+def inspect(model: str, input_shapes: tuple[str, ...], targets: tuple[str, ...], provider: str | None,
+            as_json: bool) -> None:
     """List MODEL's quantizable layers with their shapes, MACs and HAQ state (and costs on targets)."""
-    summary = inspect_model(model, input_shapes=parse_input_shapes(input_shapes), targets=targets)
+    summary = inspect_model(model, input_shapes=parse_input_shapes(input_shapes),
+                            targets=[with_provider(t, provider) for t in targets])
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return

@@ -85,7 +85,7 @@ def test_policy_cost_is_the_fancy_index_sum_of_the_table():
 
 def test_cost_summary_shape_and_units():
     layers = mnist_mbv2()
-    summary = cost_summary(TARGETS["bitfusion"], layers)
+    summary = cost_summary(TARGETS["bitfusion"].cost_table(layers))
     assert set(summary) == {"per_layer", "total"}
     assert len(summary["per_layer"]) == len(layers)
     for key in ("w8a8", "w4a4", "w2a2"):
@@ -97,7 +97,7 @@ def test_cost_summary_shape_and_units():
     assert summary["per_layer"][3]["w4a4"] == pytest.approx(
         {"latency_ms": c.latency_s * 1e3, "energy_mj": c.energy_j * 1e3, "size_mb": c.weight_bytes / 1e6}
     )
-    edge = cost_summary(TARGETS["edge"], layers, settings=(Option(8, 8),))
+    edge = cost_summary(TARGETS["edge"].cost_table(layers), settings=(Option(8, 8),))
     assert list(edge["total"]) == ["w8a8"]
     assert edge["total"]["w8a8"]["energy_mj"] is None
 
@@ -124,12 +124,13 @@ def test_a_target_can_say_how_layer_costs_combine():
     total = table.policy_cost([Option(8, 8)] * 4)
     assert total["latency"] == max(target.cost(layer, 8, 8).latency_s for layer in LAYERS)
     assert total["size"] == sum(weight_bytes(layer, 8) for layer in LAYERS)
-    summary = cost_summary(target, LAYERS)
+    summary = cost_summary(target.cost_table(LAYERS))
     assert summary["total"]["w8a8"]["latency_ms"] == pytest.approx(total["latency"] * 1e3)
 
 
 def test_hw_targets_imports_no_onnx_torch_or_other_haqc_layers():
-    """Targets know shapes and bits only: importing them must not pull in ONNX, torch, passes, search or CLI."""
+    """Modelled targets know shapes and bits only: importing them must not pull in ONNX, torch, passes, search or
+    CLI (the measured ort-cpu target, a module of its own, imports ONNX Runtime when it is loaded)."""
     code = "import json, sys, haqc.hw_targets as t; t.load_target('edge');print(json.dumps(sorted(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     loaded = {m if m.startswith("haqc.") else m.split(".")[0] for m in json.loads(out.stdout)}

@@ -53,7 +53,7 @@ def test_the_example_package_is_listed_and_used_without_changing_haqc(monkeypatc
     assert set(BUILTINS) <= set(infos)
     npu = load_target("tiny_npu")
     assert isinstance(npu, Target)
-    summary = cost_summary(npu, mnist_mbv2())
+    summary = cost_summary(npu.cost_table(mnist_mbv2()))
     total = summary["total"]
     assert total["w8a8"]["latency_ms"] > total["w4a4"]["latency_ms"] > total["w2a2"]["latency_ms"] > 0
     assert total["w8a8"]["energy_mj"] > 0

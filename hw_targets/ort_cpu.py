@@ -1,0 +1,199 @@
+"""``ort-cpu``: ONNX Runtime on the machine haqc runs on, measured rather than modelled.
+
+HAQ's point is feedback from the hardware itself. This target's options are what ONNX
+Runtime's CPU execution provider has fast kernels for: a layer runs in float, or as an
+8-bit integer kernel (QLinearConv / QGemm / QLinearMatMul, fused from the QDQ haqc writes).
+Narrower widths run those same 8-bit kernels in ONNX Runtime, so they would cost accuracy
+for no time; they are not offered.
+
+Each layer is timed alone at each option (its real input shape, the Quantize /
+Dequantize the export puts at its boundaries; median of interleaved runs after warm-up).
+A model's latency is then ``scale * sum(layers) + rest``, with ``scale`` and ``rest``
+fitted on two whole-model timings (fp32 and all-8-bit): the layers' sum misses the float
+ops between them and counts a session call per layer (docs/cost_models.md). Measurements
+are cached on disk, keyed by layer geometry (or model bytes), option, ONNX Runtime's
+version, the CPU, the execution provider, the thread count and the batch, so a second run
+measures nothing. The same class measures another execution provider (``provider="CUDA"``)
+where that build of ONNX Runtime is installed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from haqc.costs import CostTable
+from haqc.errors import InputError
+from haqc.hw_targets.base import FLOAT_STORAGE_BYTES, MeasuredTarget, Subgraphs, weight_bytes
+from haqc.io import atomic_write_text
+from haqc.layers import Layer
+from haqc.precision import FP32, Method, Option
+
+logger = logging.getLogger(__name__)
+
+INT8 = Option(8, 8)
+# Bumped when what is measured changes, so old cache entries are not read as new ones.
+_MEASUREMENT_VERSION = 1
+_WARMUP = 3
+_MIN_ROUNDS, _MAX_ROUNDS, _MIN_SECONDS = 15, 400, 0.25
+_FLOOR_S = 1e-7  # a layer timed at or below a bare session call still costs something
+
+
+def cache_dir() -> Path:
+    """``$HAQC_CACHE_DIR``, else ``$XDG_CACHE_HOME/haqc``, else ``~/.cache/haqc``."""
+    if os.environ.get("HAQC_CACHE_DIR"):
+        return Path(os.environ["HAQC_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "haqc"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (part of every cache key: another CPU is other hardware)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class OrtTarget(MeasuredTarget):
+    """ONNX Runtime on this machine, one execution provider, ``threads`` intra-op threads (None:
+    ONNX Runtime's default, all physical cores)."""
+
+    w_bits = (8,)
+    a_bits = (8,)
+
+    def __init__(self, provider: str = "CPU", threads: int | None = None, batch: int = 1) -> None:
+        provider = provider.removesuffix("ExecutionProvider")
+        available = [p.removesuffix("ExecutionProvider") for p in ort.get_available_providers()]
+        if provider not in available:
+            raise InputError(f"execution provider {provider!r} is not in this onnxruntime build (it has: "
+                             f"{', '.join(available)}); install the onnxruntime package built for it, or use CPU")
+        if threads is not None and threads < 1:
+            raise InputError(f"`threads` must be at least 1, got {threads}")
+        self.provider, self.threads, self.batch = provider, threads, batch
+        self.name = f"ort-{provider.lower()}"
+        self.description = (f"ONNX Runtime {ort.__version__} on this machine ({provider} execution provider): "
+                             "every layer timed in float and as an 8-bit integer kernel, cached")
+
+    def measured_table(self, layers: Sequence[Layer], subgraphs: Subgraphs, method: Method = "linear") -> CostTable:
+        """Every layer timed at w8a8 and fp32; an option no faster than a more precise one is not
+        offered (it could never help a latency budget). ``combine`` is the fitted whole-model sum."""
+        if method != "linear":
+            raise InputError(f"target {self.name!r} times integer kernels; k-means codebooks run as float weights "
+                             "in ONNX Runtime, so use a size budget on another target (e.g. edge) for them")
+        times = [self._layer_times(layer, subgraphs) for layer in layers]
+        rows, declared = [], []
+        for t in times:
+            offered = (INT8, FP32) if t[INT8] < t[FP32] else (FP32,)
+            declared.append(len(offered))
+            rows.append(offered + tuple(o for o in (FP32, INT8) if o not in offered))
+        latency = np.array([[t[o] for o in row] for t, row in zip(times, rows)])
+        size = np.array([[weight_bytes(l, 8) if o == INT8 else float(l.params * FLOAT_STORAGE_BYTES) for o in row]
+                         for l, row in zip(layers, rows)])
+        scale, rest = self._whole_model_fit(subgraphs, [t[FP32] for t in times], [t[INT8] for t in times])
+        return CostTable([l.name for l in layers], rows, {"latency": latency, "size": size}, declared=declared,
+                         combine=lambda per_layer: scale * float(np.sum(per_layer)) + rest)
+
+    def time_models(self, models: Sequence[onnx.ModelProto], feeds: dict[str, np.ndarray]) -> list[float]:
+        sessions = [self._session(m) for m in models]
+        for session in sessions:
+            for _ in range(_WARMUP):
+                session.run(None, feeds)
+        runs: list[list[float]] = [[] for _ in sessions]
+        start = time.perf_counter()
+        while len(runs[0]) < _MAX_ROUNDS and (len(runs[0]) < _MIN_ROUNDS
+                                              or time.perf_counter() - start < _MIN_SECONDS * len(sessions)):
+            for session, out in zip(sessions, runs):  # interleaved: drift in load hits every model alike
+                t = time.perf_counter()
+                session.run(None, feeds)
+                out.append(time.perf_counter() - t)
+        return [statistics.median(r) for r in runs]
+
+    def _session(self, model: onnx.ModelProto) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if self.threads is not None:
+            options.intra_op_num_threads = self.threads
+        providers = [f"{self.provider}ExecutionProvider"] + (["CPUExecutionProvider"] if self.provider != "CPU" else [])
+        return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+
+    def _layer_times(self, layer: Layer, subgraphs: Subgraphs) -> dict[Option, float]:
+        """Seconds per batch of ``layer`` alone at w8a8 and fp32 (cached by geometry)."""
+        key = self._key("layer", subgraphs.geometry(layer, self.batch))
+        cached = self._read(key)
+        if cached is not None:
+            return {INT8: cached[0], FP32: cached[1]}
+        models = [subgraphs.layer(layer, o, self.batch) for o in (INT8, FP32)]
+        x = models[1].graph.input[0]
+        shape = [d.dim_value for d in x.type.tensor_type.shape.dim]
+        feeds = {x.name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+        *layer_times, call = self.time_models([*models, _identity(x.name, shape)], feeds)
+        # A session call costs the same with or without the layer: only the layer's own time adds up.
+        measured = [max(t - call, _FLOOR_S) for t in layer_times]
+        self._write(key, measured, f"layer {layer.name} ({layer.op}, input {list(layer.input_shape)})")
+        return {INT8: measured[0], FP32: measured[1]}
+
+    def _whole_model_fit(self, subgraphs: Subgraphs, fp32_layers: list[float],
+                         int8_layers: list[float]) -> tuple[float, float]:
+        """``(scale, rest)`` with ``scale * sum + rest`` equal to the whole model's measured fp32 and
+        all-8-bit latencies; ``(1, mean gap)`` when the two sums are too close to fit a slope."""
+        digest = hashlib.sha256(subgraphs.model.SerializeToString(deterministic=True)).hexdigest()[:24]
+        key = self._key("model", digest)
+        whole = self._read(key)
+        if whole is None:
+            feeds = subgraphs.feeds(self.batch)
+            whole = self.time_models([subgraphs.whole(FP32, self.batch), subgraphs.whole(INT8, self.batch)], feeds)
+            self._write(key, whole, "whole model at fp32 and w8a8")
+        sums = (float(np.sum(fp32_layers)), float(np.sum(int8_layers)))
+        if abs(sums[0] - sums[1]) > 0.05 * sums[0]:
+            scale = (whole[0] - whole[1]) / (sums[0] - sums[1])
+            if scale > 0:
+                return scale, whole[0] - scale * sums[0]
+        return 1.0, float(np.mean([whole[0] - sums[0], whole[1] - sums[1]]))
+
+    def _key(self, kind: str, what: str) -> str:
+        parts = [_MEASUREMENT_VERSION, kind, what, ort.__version__, cpu_model(), self.provider, self.threads,
+                 self.batch]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
+
+    def _read(self, key: str) -> list[float] | None:
+        path = cache_dir() / "measurements" / f"{key}.json"
+        try:
+            return [float(v) for v in json.loads(path.read_text())["seconds"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _write(self, key: str, seconds: list[float], what: str) -> None:
+        path = cache_dir() / "measurements" / f"{key}.json"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps({"what": what, "seconds": seconds, "onnxruntime": ort.__version__,
+                                                "cpu": cpu_model(), "provider": self.provider,
+                                                "threads": self.threads, "batch": self.batch}))
+        except OSError as err:  # a read-only cache costs the next run a measurement, not this one its result
+            logger.warning("could not cache a measurement in %s: %s", path.parent, err)
+
+
+def _identity(name: str, shape: list[int]) -> onnx.ModelProto:
+    """A model that only copies its input: the cost of a session call on that input."""
+    x = onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape)
+    y = onnx.helper.make_tensor_value_info("copy", onnx.TensorProto.FLOAT, shape)
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", [name], ["copy"])], "call", [x], [y])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+
+
+def target() -> OrtTarget:
+    """The ``ort-cpu`` entry point: the CPU execution provider with ONNX Runtime's default threads."""
+    return OrtTarget()

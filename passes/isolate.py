@@ -1,0 +1,112 @@
+"""Layer subgraphs: each quantizable layer alone, and the whole model at one option, for measured targets.
+
+A measured target (``haqc.hw_targets.base.MeasuredTarget``) times models in a runtime
+instead of evaluating a formula; it never sees or edits the user's graph. What it
+times is built here, with the quantize pass itself, so a measured layer holds the
+same nodes the export writes: its input QuantizeLinear / DequantizeLinear, its
+integer weights, its int32 bias and its requantized output, which ONNX Runtime fuses
+into one integer kernel (QLinearConv, QGemm). Calibration is on seeded random data:
+the values do not change how long a kernel takes, only which numbers it computes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from haqc.data import input_specs
+from haqc.layers import Layer
+from haqc.passes.calibrate import calibrate
+from haqc.passes.load import InputShapes
+from haqc.passes.quantize_linear import LinearQuantize
+from haqc.precision import Option
+
+logger = logging.getLogger(__name__)
+
+
+class LayerSubgraphs:
+    """Standalone models of one canonical model's layers (and of the whole model), built on demand.
+
+    ``input_shapes`` are the shapes the layers were analysed at (the data's dims for
+    dynamic ones); ``batch`` scales the leading dim where the model's batch is dynamic (a
+    fixed-batch model runs at its own batch).
+    """
+
+    def __init__(self, model: onnx.ModelProto, layers: Sequence[Layer], input_shapes: InputShapes | None = None,
+                 seed: int = 0) -> None:
+        self.model = model
+        self.layers = list(layers)
+        self.input_shapes = dict(input_shapes or {})
+        self.seed = seed
+        self._nodes = {n.name: n for n in model.graph.node}
+        self._inits = {t.name: t for t in model.graph.initializer}
+        self._specs = input_specs(model)
+        self._dynamic_batch = all(shape and not isinstance(shape[0], int) for _, shape, _ in self._specs)
+
+    def _batched(self, shape: Sequence[int], batch: int) -> tuple[int, ...]:
+        """``shape`` with its leading dim times ``batch`` where the batch is dynamic."""
+        shape = tuple(int(d) for d in shape)
+        return (shape[0] * batch, *shape[1:]) if shape and self._dynamic_batch else shape
+
+    def geometry(self, layer: Layer, batch: int) -> str:
+        """What decides how long ``layer`` runs (op, attributes, shapes), not its weights' values:
+        a key under which measurements are shared by every layer of that geometry."""
+        node = self._nodes[layer.name]
+        parts = {
+            "op": node.op_type,
+            "attributes": sorted(str(helper.get_attribute_value(a)) + a.name for a in node.attribute),
+            "input": list(self._batched(layer.input_shape, batch)),
+            "operands": [list(self._inits[i].dims) if i in self._inits else None for i in node.input[1:]],
+        }
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+    def layer(self, layer: Layer, option: Option, batch: int = 1) -> onnx.ModelProto:
+        """``layer`` alone at ``option``: its node, weight and bias, a float input of its analysed
+        shape (leading dim times ``batch``) and a float output, with what the export inserts."""
+        node = onnx.NodeProto()
+        node.CopyFrom(self._nodes[layer.name])
+        operands = [self._inits[i] for i in node.input[1:] if i]
+        shape = self._batched(layer.input_shape, batch)
+        # The output goes through an Identity (which ONNX Runtime removes) so that the export's
+        # requantization of it is read: a graph output would keep the float kernel.
+        copy = helper.make_node("Identity", [node.output[0]], [f"{layer.name}/alone/y"])
+        graph = helper.make_graph(
+            [node, copy], f"{layer.name}/alone",
+            [helper.make_tensor_value_info(layer.input, onnx.TensorProto.FLOAT, shape)],
+            [helper.make_tensor_value_info(copy.output[0], onnx.TensorProto.FLOAT, None)],
+            operands,
+        )
+        alone = helper.make_model(graph, opset_imports=list(self.model.opset_import), ir_version=self.model.ir_version)
+        if not option.quantized:
+            return alone
+        feeds = {layer.input: np.random.default_rng(self.seed).standard_normal(shape).astype(np.float32)}
+        calibration = calibrate(alone, [layer], [feeds])
+        return LinearQuantize([layer], calibration, {layer.name: option}, packed=False)(alone)
+
+    def whole(self, option: Option, batch: int = 1) -> onnx.ModelProto:
+        """The whole model with every layer at ``option`` (the model itself for fp32), calibrated on
+        ``feeds``."""
+        if not option.quantized:
+            return self.model
+        calibration = calibrate(self.model, self.layers, [self.feeds(batch)])
+        policy = {layer.name: option for layer in self.layers}
+        return LinearQuantize(self.layers, calibration, policy, packed=False)(self.model)
+
+    def feeds(self, batch: int = 1) -> dict[str, np.ndarray]:
+        """Seeded inputs for the whole model at the analysed shapes: normal floats, zero integers
+        (a valid index for any embedding or mask)."""
+        rng = np.random.default_rng(self.seed)
+        out = {}
+        for name, dims, dtype in self._specs:
+            shape = self._batched(self.input_shapes.get(name) or tuple(d if isinstance(d, int) else 1 for d in dims),
+                                  batch)
+            if np.issubdtype(dtype, np.floating):
+                out[name] = rng.standard_normal(shape).astype(dtype)
+            else:
+                out[name] = np.zeros(shape, dtype)
+        return out

@@ -1,0 +1,79 @@
+"""The measured ort-cpu target: layers timed in ONNX Runtime, cached, and fitted to whole-model timings."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from haqc.errors import InputError
+from haqc.hw_targets import load_target
+from haqc.hw_targets.ort_cpu import INT8, OrtTarget
+from haqc.passes.isolate import LayerSubgraphs
+from haqc.pipeline import cost_table, prepare
+from haqc.precision import FP32
+from tests.conftest import EXAMPLE
+
+
+@pytest.fixture()
+def fresh_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HAQC_CACHE_DIR", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    return prepare(EXAMPLE)
+
+
+def test_every_layer_is_timed_and_the_model_total_is_fitted_to_whole_model_timings(prepared, fresh_cache):
+    target = OrtTarget(batch=8)
+    table = cost_table(prepared, target, "linear")
+    assert table.quantities == ("latency", "size")  # no energy model: absent, not 0
+    for row, declared, values in zip(table.options, table.declared, table.values["latency"]):
+        assert set(row) == {FP32, INT8}
+        assert row[declared - 1] == FP32  # the most precise last, as pinned layers get it
+        if declared == 2:  # w8a8 is offered only where it is faster than fp32
+            assert values[0] < values[1]
+        assert np.all(values[: len(row)] > 0)
+    whole = [json.loads(p.read_text()) for p in (fresh_cache / "measurements").glob("*.json")]
+    fits = [w["seconds"] for w in whole if w["what"].startswith("whole model")]
+    geometries = {LayerSubgraphs(prepared.model, prepared.layers).geometry(l, 8) for l in prepared.layers}
+    assert len(fits) == 1 and len(whole) == 1 + len(geometries)  # one entry per layer geometry, one for the model
+    fp32 = table.policy_cost([FP32] * table.n_layers)["latency"]
+    int8 = table.policy_cost([INT8] * table.n_layers)["latency"]
+    per_layer = [np.sum(table.values["latency"][np.arange(table.n_layers), table.indices([o] * table.n_layers)])
+                 for o in (FP32, INT8)]
+    if abs(per_layer[0] - per_layer[1]) > 0.05 * per_layer[0] and (fits[0][0] - fits[0][1]) / (per_layer[0] - per_layer[1]) > 0:
+        np.testing.assert_allclose([fp32, int8], fits[0], rtol=1e-9)  # the fit reproduces both whole models
+    else:  # one offset for both: the mean gap
+        np.testing.assert_allclose(fp32 - per_layer[0], int8 - per_layer[1], rtol=1e-9)
+
+
+def test_a_second_run_measures_nothing(prepared, fresh_cache, monkeypatch):
+    first = cost_table(prepared, OrtTarget(), "linear")
+    monkeypatch.setattr(OrtTarget, "time_models", lambda *a: pytest.fail("measured again instead of reading the cache"))
+    second = cost_table(prepared, OrtTarget(), "linear")
+    assert second.digest() == first.digest()
+    # Another thread count is other hardware: it is not read from these entries.
+    with pytest.raises(pytest.fail.Exception):
+        cost_table(prepared, OrtTarget(threads=1), "linear")
+
+
+def test_a_read_only_cache_costs_a_measurement_not_the_result(prepared, tmp_path, monkeypatch):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    monkeypatch.setenv("HAQC_CACHE_DIR", str(blocked))
+    table = cost_table(prepared, OrtTarget(), "linear")
+    assert table.n_layers == len(prepared.layers)
+
+
+def test_registered_and_clear_about_what_it_cannot_do(prepared):
+    target = load_target("ort-cpu")
+    assert isinstance(target, OrtTarget) and target.name == "ort-cpu" and target.batch == 1
+    with pytest.raises(InputError, match="measures layers in their own subgraphs"):
+        target.cost_table(prepared.layers)
+    with pytest.raises(InputError, match="k-means"):
+        cost_table(prepared, target, "kmeans")
+    with pytest.raises(InputError, match="execution provider 'NoSuch' is not in this onnxruntime build"):
+        OrtTarget(provider="NoSuch")
