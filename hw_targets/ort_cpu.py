@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 INT8 = Option(8, 8)
 # Bumped when what is measured changes, so old cache entries are not read as new ones.
-_MEASUREMENT_VERSION = 1
+_MEASUREMENT_VERSION = 2
 _WARMUP = 3
 _MIN_ROUNDS, _MAX_ROUNDS, _MIN_SECONDS = 15, 400, 0.25
 _FLOOR_S = 1e-7  # a layer timed at or below a bare session call still costs something
@@ -124,6 +124,9 @@ class OrtTarget(MeasuredTarget):
     def _session(self, model: onnx.ModelProto) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        # Interleaved sessions each keep a thread pool; one spinning after its run would steal the
+        # cores from the next one's, so every measured session waits without spinning.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.threads is not None:
             options.intra_op_num_threads = self.threads
         providers = [f"{self.provider}ExecutionProvider"] + (["CPUExecutionProvider"] if self.provider != "CPU" else [])
