@@ -25,6 +25,18 @@ Combine = Callable[[np.ndarray], float]
 
 
 @dataclass(frozen=True)
+class Transition:
+    """What running ``producer`` and ``consumer`` (layers whose output feeds the other's input) at
+    given options adds to the consumer's cost, beyond their own: ``values[a, b]`` with the producer
+    at column a and the consumer at column b, per quantity (e.g. the conversion two chained integer
+    layers no longer pay: negative). Zero where not stated."""
+
+    producer: int
+    consumer: int
+    values: Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
 class LayerCost:
     """The cost of one layer (or a whole model) for one batch of ``Target.batch`` samples."""
 
@@ -45,7 +57,9 @@ class CostTable:
     offers the search (cheapest first), then any reference options costed for
     the report only (fp32, the all-8-bit option). ``values[q]`` has shape
     (n_layers, max options), NaN past a layer's options. A quantity a target
-    cannot estimate (energy, on most) is absent. ``combine`` turns a policy's
+    cannot estimate (energy, on most) is absent. ``transitions`` add what a pair of
+    connected layers costs together beyond their own costs (a measured target's
+    boundary conversions). ``combine`` turns a policy's
     per-layer latencies or energies into the model's (the target's; sizes
     always sum).
     """
@@ -58,6 +72,7 @@ class CostTable:
         *,
         declared: Sequence[int] | None = None,
         combine: Combine = sum_costs,
+        transitions: Sequence[Transition] = (),
     ) -> None:
         self.layer_names = tuple(layer_names)
         self.options = tuple(tuple(o) for o in options)
@@ -87,6 +102,13 @@ class CostTable:
             self.values[quantity] = array
         if not self.values:
             raise ValueError("a cost table needs at least one quantity")
+        for t in transitions:
+            for quantity, table in t.values.items():
+                shape = (len(self.options[t.producer]), len(self.options[t.consumer]))
+                if quantity not in self.values or np.shape(table) != shape or not np.all(np.isfinite(table)):
+                    raise ValueError(f"transition {t.producer} -> {t.consumer}: {quantity} needs finite values "
+                                     f"of shape {shape} for a quantity of the table")
+        self.transitions = tuple(transitions)
         self._rows = np.arange(n)
 
     @property
@@ -109,16 +131,24 @@ class CostTable:
         return np.array([self.index(i, o) for i, o in enumerate(options)], dtype=np.int64)
 
     def cost(self, columns: np.ndarray) -> dict[str, float]:
-        """The model's cost with layer i at column ``columns[i]``, per quantity."""
+        """The model's cost with layer i at column ``columns[i]``, per quantity (transitions included)."""
         columns = np.asarray(columns, dtype=np.int64)
-        return {q: self._combine(q, t[self._rows, columns]) for q, t in self.values.items()}
+        return {q: self._combine(q, self.per_layer(q, columns)) for q in self.values}
+
+    def per_layer(self, quantity: str, columns: np.ndarray) -> np.ndarray:
+        """Each layer's ``quantity`` at ``columns``, its transitions from its producers added."""
+        out = self.values[quantity][self._rows, columns].copy()
+        for t in self.transitions:
+            if quantity in t.values:
+                out[t.consumer] += t.values[quantity][columns[t.producer], columns[t.consumer]]
+        return out
 
     def policy_cost(self, options: Sequence[Option]) -> dict[str, float]:
         """The model's cost of one option per layer, per quantity."""
         return self.cost(self.indices(options))
 
     def layer_cost(self, layer: int, column: int) -> dict[str, float]:
-        """One layer's cost at one column, per quantity."""
+        """One layer's own cost at one column, per quantity (without transitions)."""
         return {q: float(t[layer, column]) for q, t in self.values.items()}
 
     def _combine(self, quantity: str, per_layer: np.ndarray) -> float:
@@ -131,6 +161,10 @@ class CostTable:
         for quantity in sorted(self.values):
             h.update(quantity.encode())
             h.update(np.ascontiguousarray(np.nan_to_num(self.values[quantity], nan=-1.0)).tobytes())
+        for t in self.transitions:
+            h.update(repr((t.producer, t.consumer, sorted(t.values))).encode())
+            for quantity in sorted(t.values):
+                h.update(np.ascontiguousarray(t.values[quantity], dtype=np.float64).tobytes())
         return h.hexdigest()
 
 

@@ -141,6 +141,12 @@ class Subgraphs(Protocol):
     def layer(self, layer: Layer, option: Option, batch: int) -> onnx.ModelProto:
         """``layer`` alone at ``option``, with the Quantize / Dequantize the export puts around it."""
 
+    def conversion(self, layer: Layer, batch: int) -> onnx.ModelProto:
+        """A Quantize -> Dequantize of ``layer``'s input alone."""
+
+    def chains(self) -> list[tuple[int, int]]:
+        """(producer, consumer) layer indices that run as one integer chain when both are integer."""
+
     def whole(self, option: Option, batch: int) -> onnx.ModelProto:
         """The whole model with every layer at ``option``."""
 

@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from haqc.costs import CostTable
+from haqc.costs import CostTable, Transition
 from haqc.errors import InputError
 from haqc.hw_targets.base import FLOAT_STORAGE_BYTES, MeasuredTarget, Subgraphs, weight_bytes
 from haqc.io import atomic_write_text
@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 INT8 = Option(8, 8)
 # Bumped when what is measured changes, so old cache entries are not read as new ones.
-_MEASUREMENT_VERSION = 2
+_MEASUREMENT_VERSION = 3
 _WARMUP = 3
 _MIN_ROUNDS, _MAX_ROUNDS, _MIN_SECONDS = 15, 400, 0.25
 _FLOOR_S = 1e-7  # a layer timed at or below a bare session call still costs something
@@ -88,23 +88,40 @@ class OrtTarget(MeasuredTarget):
                              "every layer timed in float and as an 8-bit integer kernel, cached")
 
     def measured_table(self, layers: Sequence[Layer], subgraphs: Subgraphs, method: Method = "linear") -> CostTable:
-        """Every layer timed at w8a8 and fp32; an option no faster than a more precise one is not
-        offered (it could never help a latency budget). ``combine`` is the fitted whole-model sum."""
+        """Every layer timed at w8a8 and fp32, alone; chained integer layers save the conversion
+        between them (a transition). w8a8 is not offered where it is no faster than fp32 even with
+        every saving it could have (it could never help a latency budget). ``combine`` is the sum
+        fitted to whole-model timings."""
         if method != "linear":
             raise InputError(f"target {self.name!r} times integer kernels; k-means codebooks run as float weights "
                              "in ONNX Runtime, so use a size budget on another target (e.g. edge) for them")
-        times = [self._layer_times(layer, subgraphs) for layer in layers]
+        measured = [self._layer_times(layer, subgraphs) for layer in layers]
+        times = [{INT8: m[0], FP32: m[1]} for m in measured]
+        chains = subgraphs.chains()
+        # What a layer can save in integer chains: its input's conversion, and its consumers'.
+        chained = np.zeros(len(layers))
+        for j, i in chains:
+            chained[i] += measured[i][2]
+            chained[j] += measured[i][2]
         rows, declared = [], []
-        for t in times:
-            offered = (INT8, FP32) if t[INT8] < t[FP32] else (FP32,)
+        for t, saving in zip(times, chained):
+            offered = (INT8, FP32) if t[INT8] - saving < t[FP32] else (FP32,)
             declared.append(len(offered))
             rows.append(offered + tuple(o for o in (FP32, INT8) if o not in offered))
         latency = np.array([[t[o] for o in row] for t, row in zip(times, rows)])
         size = np.array([[weight_bytes(l, 8) if o == INT8 else float(l.params * FLOAT_STORAGE_BYTES) for o in row]
                          for l, row in zip(layers, rows)])
-        scale, rest = self._whole_model_fit(subgraphs, [t[FP32] for t in times], [t[INT8] for t in times])
+        transitions = []
+        for j, i in chains:  # two chained integer layers skip the conversion between them
+            saved = np.zeros((len(rows[j]), len(rows[i])))
+            saved[rows[j].index(INT8), rows[i].index(INT8)] = -min(measured[i][2], times[i][INT8], times[j][INT8])
+            transitions.append(Transition(j, i, {"latency": saved}))
+        table = CostTable([l.name for l in layers], rows, {"latency": latency, "size": size}, declared=declared,
+                          transitions=transitions)
+        ends = [float(np.sum(table.per_layer("latency", table.indices([o] * len(layers))))) for o in (FP32, INT8)]
+        scale, rest = self._whole_model_fit(subgraphs, *ends)
         return CostTable([l.name for l in layers], rows, {"latency": latency, "size": size}, declared=declared,
-                         combine=lambda per_layer: scale * float(np.sum(per_layer)) + rest)
+                         transitions=transitions, combine=lambda per_layer: scale * float(np.sum(per_layer)) + rest)
 
     def time_models(self, models: Sequence[onnx.ModelProto], feeds: dict[str, np.ndarray]) -> list[float]:
         sessions = [self._session(m) for m in models]
@@ -132,24 +149,25 @@ class OrtTarget(MeasuredTarget):
         providers = [f"{self.provider}ExecutionProvider"] + (["CPUExecutionProvider"] if self.provider != "CPU" else [])
         return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
 
-    def _layer_times(self, layer: Layer, subgraphs: Subgraphs) -> dict[Option, float]:
-        """Seconds per batch of ``layer`` alone at w8a8 and fp32 (cached by geometry)."""
+    def _layer_times(self, layer: Layer, subgraphs: Subgraphs) -> list[float]:
+        """Seconds per batch of ``layer`` alone at w8a8 and fp32, and of a Quantize -> Dequantize of
+        its input (cached by geometry)."""
         key = self._key("layer", subgraphs.geometry(layer, self.batch))
         cached = self._read(key)
-        if cached is not None:
-            return {INT8: cached[0], FP32: cached[1]}
-        models = [subgraphs.layer(layer, o, self.batch) for o in (INT8, FP32)]
+        if cached is not None and len(cached) == 3:
+            return cached
+        models = [*(subgraphs.layer(layer, o, self.batch) for o in (INT8, FP32)), subgraphs.conversion(layer, self.batch)]
         x = models[1].graph.input[0]
         shape = [d.dim_value for d in x.type.tensor_type.shape.dim]
         feeds = {x.name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
         *layer_times, call = self.time_models([*models, _identity(x.name, shape)], feeds)
         # A session call costs the same with or without the layer: only the layer's own time adds up.
         measured = [max(t - call, _FLOOR_S) for t in layer_times]
-        self._write(key, measured, f"layer {layer.name} ({layer.op}, input {list(layer.input_shape)})")
-        return {INT8: measured[0], FP32: measured[1]}
+        self._write(key, measured, f"layer {layer.name} ({layer.op}, input {list(layer.input_shape)}): w8a8, fp32, "
+                                   "input conversion")
+        return measured
 
-    def _whole_model_fit(self, subgraphs: Subgraphs, fp32_layers: list[float],
-                         int8_layers: list[float]) -> tuple[float, float]:
+    def _whole_model_fit(self, subgraphs: Subgraphs, fp32_sum: float, int8_sum: float) -> tuple[float, float]:
         """``(scale, rest)`` with ``scale * sum + rest`` equal to the whole model's measured fp32 and
         all-8-bit latencies; ``(1, mean gap)`` when the two sums are too close to fit a slope."""
         digest = hashlib.sha256(subgraphs.model.SerializeToString(deterministic=True)).hexdigest()[:24]
@@ -159,7 +177,7 @@ class OrtTarget(MeasuredTarget):
             feeds = subgraphs.feeds(self.batch)
             whole = self.time_models([subgraphs.whole(FP32, self.batch), subgraphs.whole(INT8, self.batch)], feeds)
             self._write(key, whole, "whole model at fp32 and w8a8")
-        sums = (float(np.sum(fp32_layers)), float(np.sum(int8_layers)))
+        sums = (fp32_sum, int8_sum)
         if abs(sums[0] - sums[1]) > 0.05 * sums[0]:
             scale = (whole[0] - whole[1]) / (sums[0] - sums[1])
             if scale > 0:

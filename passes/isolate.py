@@ -21,12 +21,16 @@ from onnx import helper, numpy_helper
 
 from haqc.data import input_specs
 from haqc.layers import Layer
+from haqc.passes.base import tensor_producers, tensor_readers
 from haqc.passes.calibrate import calibrate
 from haqc.passes.load import InputShapes
 from haqc.passes.quantize_linear import LinearQuantize
 from haqc.precision import Option
 
 logger = logging.getLogger(__name__)
+
+# Ops between two layers that ONNX Runtime's QDQ fusion runs inside the integer chain.
+_FOLDED = ("Relu", "Clip", "Flatten", "Reshape", "Squeeze", "Unsqueeze")
 
 
 class LayerSubgraphs:
@@ -87,6 +91,39 @@ class LayerSubgraphs:
         feeds = {layer.input: np.random.default_rng(self.seed).standard_normal(shape).astype(np.float32)}
         calibration = calibrate(alone, [layer], [feeds])
         return LinearQuantize([layer], calibration, {layer.name: option}, packed=False)(alone)
+
+    def conversion(self, layer: Layer, batch: int = 1) -> onnx.ModelProto:
+        """A QuantizeLinear -> DequantizeLinear of ``layer``'s input alone: the conversion two chained
+        integer layers no longer pay (ONNX Runtime runs the producer's integer output straight into
+        the consumer's kernel)."""
+        shape = self._batched(layer.input_shape, batch)
+        scale = numpy_helper.from_array(np.array(0.05, np.float32), "scale")
+        zero = numpy_helper.from_array(np.array(128, np.uint8), "zero_point")
+        nodes = [helper.make_node("QuantizeLinear", [layer.input, "scale", "zero_point"], ["q"]),
+                 helper.make_node("DequantizeLinear", ["q", "scale", "zero_point"], ["dq"])]
+        graph = helper.make_graph(nodes, f"{layer.name}/conversion",
+                                  [helper.make_tensor_value_info(layer.input, onnx.TensorProto.FLOAT, shape)],
+                                  [helper.make_tensor_value_info("dq", onnx.TensorProto.FLOAT, shape)], [scale, zero])
+        return helper.make_model(graph, opset_imports=list(self.model.opset_import), ir_version=self.model.ir_version)
+
+    def chains(self) -> list[tuple[int, int]]:
+        """(producer, consumer) layer indices where the consumer reads the producer's output directly
+        or through ops ONNX Runtime folds into the integer kernels (ReLU / Clip, reshapes), each
+        tensor on the way read once: at w8a8 both, no conversion runs between them."""
+        producer = tensor_producers(self.model)
+        readers = tensor_readers(self.model)
+        layer_of = {layer.name: layer.index for layer in self.layers}
+        out = []
+        for layer in self.layers:
+            tensor = layer.input
+            while len(readers.get(tensor, [])) == 1 and (node := producer.get(tensor)) is not None:
+                if node.name in layer_of:
+                    out.append((layer_of[node.name], layer.index))
+                    break
+                if node.op_type not in _FOLDED:
+                    break
+                tensor = node.input[0]
+        return out
 
     def whole(self, option: Option, batch: int = 1) -> onnx.ModelProto:
         """The whole model with every layer at ``option`` (the model itself for fp32), calibrated on

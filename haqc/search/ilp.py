@@ -11,10 +11,15 @@ modelled as the sum of the two (one evaluation per probe, n_layers x
     subject to sum_j x[i, j] = 1 per layer, x binary,
                sum_ij cost_q[i, j] x[i, j] <= limit_q for every budget q,
 
-solved exactly by ``scipy.optimize.milp``. A target whose model latency (or
-energy) is the maximum over layers instead of the sum gets per-layer bounds
-instead of a sum; any other way of combining cannot be written linearly and
-is refused.
+solved exactly by ``scipy.optimize.milp``. A target whose model cost is an
+affine function of the layers' sum (``scale * sum + rest``: a measured target's
+fit) gets that constraint; a transition between two layers' options (a
+boundary conversion they add or save together) is one more variable y per
+pair of columns, tied to the two choices: y >= x_a + x_b - 1 where it adds
+cost, y <= x_a and y <= x_b where it saves some, so y is their product in every
+solution that matters. A target whose model latency (or energy) is the maximum
+over layers gets per-layer bounds instead of a sum; any other way of combining
+cannot be written linearly and is refused.
 """
 from __future__ import annotations
 
@@ -79,8 +84,12 @@ def solve(table: CostTable, limits: dict[str, float], space: SearchSpace, drops:
     n = space.n_layers
     sizes = [len(layer.options) for layer in space.layers]
     offsets = np.concatenate([[0], np.cumsum(sizes)])
-    variables = int(offsets[-1])
-    objective = np.concatenate([drops[i, :k] for i, k in enumerate(sizes)])
+    choices = int(offsets[-1])
+    # One product variable per nonzero transition entry, after the choice variables.
+    pairs = [(t, a, b) for t in table.transitions for a in range(sizes[t.producer]) for b in range(sizes[t.consumer])
+             if any(v[a, b] != 0 for q, v in t.values.items() if q in limits)]
+    variables = choices + len(pairs)
+    objective = np.concatenate([*(drops[i, :k] for i, k in enumerate(sizes)), np.zeros(len(pairs))])
     upper = np.ones(variables)
     for i in range(n):
         if space.pinned[i]:
@@ -89,26 +98,55 @@ def solve(table: CostTable, limits: dict[str, float], space: SearchSpace, drops:
     for i in range(n):
         one_per_layer[i, offsets[i]:offsets[i + 1]] = 1
     constraints = [LinearConstraint(one_per_layer, 1, 1)]
+    if pairs:
+        constraints.append(_products(pairs, offsets, variables, limits))
     for quantity, limit in limits.items():
         costs = np.concatenate([table.values[quantity][i, :k] for i, k in enumerate(sizes)])
-        how = "sum" if quantity == "size" else _combination(table.combine)
+        how, scale, rest = ("sum", 1.0, 0.0) if quantity == "size" else _combination(table.combine)
         if how == "sum":
-            constraints.append(LinearConstraint(costs[None, :], -np.inf, limit))
+            extra = [t.values[quantity][a, b] if quantity in t.values else 0.0 for t, a, b in pairs]
+            row = np.concatenate([costs, extra])
+            constraints.append(LinearConstraint(scale * row[None, :], -np.inf, limit - rest))
         else:  # the slowest layer sets the model's cost: every layer's chosen option must fit alone
-            upper[costs > limit] = 0
-    result = milp(objective, constraints=constraints, integrality=np.ones(variables), bounds=Bounds(0, upper))
+            upper[:choices][costs > limit] = 0
+    integrality = np.concatenate([np.ones(choices), np.zeros(len(pairs))])
+    result = milp(objective, constraints=constraints, integrality=integrality, bounds=Bounds(0, upper))
     if result.x is None:  # check_budget has let the cheapest policy through, so this is HiGHS failing
         raise InputError(f"the integer program found no policy ({result.message}); try another strategy")
-    chosen = np.rint(result.x).astype(np.int64)
+    chosen = np.rint(result.x[:choices]).astype(np.int64)
     return np.array([int(np.argmax(chosen[offsets[i]:offsets[i + 1]])) for i in range(n)], dtype=np.int64)
 
 
-def _combination(combine: Callable[[np.ndarray], float]) -> str:
-    """Whether a target's combine is the sum or the maximum of its layers (checked on a probe)."""
-    probe = np.array([0.3, 1.7, 0.9])
-    if np.isclose(combine(probe), probe.sum()):
-        return "sum"
+def _products(pairs: list, offsets: np.ndarray, variables: int, limits: dict[str, float]) -> LinearConstraint:
+    """y = x_a * x_b for each (transition, a, b): y >= x_a + x_b - 1 where it adds cost under some
+    limit, y <= x_a and y <= x_b where it saves (the side the budget would push y to)."""
+    rows, lower, upper = [], [], []
+    choices = int(offsets[-1])
+    for k, (t, a, b) in enumerate(pairs):
+        xa, xb, y = int(offsets[t.producer]) + a, int(offsets[t.consumer]) + b, choices + k
+        adds = any(v[a, b] > 0 for q, v in t.values.items() if q in limits)
+        saves = any(v[a, b] < 0 for q, v in t.values.items() if q in limits)
+        if adds:
+            row = np.zeros(variables)
+            row[[y, xa, xb]] = [1, -1, -1]
+            rows.append(row), lower.append(-1), upper.append(np.inf)
+        if saves:
+            for x in (xa, xb):
+                row = np.zeros(variables)
+                row[[y, x]] = [1, -1]
+                rows.append(row), lower.append(-np.inf), upper.append(0)
+    return LinearConstraint(np.array(rows), lower, upper)
+
+
+def _combination(combine: Callable[[np.ndarray], float]) -> tuple[str, float, float]:
+    """How a target combines layer costs, checked on probes: ``("sum", scale, rest)`` for
+    ``scale * sum + rest`` (the plain sum: 1, 0), or ``("max", 1, 0)``."""
+    probe, other = np.array([0.3, 1.7, 0.9]), np.array([2.0, 0.1, 0.4])
+    rest = float(combine(np.zeros(3)))
+    scale = (float(combine(probe)) - rest) / probe.sum()
+    if scale > 0 and np.isclose(combine(other), scale * other.sum() + rest):
+        return "sum", scale, rest
     if np.isclose(combine(probe), probe.max()):
-        return "max"
-    raise InputError("the ilp strategy needs a target whose layer costs add up or take their maximum; "
-                     "use another strategy for this target")
+        return "max", 1.0, 0.0
+    raise InputError("the ilp strategy needs a target whose layer costs add up (or scale a sum) or take their "
+                     "maximum; use another strategy for this target")

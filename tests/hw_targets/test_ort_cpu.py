@@ -33,8 +33,8 @@ def test_every_layer_is_timed_and_the_model_total_is_fitted_to_whole_model_timin
     for row, declared, values in zip(table.options, table.declared, table.values["latency"]):
         assert set(row) == {FP32, INT8}
         assert row[declared - 1] == FP32  # the most precise last, as pinned layers get it
-        if declared == 2:  # w8a8 is offered only where it is faster than fp32
-            assert values[0] < values[1]
+        if declared == 1:  # w8a8 is dropped only where it is slower than fp32 (even alone)
+            assert row[0] == FP32 and values[1] >= values[0]
         assert np.all(values[: len(row)] > 0)
     whole = [json.loads(p.read_text()) for p in (fresh_cache / "measurements").glob("*.json")]
     fits = [w["seconds"] for w in whole if w["what"].startswith("whole model")]
@@ -42,8 +42,8 @@ def test_every_layer_is_timed_and_the_model_total_is_fitted_to_whole_model_timin
     assert len(fits) == 1 and len(whole) == 1 + len(geometries)  # one entry per layer geometry, one for the model
     fp32 = table.policy_cost([FP32] * table.n_layers)["latency"]
     int8 = table.policy_cost([INT8] * table.n_layers)["latency"]
-    per_layer = [np.sum(table.values["latency"][np.arange(table.n_layers), table.indices([o] * table.n_layers)])
-                 for o in (FP32, INT8)]
+    per_layer = [np.sum(table.per_layer("latency", table.indices([o] * table.n_layers))) for o in (FP32, INT8)]
+    assert table.transitions and all(t.values["latency"].min() < 0 for t in table.transitions)  # chains save
     if abs(per_layer[0] - per_layer[1]) > 0.05 * per_layer[0] and (fits[0][0] - fits[0][1]) / (per_layer[0] - per_layer[1]) > 0:
         np.testing.assert_allclose([fp32, int8], fits[0], rtol=1e-9)  # the fit reproduces both whole models
     else:  # one offset for both: the mean gap

@@ -77,3 +77,13 @@ def test_whole_model_feeds_and_variants_run():
     int8 = subgraphs.whole(Option(8, 8), batch=3)
     out = run_ort(int8, feeds)[0]
     assert out.shape == (3, 8, 10, 10) and np.isfinite(out).all()
+
+
+def test_chains_are_layers_whose_integer_output_feeds_the_next_kernel_directly():
+    prepared = prepare(_two_convs())
+    subgraphs = LayerSubgraphs(prepared.model, prepared.layers)
+    assert subgraphs.chains() == [(0, 1), (1, 2)]  # through the ReLU, and directly
+    conversion = subgraphs.conversion(prepared.layers[1], batch=2)
+    assert [n.op_type for n in conversion.graph.node] == ["QuantizeLinear", "DequantizeLinear"]
+    x = RNG.standard_normal((2, 8, 10, 10)).astype(np.float32)
+    assert run_ort(conversion, {prepared.layers[1].input: x})[0].shape == x.shape

@@ -148,3 +148,21 @@ def test_a_target_that_combines_by_maximum_is_enforced_by_its_maximum():
     w, a = enforce(summed, {"latency": 28.0}, unpinned(summed), ALL8, ALL8)
     assert summed.policy_cost([Option(x, y) for x, y in zip(w, a)])["latency"] <= 28.0
     assert sum(w) + sum(a) < 7 * 6  # the sum asks for far more
+
+
+def test_transitions_add_to_the_consumer_and_to_the_model_but_not_to_a_layers_own_cost():
+    from haqc.costs import CostTable, Transition
+    from haqc.precision import FP32, Option
+
+    options = [(Option(8, 8), FP32)] * 3
+    latency = np.array([[1.0, 2.0], [1.0, 2.0], [1.0, 2.0]])
+    chain = Transition(0, 1, {"latency": np.array([[-0.5, 0.0], [0.0, 0.0]])})
+    table = CostTable(["a", "b", "c"], options, {"latency": latency}, transitions=[chain])
+    assert table.cost(np.array([0, 0, 0]))["latency"] == 2.5  # a and b chained: the conversion is saved
+    assert table.cost(np.array([0, 1, 0]))["latency"] == 4.0
+    assert table.layer_cost(1, 0)["latency"] == 1.0
+    plain = CostTable(["a", "b", "c"], options, {"latency": latency})
+    assert plain.digest() != table.digest()
+    with pytest.raises(ValueError, match="transition 0 -> 1"):
+        CostTable(["a", "b", "c"], options, {"latency": latency},
+                  transitions=[Transition(0, 1, {"latency": np.zeros((3, 2))})])

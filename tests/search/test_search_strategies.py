@@ -120,6 +120,35 @@ def test_ilp_bounds_each_layer_on_a_target_that_takes_the_maximum():
     assert result.meets_budget and max(o.w_bits + o.a_bits for o in result.policy.values()) == 12
 
 
+def test_ilp_is_exact_with_transitions_and_a_fitted_affine_total():
+    """A measured target's table: fp32 / w8a8 per layer, chained integer layers saving the conversion
+    between them (transitions), the model total scale * sum + rest. The ILP's policy is the best of
+    all 2^6 policies under the budget, with costs as CostTable.cost states them."""
+    import itertools
+
+    from haqc.costs import CostTable, Transition
+    from haqc.precision import FP32, Option
+
+    int8 = Option(8, 8)
+    fp32_t, int8_t = np.array([3.0, 2.0, 5.0, 4.0, 2.0, 1.0]), np.array([2.5, 1.9, 3.0, 3.5, 1.9, 0.8])
+    drops = np.array([0.0, 0.02, 0.01, 0.03, 0.005, 0.0])
+    saved = [Transition(i, i + 1, {"latency": np.array([[-0.7, 0.0], [0.0, 0.0]])}) for i in range(5)]
+    table = CostTable([f"layer{i}" for i in range(6)], [(int8, FP32)] * 6,
+                      {"latency": np.stack([int8_t, fp32_t], axis=1)}, transitions=saved,
+                      combine=lambda per_layer: 0.8 * float(np.sum(per_layer)) + 1.5)
+
+    def accuracy(policy):
+        return FP32_ACCURACY - sum(d for d, o in zip(drops, policy.values()) if o == int8)
+
+    limit = 0.8 * (fp32_t.sum() - 4.0) + 1.5
+    problem = SearchProblem([f"layer{i}" for i in range(6)], np.zeros((6, 8), np.float32), table,
+                            {"latency": limit}, Evaluator(accuracy), FP32_ACCURACY, pin_first=False, pin_last=False)
+    result = search(problem, "ilp")
+    feasible = [c for c in itertools.product((0, 1), repeat=6) if table.cost(np.array(c))["latency"] <= limit + 1e-9]
+    best = max(accuracy({f"layer{i}": table.options[i][c[i]] for i in range(6)}) for c in feasible)
+    assert result.meets_budget and result.accuracy == pytest.approx(best)
+
+
 def test_random_gets_as_many_episodes_as_ddpg():
     ddpg = search(synthetic_problem(), "ddpg", SHORT, seed=0)
     rand = search(synthetic_problem(), "random", SHORT, seed=0)
