@@ -29,6 +29,9 @@ from realmodels.corpus import MODELS, obtain  # noqa: E402
 from realmodels.table import SAMPLES, _ort_static  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "mnist"
+# Samples per timed batch: at batch 1 the example and the BERT run in 0.3-1 ms, where this shared
+# 2-core machine's run-to-run noise (10-30%) is larger than what int8 saves.
+BATCH = {"example": 32, "bert_ts": 16}
 
 
 def _inputs(name: str, tmp: Path) -> tuple[Path, Path, Path, dict]:
@@ -45,7 +48,7 @@ def _inputs(name: str, tmp: Path) -> tuple[Path, Path, Path, dict]:
 
 def run(name: str, tmp: Path, episodes: int) -> str:
     path, val, calib, shapes = _inputs(name, tmp)
-    target = OrtTarget()
+    target = OrtTarget(batch=BATCH.get(name, 1))
     prepared = prepare(path, shapes)
     start = time.perf_counter()
     table = cost_table(prepared, target, "linear")
@@ -55,9 +58,11 @@ def run(name: str, tmp: Path, episodes: int) -> str:
     second = time.perf_counter() - start
     n = table.n_layers
     est = {o.name: table.policy_cost([o] * n)["latency"] for o in (FP32, Option(8, 8))}
-    budget = 0.5 * (est["fp32"] + est["w8a8"])
+    # Relative to w8a8, so that compress checks its result against a w8a8 model timed beside it.
+    fraction = 0.5 * (1 + est["fp32"] / est["w8a8"])
+    budget = fraction * est["w8a8"]
     out = tmp / f"{name}.haqc.onnx"
-    result = compress(path, target=target, budgets={"latency": f"{budget * 1e3:.6f}ms"}, data=str(val),
+    result = compress(path, target=target, budgets={"latency": f"{fraction:.4f}x"}, data=str(val),
                       calib_data=str(calib), episodes=episodes, input_shapes=shapes or None, output=out, force=True)
     report = result.report
     static = tmp / f"{name}.static.onnx"
@@ -77,12 +82,14 @@ def run(name: str, tmp: Path, episodes: int) -> str:
     rows = [f"### {name}", "",
             f"cost table: first run {first:.1f} s, second run (cache) {second:.2f} s; budget X = {budget * 1e3:.4f} ms "
             f"(midway between the estimated fp32 {est['fp32'] * 1e3:.4f} and w8a8 {est['w8a8'] * 1e3:.4f} ms); "
-            f"{report.search.strategy}, {report.search.episodes} episodes", "",
+            f"{report.search.strategy}, {report.search.episodes} episodes, batch {target.batch}", "",
             "| model | accuracy | measured ms (median, interleaved) | ratio to fp32 |", "|---|---|---|---|"]
     for label, a, t in zip(("fp32", "haqc w8a8", "ORT quantize_static", "haqc compress (ort-cpu, X)"), acc, times[:4]):
         rows.append(f"| {label} | {100 * a:.2f}% | {t * 1e3:.4f} | {t / times[0]:.3f} |")
     est_result = report.result.costs["latency"]
-    rows += ["", f"result: measured {times[3] * 1e3:.4f} ms = {times[3] / budget:.3f} X; estimate "
+    rows += ["", f"budget {fraction:.4f}x of w8a8; result measured {times[3] / times[1]:.3f}x the w8a8 model timed beside it "
+             f"({times[3] / (fraction * times[1]):.3f} of the budget so measured); {times[3] * 1e3:.4f} ms = "
+             f"{times[3] / budget:.3f} X of the estimated limit; estimate "
              f"{est_result * 1e3:.4f} ms, error {100 * (est_result - times[3]) / times[3]:+.1f}%; fp32 estimate error "
              f"{100 * (est['fp32'] - times[0]) / times[0]:+.1f}%, w8a8 {100 * (est['w8a8'] - times[1]) / times[1]:+.1f}%; "
              f"meets_budget {report.result.meets_budget}",

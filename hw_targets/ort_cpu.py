@@ -43,9 +43,10 @@ logger = logging.getLogger(__name__)
 
 INT8 = Option(8, 8)
 # Bumped when what is measured changes, so old cache entries are not read as new ones.
-_MEASUREMENT_VERSION = 3
+_MEASUREMENT_VERSION = 5
 _WARMUP = 3
-_MIN_ROUNDS, _MAX_ROUNDS, _MIN_SECONDS = 15, 400, 0.25
+_BLOCK = 5  # timed runs in a row per model, after one that re-warms it
+_MIN_RUNS, _MAX_RUNS, _MIN_SECONDS = 20, 1000, 0.25
 _FLOOR_S = 1e-7  # a layer timed at or below a bare session call still costs something
 
 
@@ -124,25 +125,30 @@ class OrtTarget(MeasuredTarget):
                          transitions=transitions, combine=lambda per_layer: scale * float(np.sum(per_layer)) + rest)
 
     def time_models(self, models: Sequence[onnx.ModelProto], feeds: dict[str, np.ndarray]) -> list[float]:
+        """Median seconds per run of each model, in interleaved blocks: each block re-warms its model
+        with one untimed run, then times ``_BLOCK`` runs in a row. A deployed model runs warm (its
+        weights in cache, its threads awake); drift in the machine's load still hits every model alike."""
         sessions = [self._session(m) for m in models]
         for session in sessions:
             for _ in range(_WARMUP):
                 session.run(None, feeds)
         runs: list[list[float]] = [[] for _ in sessions]
         start = time.perf_counter()
-        while len(runs[0]) < _MAX_ROUNDS and (len(runs[0]) < _MIN_ROUNDS
-                                              or time.perf_counter() - start < _MIN_SECONDS * len(sessions)):
-            for session, out in zip(sessions, runs):  # interleaved: drift in load hits every model alike
-                t = time.perf_counter()
+        while len(runs[0]) < _MAX_RUNS and (len(runs[0]) < _MIN_RUNS
+                                            or time.perf_counter() - start < _MIN_SECONDS * len(sessions)):
+            for session, out in zip(sessions, runs):
                 session.run(None, feeds)
-                out.append(time.perf_counter() - t)
+                for _ in range(_BLOCK):
+                    t = time.perf_counter()
+                    session.run(None, feeds)
+                    out.append(time.perf_counter() - t)
         return [statistics.median(r) for r in runs]
 
     def _session(self, model: onnx.ModelProto) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        # Interleaved sessions each keep a thread pool; one spinning after its run would steal the
-        # cores from the next one's, so every measured session waits without spinning.
+        # Sessions that spin their idle threads take each other's cores: on the example at batch 32,
+        # two live sessions ran 9.3-14.4 ms with spinning and 3.4-5.0 ms without (interleaved).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.threads is not None:
             options.intra_op_num_threads = self.threads
