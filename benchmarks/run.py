@@ -17,6 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
+import measured
 import parallel
 import peer
 import quality
@@ -24,7 +25,7 @@ import scale
 import speed
 from common import HERE, ROOT, Check, log, machine, read_json, results_dir, versions
 
-PARTS = {"quality": quality, "peer": peer, "speed": speed, "scale": scale, "parallel": parallel}
+PARTS = {"quality": quality, "peer": peer, "speed": speed, "scale": scale, "parallel": parallel, "measured": measured}
 NOT_MEASURED = "_not measured in this run._\n"
 
 

@@ -70,12 +70,18 @@ def cpu_model() -> str:
 
 class OrtTarget(MeasuredTarget):
     """ONNX Runtime on this machine, one execution provider, ``threads`` intra-op threads (None:
-    ONNX Runtime's default, all physical cores)."""
+    ONNX Runtime's default, all physical cores).
+
+    One thread is the default: the latency of one inference stream on one core, and the setting
+    whose timings hold still. On this project's 2-core machine, with both threads, the all-int8
+    example model timed 4.3-11.6 ms in consecutive calls (a parallel kernel waits for its slowest
+    thread) and estimates of resnet18 policies were off by 31-36%; with one thread within 3.6%
+    (benchmarks/RESULTS.md, section 6)."""
 
     w_bits = (8,)
     a_bits = (8,)
 
-    def __init__(self, provider: str = "CPU", threads: int | None = None, batch: int = 1) -> None:
+    def __init__(self, provider: str = "CPU", threads: int | None = 1, batch: int = 1) -> None:
         provider = provider.removesuffix("ExecutionProvider")
         available = [p.removesuffix("ExecutionProvider") for p in ort.get_available_providers()]
         if provider not in available:
@@ -85,8 +91,9 @@ class OrtTarget(MeasuredTarget):
             raise InputError(f"`threads` must be at least 1, got {threads}")
         self.provider, self.threads, self.batch = provider, threads, batch
         self.name = f"ort-{provider.lower()}"
-        self.description = (f"ONNX Runtime {ort.__version__} on this machine ({provider} execution provider): "
-                             "every layer timed in float and as an 8-bit integer kernel, cached")
+        self.description = (f"ONNX Runtime {ort.__version__} on this machine ({provider} execution provider, "
+                             f"{threads or 'default'} thread{'s' if threads != 1 else ''}): every layer timed in "
+                             "float and as an 8-bit integer kernel, cached")
 
     def measured_table(self, layers: Sequence[Layer], subgraphs: Subgraphs, method: Method = "linear") -> CostTable:
         """Every layer timed at w8a8 and fp32, alone; chained integer layers save the conversion
@@ -222,5 +229,5 @@ def _identity(name: str, shape: list[int]) -> onnx.ModelProto:
 
 
 def target() -> OrtTarget:
-    """The ``ort-cpu`` entry point: the CPU execution provider with ONNX Runtime's default threads."""
+    """The ``ort-cpu`` entry point: the CPU execution provider, one thread, batch 1."""
     return OrtTarget()

@@ -135,6 +135,9 @@ def test_accuracy_drop_exits_4_and_still_writes(tmp_path):
         (("--energy", "0.5x"), "energy"),  # edge has no energy model
         (("--latency", "0.5x", "--episodes", "0"), "--episodes"),
         (("--latency", "0.5x", "--target", "nope"), "unknown target"),
+        (("--latency", "0.5x", "--threads", "2"), "configure the measured ort-cpu target, not 'edge'"),
+        (("--latency", "0.5x", "--target", "ort-cpu", "--execution-provider", "NoSuch"),
+         "execution provider 'NoSuch' is not in this onnxruntime build"),
         ((), "budget"),
     ],
 )

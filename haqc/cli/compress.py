@@ -57,12 +57,12 @@ DEFAULTS = CompressConfig()
 @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (for CI).")
 def compress_command(model, latency, energy, size, per_tensor, no_pin_first, no_pin_last, ddpg_overrides, input_shapes,
-                     output, report_path, plot_path, force, quiet, as_json, target, provider, **options) -> None:
+                     output, report_path, plot_path, force, quiet, as_json, target, provider, threads, **options) -> None:
     """Find per-layer bitwidths for MODEL that meet a budget on a target, and export them."""
     budgets = {q: v for q, v in (("latency", latency), ("energy", energy), ("size", size)) if v is not None}
     config = CompressConfig(
         budgets=budgets, pin_first=not no_pin_first, pin_last=not no_pin_last, ddpg=parse_ddpg_overrides(ddpg_overrides),
-        input_shapes=parse_input_shapes(input_shapes), target=with_provider(target, provider),
+        input_shapes=parse_input_shapes(input_shapes), target=with_provider(target, provider, threads),
         **run_options(per_tensor, **options),
     )
     show = not quiet and not as_json

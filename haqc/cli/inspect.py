@@ -29,19 +29,22 @@ def parse_input_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
 
 
 def execution_provider_option(func):
-    """``--execution-provider EP``: which ONNX Runtime execution provider the ort-cpu target measures."""
+    """``--execution-provider EP`` and ``--threads N``: how the ort-cpu target measures."""
+    func = click.option("--threads", type=click.IntRange(min=0), metavar="N",
+                        help="Intra-op threads the ort-cpu target measures with (default 1; 0: ONNX Runtime's "
+                             "default, all physical cores).")(func)
     return click.option("--execution-provider", "provider", metavar="EP",
                         help="Measure the ort-cpu target on this ONNX Runtime execution provider (CPU, CUDA, "
                              "TensorRT, ...; that build of onnxruntime must be installed).")(func)
 
 
-def with_provider(spec: str, provider: str | None) -> str | Target:
-    """The target ``spec`` names, measured on ``provider`` when one is given (ort-cpu only)."""
-    if provider is None:
+def with_provider(spec: str, provider: str | None, threads: int | None) -> str | Target:
+    """The target ``spec`` names, measured on ``provider`` with ``threads`` when given (ort-cpu only)."""
+    if provider is None and threads is None:
         return spec
     if spec != "ort-cpu":
-        raise InputError(f"--execution-provider configures the measured ort-cpu target, not {spec!r}")
-    return OrtTarget(provider=provider)
+        raise InputError(f"--execution-provider and --threads configure the measured ort-cpu target, not {spec!r}")
+    return OrtTarget(provider=provider or "CPU", threads=1 if threads is None else threads or None)
 
 
 @main.command()
@@ -52,10 +55,10 @@ def with_provider(spec: str, provider: str | None) -> str | Target:
 @execution_provider_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def inspect(model: str, input_shapes: tuple[str, ...], targets: tuple[str, ...], provider: str | None,
-            as_json: bool) -> None:
+            threads: int | None, as_json: bool) -> None:
     """List MODEL's quantizable layers with their shapes, MACs and HAQ state (and costs on targets)."""
     summary = inspect_model(model, input_shapes=parse_input_shapes(input_shapes),
-                            targets=[with_provider(t, provider) for t in targets])
+                            targets=[with_provider(t, provider, threads) for t in targets])
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
