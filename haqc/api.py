@@ -25,7 +25,8 @@ from haqc.finetune import FinetuneConfig
 from haqc.hw_targets import Target, load_target
 from haqc.io import atomic_write_text, check_output_path, save_model
 from haqc.passes.load import InputShapes, check_input_shapes, read_model, validate_model
-from haqc.pipeline import (build_report, check_budgets, cost_table, export_and_finetune, measure_models,
+from haqc.pipeline import (build_report, check_budgets, correct_by_measurement, cost_table, export_and_finetune,
+                           measure_models,
                            inspect_summary, prepare, search_policy)
 from haqc.policy import load_policy, uniform_policy
 from haqc.precision import Method, parse_option, reference_option
@@ -224,6 +225,8 @@ def compress(model: ModelSource, config: CompressConfig | None = None, *, output
                            pin_last=config.pin_last, reward_lambda=config.reward_lambda, ddpg=config.ddpg,
                            workdir=config.workdir, resume=config.resume, progress=progress,
                            workers=config.workers, ray_address=config.ray_address)
+    result = correct_by_measurement(prepared, target, table, limits, result, quantizer, score,
+                                    pin_first=config.pin_first, pin_last=config.pin_last)
     w8a8_model = quantizer.export(uniform_policy(prepared.layers, reference_option(config.method)))
     w8a8_score = evaluator.evaluate(w8a8_model, "the w8a8 model").accuracy
     exported = export_and_finetune(quantizer, result.policy, result.accuracy, evaluator, run.train,

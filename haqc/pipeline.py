@@ -19,7 +19,7 @@ import onnx
 
 from haqc.costs import CostTable
 from haqc.data import Dataset
-from haqc.errors import InputError
+from haqc.errors import BudgetUnreachableError, InputError
 from haqc.evaluation import EvalResult, Evaluator
 from haqc.finetune import FinetuneConfig
 from haqc.hw_targets import MeasuredTarget, Target, cost_summary, load_target, parse_budget
@@ -28,7 +28,7 @@ from haqc.precision import FP32, Method, reference_option
 from haqc.quantizer import Quantizer, finetune_export, keep_better
 from haqc.report import LayerRow, Report, Result, Scored, SearchSummary, mark_frontier
 from haqc.search import DDPGConfig, SearchProblem, SearchResult, SearchSpace, check_budget, search
-from haqc.search.budget import violations
+from haqc.search.budget import enforce_budget, violations
 from haqc.search.strategies import Progress
 from haqc.workers import RayPool
 from haqc.passes.base import opset_version
@@ -125,7 +125,7 @@ def kept_float_summary(prepared: Prepared) -> dict[str, dict]:
 
 
 # The stages of ``haqc compress``, in order: prepare (above) -> cost table -> budget check ->
-# calibration -> search -> export -> fine-tune -> report. Each takes and returns typed values;
+# calibration -> search -> (measured targets: correction by measurement) -> export -> fine-tune -> report. Each takes and returns typed values;
 # ``haqc.api.compress`` drives them.
 
 
@@ -204,6 +204,48 @@ def export_and_finetune(quantizer: Quantizer, policy: Policy, searched: float, e
     tuned = finetune_export(quantizer, policy, train, finetune)
     kept, tuned_result = keep_better(evaluator, final, searched, tuned)
     return Exported(kept, tuned_result.accuracy if kept is tuned else searched, searched, tuned_result.accuracy)
+
+
+# How many times a searched policy is lowered further when its measured latency misses the budget.
+MEASURED_CORRECTIONS = 3
+
+
+def correct_by_measurement(prepared: Prepared, target: Target, table: CostTable, limits: Limits,
+                           result: SearchResult, quantizer: Quantizer, score: Callable[[Policy], float], *,
+                           pin_first: bool, pin_last: bool) -> SearchResult:
+    """Stage 5b, on a measured target with a latency budget: time the searched policy's model beside
+    the w8a8 one; while it misses the budget, tighten the limit by how far the estimate fell short
+    and lower the policy HAQ's way until its estimate fits that (then score it). The cost table
+    itself cannot see every effect of a mixed policy (docs/cost_models.md); the runtime can."""
+    if not isinstance(target, MeasuredTarget) or "latency" not in limits.values or not result.meets_budget:
+        return result
+    space = SearchSpace.build(table, pin_first, pin_last)
+    w8a8 = quantizer.export({l.name: reference_option("linear") for l in prepared.layers})
+    reference = table.policy_cost([reference_option("linear")] * table.n_layers)["latency"]
+    budget = parse_budget(limits.given["latency"], "latency")
+    columns = table.indices([result.policy[l.name] for l in prepared.layers])
+    tightened = dict(limits.values)
+    for _ in range(MEASURED_CORRECTIONS):
+        w8a8_s, policy_s = measure_models(prepared, target, [w8a8, quantizer.export(result.policy, packed=False)])
+        estimate = table.cost(columns)["latency"]
+        if budget.relative:  # both as fractions of w8a8, each in its own time: drift cancels
+            limit, shortfall = budget.resolve(w8a8_s), (policy_s / w8a8_s) / (estimate / reference)
+        else:
+            limit, shortfall = limits.values["latency"], policy_s / estimate
+        if not violations({"latency": policy_s}, {"latency": limit}):
+            break
+        tightened["latency"] = limits.values["latency"] / shortfall
+        try:
+            columns = enforce_budget(table, tightened, space, columns)
+        except BudgetUnreachableError:
+            logger.warning("the measured latency %.4g ms misses the budget %.4g ms and no cheaper policy is left",
+                           1e3 * policy_s, 1e3 * limit)
+            break
+        policy = dict(zip([l.name for l in prepared.layers], space.options(columns)))
+        logger.info("measured %.4g ms against a budget of %.4g ms: policy lowered to an estimate of %.4g ms",
+                    1e3 * policy_s, 1e3 * limit, 1e3 * table.cost(columns)["latency"])
+        result = dataclasses.replace(result, policy=policy, accuracy=score(policy), costs=table.cost(columns))
+    return result
 
 
 def measure_models(prepared: Prepared, target: Target, models: Sequence[onnx.ModelProto]) -> list[float] | None:

@@ -77,3 +77,46 @@ def test_registered_and_clear_about_what_it_cannot_do(prepared):
         cost_table(prepared, target, "kmeans")
     with pytest.raises(InputError, match="execution provider 'NoSuch' is not in this onnxruntime build"):
         OrtTarget(provider="NoSuch")
+
+
+class _Scripted(OrtTarget):
+    """A measured target whose timings are scripted: [w8a8, policy] seconds per call."""
+
+    def __init__(self, timings):
+        super().__init__()
+        self.timings, self.calls = list(timings), 0
+
+    def time_models(self, models, feeds):
+        self.calls += 1
+        return self.timings.pop(0)
+
+
+def test_a_policy_that_measures_over_the_budget_is_lowered_until_it_fits(example):
+    from haqc.pipeline import check_budgets, correct_by_measurement, search_policy
+    from haqc.quantizer import QuantizeOptions, Quantizer
+
+    prepared = example["prepared"]
+    table = load_target("edge").cost_table(prepared.layers)
+    limits = check_budgets(table, {"latency": "0.7x"}, "linear")
+    scored = []
+
+    def score(policy):
+        scored.append(policy)
+        return 0.5
+
+    searched = search_policy(prepared, table, limits, score, 1.0, strategy="uniform", episodes=1, seed=0,
+                             pin_first=True, pin_last=True, reward_lambda=0.1, ddpg=None, workdir=None, resume=False)
+    quantizer = Quantizer.calibrated(prepared, example["calib"], QuantizeOptions())
+    # First measured at 0.9x w8a8 (over 0.7x): lowered; then at 0.65x: kept.
+    target = _Scripted([[1.0, 0.9], [1.0, 0.65]])
+    corrected = correct_by_measurement(prepared, target, table, limits, searched, quantizer, score,
+                                       pin_first=True, pin_last=True)
+    assert target.calls == 2 and corrected.policy != searched.policy and scored[-1] == corrected.policy
+    before, after = (table.policy_cost([r.policy[l.name] for l in prepared.layers])["latency"]
+                     for r in (searched, corrected))
+    assert after <= before * 0.7 / 0.9 * (1 + 1e-9)  # measured 0.9x for a 0.7x budget: estimate tightened so
+    # Within the budget as measured: nothing changes and nothing is scored again.
+    n = len(scored)
+    kept = correct_by_measurement(prepared, _Scripted([[1.0, 0.6]]), table, limits, searched, quantizer, score,
+                                  pin_first=True, pin_last=True)
+    assert kept is searched and len(scored) == n
