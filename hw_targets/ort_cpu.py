@@ -43,10 +43,10 @@ logger = logging.getLogger(__name__)
 
 INT8 = Option(8, 8)
 # Bumped when what is measured changes, so old cache entries are not read as new ones.
-_MEASUREMENT_VERSION = 5
+_MEASUREMENT_VERSION = 6
 _WARMUP = 3
-_BLOCK = 5  # timed runs in a row per model, after one that re-warms it
-_MIN_RUNS, _MAX_RUNS, _MIN_SECONDS = 20, 1000, 0.25
+_BLOCK = 3  # timed runs in a row per model, after one that re-warms it
+_MIN_ROUNDS, _MAX_ROUNDS, _MIN_SECONDS = 7, 300, 0.25
 _FLOOR_S = 1e-7  # a layer timed at or below a bare session call still costs something
 
 
@@ -132,24 +132,31 @@ class OrtTarget(MeasuredTarget):
                          transitions=transitions, combine=lambda per_layer: scale * float(np.sum(per_layer)) + rest)
 
     def time_models(self, models: Sequence[onnx.ModelProto], feeds: dict[str, np.ndarray]) -> list[float]:
-        """Median seconds per run of each model, in interleaved blocks: each block re-warms its model
-        with one untimed run, then times ``_BLOCK`` runs in a row. A deployed model runs warm (its
-        weights in cache, its threads awake); drift in the machine's load still hits every model alike."""
+        """Seconds per run of each model, in interleaved rounds of warm blocks: each block re-warms
+        its model with one untimed run, then times ``_BLOCK`` runs in a row (a deployed model runs
+        warm). The first model's median time, times each model's median ratio to it within a round:
+        this machine's speed drifts by tens of percent within seconds, and a round's ratio sees
+        none of that drift."""
         sessions = [self._session(m) for m in models]
         for session in sessions:
             for _ in range(_WARMUP):
                 session.run(None, feeds)
-        runs: list[list[float]] = [[] for _ in sessions]
+        rounds: list[list[float]] = []  # per round, each model's block median
         start = time.perf_counter()
-        while len(runs[0]) < _MAX_RUNS and (len(runs[0]) < _MIN_RUNS
-                                            or time.perf_counter() - start < _MIN_SECONDS * len(sessions)):
-            for session, out in zip(sessions, runs):
+        while len(rounds) < _MAX_ROUNDS and (len(rounds) < _MIN_ROUNDS
+                                             or time.perf_counter() - start < _MIN_SECONDS * len(sessions)):
+            medians = []
+            for session in sessions:
                 session.run(None, feeds)
+                block = []
                 for _ in range(_BLOCK):
                     t = time.perf_counter()
                     session.run(None, feeds)
-                    out.append(time.perf_counter() - t)
-        return [statistics.median(r) for r in runs]
+                    block.append(time.perf_counter() - t)
+                medians.append(statistics.median(block))
+            rounds.append(medians)
+        first = statistics.median(r[0] for r in rounds)
+        return [first * statistics.median(r[k] / r[0] for r in rounds) for k in range(len(sessions))]
 
     def _session(self, model: onnx.ModelProto) -> ort.InferenceSession:
         options = ort.SessionOptions()
