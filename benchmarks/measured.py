@@ -150,6 +150,7 @@ def run(args: argparse.Namespace, results: Path) -> None:
 
 
 def render(results: Path) -> tuple[list[str], list[Check]] | None:
+    """This part's section of RESULTS.md, and the issue's targets for the measured target."""
     data = read_json(results / "measured.json")
     if not data:
         return None

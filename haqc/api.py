@@ -12,8 +12,8 @@ import dataclasses
 import logging
 import os
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Sequence, TypeVar, Union
 
 import onnx
@@ -26,8 +26,7 @@ from haqc.hw_targets import Target, load_target
 from haqc.io import atomic_write_text, check_output_path, save_model
 from haqc.passes.load import InputShapes, check_input_shapes, read_model, validate_model
 from haqc.pipeline import (build_report, check_budgets, correct_by_measurement, cost_table, export_and_finetune,
-                           measure_models,
-                           inspect_summary, prepare, search_policy)
+                           inspect_summary, measure_models, prepare, search_policy)
 from haqc.policy import load_policy, uniform_policy
 from haqc.precision import Method, parse_option, reference_option
 from haqc.quantizer import (CandidateScorer, DataSource, QuantizeOptions, QuantizeResult, Quantizer, Scores,
@@ -225,9 +224,9 @@ def compress(model: ModelSource, config: CompressConfig | None = None, *, output
                            pin_last=config.pin_last, reward_lambda=config.reward_lambda, ddpg=config.ddpg,
                            workdir=config.workdir, resume=config.resume, progress=progress,
                            workers=config.workers, ray_address=config.ray_address)
-    result = correct_by_measurement(prepared, target, table, limits, result, quantizer, score,
-                                    pin_first=config.pin_first, pin_last=config.pin_last)
     w8a8_model = quantizer.export(uniform_policy(prepared.layers, reference_option(config.method)))
+    result = correct_by_measurement(prepared, target, table, limits, result, quantizer, w8a8_model, score,
+                                    pin_first=config.pin_first, pin_last=config.pin_last)
     w8a8_score = evaluator.evaluate(w8a8_model, "the w8a8 model").accuracy
     exported = export_and_finetune(quantizer, result.policy, result.accuracy, evaluator, run.train,
                                    config.finetune(run.epochs) if run.epochs else None)

@@ -137,7 +137,7 @@ class CostTable:
 
     def per_layer(self, quantity: str, columns: np.ndarray) -> np.ndarray:
         """Each layer's ``quantity`` at ``columns``, its transitions from its producers added."""
-        out = self.values[quantity][self._rows, columns].copy()
+        out = self.values[quantity][self._rows, columns]  # a new array: fancy indexing copies
         for t in self.transitions:
             if quantity in t.values:
                 out[t.consumer] += t.values[quantity][columns[t.producer], columns[t.consumer]]

@@ -125,8 +125,8 @@ def kept_float_summary(prepared: Prepared) -> dict[str, dict]:
 
 
 # The stages of ``haqc compress``, in order: prepare (above) -> cost table -> budget check ->
-# calibration -> search -> (measured targets: correction by measurement) -> export -> fine-tune -> report. Each takes and returns typed values;
-# ``haqc.api.compress`` drives them.
+# calibration -> search -> (measured targets: correction by measurement) -> export -> fine-tune ->
+# report. Each takes and returns typed values; ``haqc.api.compress`` drives them.
 
 
 def cost_table(prepared: Prepared, target: Target, method: Method) -> CostTable:
@@ -144,6 +144,13 @@ class Limits:
 
     given: dict[str, str]  # quantity -> budget string ("0.5x", "20ms")
     values: dict[str, float]  # quantity -> seconds / joules / bytes
+
+    def measured_latency(self, w8a8_s: float) -> float:
+        """The latency limit a measurement is checked against: a relative budget resolved against
+        the w8a8 model timed beside it (the machine's drift since the cost table cancels), an
+        absolute one as it stands."""
+        budget = parse_budget(self.given["latency"], "latency")
+        return budget.resolve(w8a8_s) if budget.relative else self.values["latency"]
 
 
 def check_budgets(table: CostTable, budgets: Mapping[str, str], method: Method, *, pin_first: bool = True,
@@ -211,29 +218,25 @@ MEASURED_CORRECTIONS = 3
 
 
 def correct_by_measurement(prepared: Prepared, target: Target, table: CostTable, limits: Limits,
-                           result: SearchResult, quantizer: Quantizer, score: Callable[[Policy], float], *,
-                           pin_first: bool, pin_last: bool) -> SearchResult:
+                           result: SearchResult, quantizer: Quantizer, w8a8: onnx.ModelProto,
+                           score: Callable[[Policy], float], *, pin_first: bool, pin_last: bool) -> SearchResult:
     """Stage 5b, on a measured target with a latency budget: time the searched policy's model beside
-    the w8a8 one; while it misses the budget, tighten the limit by how far the estimate fell short
-    and lower the policy HAQ's way until its estimate fits that (then score it). The cost table
-    itself cannot see every effect of a mixed policy (docs/cost_models.md); the runtime can."""
+    ``w8a8`` (the all-8-bit export); while it misses the budget, tighten the limit by how far the
+    estimate fell short and lower the policy HAQ's way until its estimate fits that (then score it).
+    The cost table itself cannot see every effect of a mixed policy (docs/cost_models.md); the
+    runtime can."""
     if not isinstance(target, MeasuredTarget) or "latency" not in limits.values or not result.meets_budget:
         return result
     space = SearchSpace.build(table, pin_first, pin_last)
-    w8a8 = quantizer.export({l.name: reference_option("linear") for l in prepared.layers})
-    reference = table.policy_cost([reference_option("linear")] * table.n_layers)["latency"]
-    budget = parse_budget(limits.given["latency"], "latency")
     columns = table.indices([result.policy[l.name] for l in prepared.layers])
     tightened = dict(limits.values)
     for _ in range(MEASURED_CORRECTIONS):
         w8a8_s, policy_s = measure_models(prepared, target, [w8a8, quantizer.export(result.policy, packed=False)])
-        estimate = table.cost(columns)["latency"]
-        if budget.relative:  # both as fractions of w8a8, each in its own time: drift cancels
-            limit, shortfall = budget.resolve(w8a8_s), (policy_s / w8a8_s) / (estimate / reference)
-        else:
-            limit, shortfall = limits.values["latency"], policy_s / estimate
+        limit = limits.measured_latency(w8a8_s)
         if not violations({"latency": policy_s}, {"latency": limit}):
             break
+        # Measured over its limit, estimated under its own: the estimate's shortfall, as a factor.
+        shortfall = (policy_s / limit) * (limits.values["latency"] / table.cost(columns)["latency"])
         tightened["latency"] = limits.values["latency"] / shortfall
         try:
             columns = enforce_budget(table, tightened, space, columns)
@@ -271,10 +274,7 @@ def build_report(*, source: str, target: Target, spec: str, table: CostTable, li
     fp32_measured, w8a8_measured, result_measured = measured if measured is not None else (None, None, None)
     meets = result.meets_budget
     if meets and result_measured is not None and "latency" in limits.values:
-        # A relative budget is checked against the w8a8 model timed beside the result, so the
-        # machine's drift since the cost table was measured cancels; an absolute one as it stands.
-        budget = parse_budget(limits.given["latency"], "latency")
-        limit = budget.resolve(w8a8_measured) if budget.relative else limits.values["latency"]
+        limit = limits.measured_latency(w8a8_measured)
         meets = not violations({"latency": result_measured}, {"latency": limit})
         if not meets:
             logger.warning("the result's measured latency %.4g ms misses the budget %.4g ms (%s) that its estimate "

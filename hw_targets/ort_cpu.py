@@ -128,8 +128,8 @@ class OrtTarget(MeasuredTarget):
                           transitions=transitions)
         ends = [float(np.sum(table.per_layer("latency", table.indices([o] * len(layers))))) for o in (FP32, INT8)]
         scale, rest = self._whole_model_fit(subgraphs, *ends)
-        return CostTable([l.name for l in layers], rows, {"latency": latency, "size": size}, declared=declared,
-                         transitions=transitions, combine=lambda per_layer: scale * float(np.sum(per_layer)) + rest)
+        table.combine = lambda per_layer: scale * float(np.sum(per_layer)) + rest  # the fit needs the sums first
+        return table
 
     def time_models(self, models: Sequence[onnx.ModelProto], feeds: dict[str, np.ndarray]) -> list[float]:
         """Seconds per run of each model, in interleaved rounds of warm blocks: each block re-warms
@@ -197,12 +197,11 @@ class OrtTarget(MeasuredTarget):
             feeds = subgraphs.feeds(self.batch)
             whole = self.time_models([subgraphs.whole(FP32, self.batch), subgraphs.whole(INT8, self.batch)], feeds)
             self._write(key, whole, "whole model at fp32 and w8a8")
-        sums = (fp32_sum, int8_sum)
-        if abs(sums[0] - sums[1]) > 0.05 * sums[0]:
-            scale = (whole[0] - whole[1]) / (sums[0] - sums[1])
+        if abs(fp32_sum - int8_sum) > 0.05 * fp32_sum:
+            scale = (whole[0] - whole[1]) / (fp32_sum - int8_sum)
             if scale > 0:
-                return scale, whole[0] - scale * sums[0]
-        return 1.0, float(np.mean([whole[0] - sums[0], whole[1] - sums[1]]))
+                return scale, whole[0] - scale * fp32_sum
+        return 1.0, float(np.mean([whole[0] - fp32_sum, whole[1] - int8_sum]))
 
     def _key(self, kind: str, what: str) -> str:
         parts = [_MEASUREMENT_VERSION, kind, what, ort.__version__, cpu_model(), self.provider, self.threads,

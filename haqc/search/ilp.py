@@ -120,21 +120,23 @@ def solve(table: CostTable, limits: dict[str, float], space: SearchSpace, drops:
 def _products(pairs: list, offsets: np.ndarray, variables: int, limits: dict[str, float]) -> LinearConstraint:
     """y = x_a * x_b for each (transition, a, b): y >= x_a + x_b - 1 where it adds cost under some
     limit, y <= x_a and y <= x_b where it saves (the side the budget would push y to)."""
-    rows, lower, upper = [], [], []
+    rows, bounds = [], []
+
+    def require(coefficients: dict[int, float], lower: float, upper: float) -> None:
+        row = np.zeros(variables)
+        row[list(coefficients)] = list(coefficients.values())
+        rows.append(row)
+        bounds.append((lower, upper))
+
     choices = int(offsets[-1])
     for k, (t, a, b) in enumerate(pairs):
         xa, xb, y = int(offsets[t.producer]) + a, int(offsets[t.consumer]) + b, choices + k
-        adds = any(v[a, b] > 0 for q, v in t.values.items() if q in limits)
-        saves = any(v[a, b] < 0 for q, v in t.values.items() if q in limits)
-        if adds:
-            row = np.zeros(variables)
-            row[[y, xa, xb]] = [1, -1, -1]
-            rows.append(row), lower.append(-1), upper.append(np.inf)
-        if saves:
-            for x in (xa, xb):
-                row = np.zeros(variables)
-                row[[y, x]] = [1, -1]
-                rows.append(row), lower.append(-np.inf), upper.append(0)
+        if any(v[a, b] > 0 for q, v in t.values.items() if q in limits):  # adds cost: y >= x_a + x_b - 1
+            require({y: 1, xa: -1, xb: -1}, -1, np.inf)
+        if any(v[a, b] < 0 for q, v in t.values.items() if q in limits):  # saves: y <= x_a, y <= x_b
+            require({y: 1, xa: -1}, -np.inf, 0)
+            require({y: 1, xb: -1}, -np.inf, 0)
+    lower, upper = zip(*bounds)
     return LinearConstraint(np.array(rows), lower, upper)
 
 

@@ -107,9 +107,10 @@ def test_a_policy_that_measures_over_the_budget_is_lowered_until_it_fits(example
     searched = search_policy(prepared, table, limits, score, 1.0, strategy="uniform", episodes=1, seed=0,
                              pin_first=True, pin_last=True, reward_lambda=0.1, ddpg=None, workdir=None, resume=False)
     quantizer = Quantizer.calibrated(prepared, example["calib"], QuantizeOptions())
+    w8a8 = quantizer.export({l.name: INT8 for l in prepared.layers})
     # First measured at 0.9x w8a8 (over 0.7x): lowered; then at 0.65x: kept.
     target = _Scripted([[1.0, 0.9], [1.0, 0.65]])
-    corrected = correct_by_measurement(prepared, target, table, limits, searched, quantizer, score,
+    corrected = correct_by_measurement(prepared, target, table, limits, searched, quantizer, w8a8, score,
                                        pin_first=True, pin_last=True)
     assert target.calls == 2 and corrected.policy != searched.policy and scored[-1] == corrected.policy
     before, after = (table.policy_cost([r.policy[l.name] for l in prepared.layers])["latency"]
@@ -117,6 +118,6 @@ def test_a_policy_that_measures_over_the_budget_is_lowered_until_it_fits(example
     assert after <= before * 0.7 / 0.9 * (1 + 1e-9)  # measured 0.9x for a 0.7x budget: estimate tightened so
     # Within the budget as measured: nothing changes and nothing is scored again.
     n = len(scored)
-    kept = correct_by_measurement(prepared, _Scripted([[1.0, 0.6]]), table, limits, searched, quantizer, score,
+    kept = correct_by_measurement(prepared, _Scripted([[1.0, 0.6]]), table, limits, searched, quantizer, w8a8, score,
                                   pin_first=True, pin_last=True)
     assert kept is searched and len(scored) == n
