@@ -1,102 +1,171 @@
-"""Quality: top-1 after ``haqc.compress`` + 1 fine-tune epoch, per strategy, target and budget.
+"""Quality: top-1 after ``haqc.compress`` (+ 1 fine-tune epoch) per model, strategy, target and budget.
 
-One JSON line per cell is appended to quality.jsonl as soon as the cell
-finishes, so an interrupted or deadline-limited run keeps what it measured
-and a re-run skips the cells already there.
+Two models: the bundled MNIST example, and PP-OCR's text-direction classifier on rendered lines
+(examples/ocr/directions.py), where uniform 4-bit costs 23 points. The strategies get equal
+numbers of evaluations where they have a choice: ddpg plays ``episodes`` episodes after its
+warm-start probes (one per unpinned layer), random plays as many episodes as ddpg evaluates
+policies; greedy, ilp and uniform take what they need (reported).
+
+One JSON line per cell is appended to quality.jsonl as soon as the cell finishes, so an interrupted
+or deadline-limited run keeps what it measured and a re-run skips the cells already there. The
+``ablation`` cells run ddpg without fine-tuning in four configurations (HAQ's published agent, each
+change alone, both), on the edge 0.5x cell of both models.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
+import subprocess
+import sys
 import time
+from functools import cache
 from pathlib import Path
 
-from common import CALIB, MODEL, TRAIN, VAL, Check, loadavg, log, read_json
+from common import CALIB, MODEL, ROOT, TRAIN, VAL, Check, loadavg, log
 
-TITLE = "## 1. Quality (bundled MNIST MobileNetV2 example)"
-STRATEGIES = ("ddpg", "random", "uniform", "greedy")
+TITLE = "## 1. Quality: ddpg against the baselines on the example and on PP-OCR's direction classifier"
+STRATEGIES = ("ddpg", "random", "greedy", "ilp", "uniform")
+SEEDS = (0, 1, 2)
 QUICK_EPISODES = 10
+TARGETS = [("edge", "0.5x"), ("edge", "0.4x"), ("edge", "0.6x"), ("cloud", "0.5x"), ("cloud", "0.4x"), ("cloud", "0.6x")]
+ABLATION = {  # name: DDPGConfig changes from HAQ's published agent
+    "haq": {},
+    "haq + scaled sigma": {"sigma_final": 0.05},
+    "haq + warm start": {"warm_start": True},
+    "both (default)": {"sigma_final": 0.05, "warm_start": True},
+}
+DIRECTIONS = ROOT / "out" / "bench" / "directions"  # rendered once by examples/ocr/directions.py (ignored by git)
 
 
-def cells(quick: bool, size_budget: str) -> list[dict]:
-    """Cells in priority order: a deadline-limited run measures the most important ones first."""
-    def cell(target: str, quantity: str, budget: str, strategy: str, seed: int = 0, method: str = "linear") -> dict:
-        return {"target": target, "quantity": quantity, "budget": budget, "strategy": strategy,
-                "seed": seed, "method": method}
+@dataclasses.dataclass(frozen=True)
+class Model:
+    name: str
+    path: str
+    val: str
+    calib: str
+    train: str
+    input_shapes: dict | None = None
+
+
+@cache
+def models() -> dict[str, Model]:
+    """The two benchmark models; the classifier comes from the rapidocr wheel (tests/realmodels/corpus.py)."""
+    sys.path.insert(0, str(ROOT))
+    from tests.realmodels.corpus import obtain
+
+    if not (DIRECTIONS / "train.npz").exists():
+        subprocess.run([sys.executable, "directions.py", str(DIRECTIONS)], cwd=ROOT / "examples" / "ocr", check=True)
+    sets = [str(DIRECTIONS / f"{name}.npz") for name in ("val", "calib", "train")]
+    return {"mnist": Model("mnist", MODEL, VAL, CALIB, TRAIN),
+            "ppocr_cls": Model("ppocr_cls", str(obtain("ppocr_cls")), *sets, {"x": (1, 3, 48, 192)})}
+
+
+def cells(quick: bool) -> list[dict]:
+    """Cells in priority order (a deadline-limited run measures the most important ones first): the
+    ablation on the example, edge 0.5x of both models, the example's other cells, the classifier's
+    k-means cell, its ilp (the costliest baseline there) and its other cells."""
+    def cell(model: str, target: str, quantity: str, budget: str, strategy: str, seed: int = 0,
+             method: str = "linear", variant: str = "default") -> dict:
+        return {"model": model, "target": target, "quantity": quantity, "budget": budget, "strategy": strategy,
+                "seed": seed, "method": method, "variant": variant}
 
     if quick:
-        return [cell("edge", "latency", "0.5x", s) for s in STRATEGIES]
-    out = []
-    # tier A: one seed of every strategy on every (target, budget) the issue names
-    for b in ("0.5x", "0.4x", "0.6x"):
-        out += [cell("edge", "latency", b, s) for s in STRATEGIES]
-    out += [cell("cloud", "latency", "0.5x", s) for s in STRATEGIES]
-    out += [cell("bitfusion", "latency", "0.5x", s) for s in STRATEGIES]
-    out += [cell("edge", "size", size_budget, s, method="kmeans") for s in STRATEGIES]
-    # tier B: seeds 1 and 2 of the random strategies on edge
-    for b in ("0.5x", "0.4x", "0.6x"):
-        out += [cell("edge", "latency", b, s, seed) for seed in (1, 2) for s in ("ddpg", "random")]
-    # tier C: bitfusion energy, then the rest of the cloud/bitfusion budgets
-    out += [cell("bitfusion", "energy", "0.5x", s) for s in STRATEGIES]
-    for t in ("cloud", "bitfusion"):
-        for b in ("0.4x", "0.6x"):
-            out += [cell(t, "latency", b, s) for s in STRATEGIES]
-    # tier D: seeds 1 and 2 of the random strategies on cloud and k-means (bitfusion is unreachable)
-    for b in ("0.5x", "0.4x", "0.6x"):
-        out += [cell("cloud", "latency", b, s, seed) for seed in (1, 2) for s in ("ddpg", "random")]
-    out += [cell("edge", "size", size_budget, s, seed, "kmeans") for seed in (1, 2) for s in ("ddpg", "random")]
+        return [cell("mnist", "edge", "latency", "0.5x", s) for s in STRATEGIES]
+
+    def every(model: str, target: str, budget: str, strategies=STRATEGIES) -> list[dict]:
+        method, quantity = ("kmeans", "size") if budget == "kmeans" else ("linear", "latency")
+        return [cell(model, target, quantity, budget, s, seed, method)
+                for s in strategies for seed in (SEEDS if s == "ddpg" else SEEDS[:1])]
+
+    out = [cell("mnist", "edge", "latency", "0.5x", "ddpg", seed, variant=v) for v in ABLATION for seed in SEEDS[:2]]
+    out += every("mnist", "edge", "0.5x")
+    out += every("ppocr_cls", "edge", "0.5x", ("ddpg", "random", "greedy", "uniform"))
+    for target, budget in [*TARGETS[1:3], ("edge", "kmeans"), *TARGETS[3:]]:
+        out += every("mnist", target, budget)
+    out += every("ppocr_cls", "edge", "kmeans", ("ddpg", "random", "greedy", "uniform"))
+    out += every("ppocr_cls", "edge", "0.5x", ("ilp",))  # 12 probes per layer: ~25 min on this model
+    out += [cell("ppocr_cls", "edge", "latency", "0.5x", "ddpg", 0, variant="haq")]
+    for target, budget in TARGETS[1:]:
+        out += every("ppocr_cls", target, budget, ("ddpg", "random", "greedy", "uniform", "ilp"))
     return out
 
 
-def kmeans_size_budget() -> dict:
-    """0.1x of the fp32 size expressed relative to all-8-bit (haqc's 'Nx' is relative to the w8 option)."""
+@cache
+def kmeans_size_budget(name: str) -> dict:
+    """0.1x of the fp32 weight size, relative to all-8-bit (haqc's 'Nx' is relative to the w8 option)."""
     from haqc.hw_targets import load_target
     from haqc.pipeline import prepare
     from haqc.precision import FP32, reference_option
     from haqc.quantities import as_units
 
-    table = load_target("edge").cost_table(prepare(MODEL).layers, "kmeans")
+    m = models()[name]
+    table = load_target("edge").cost_table(prepare(m.path, m.input_shapes).layers, "kmeans")
     fp32, w8 = (as_units(table.policy_cost([option] * table.n_layers))["size_mb"]
                 for option in (FP32, reference_option("kmeans")))
     rel = 0.1 * fp32 / w8
     return {"fp32_size_mb": fp32, "w8_size_mb": w8, "relative_to_w8": rel, "budget": f"{rel:.4f}x"}
 
 
+@cache
+def probes(name: str) -> int:
+    """ddpg's warm-start probes: one per unpinned layer (the first and last are pinned)."""
+    from haqc.pipeline import prepare
+
+    m = models()[name]
+    return len(prepare(m.path, m.input_shapes).layers) - 2
+
+
 def cell_key(c: dict) -> str:
-    return f"{c['target']}/{c['method']}/{c['quantity']}={c['budget']}/{c['strategy']}/seed{c['seed']}"
+    variant = "" if c["variant"] == "default" else f"/{c['variant']}"
+    return (f"{c['model']}/{c['target']}/{c['method']}/{c['quantity']}={c['budget']}/{c['strategy']}"
+            f"/seed{c['seed']}{variant}")
+
+
+def config_of(c: dict, episodes: int):
+    from haqc.api import CompressConfig
+    from haqc.search import DDPGConfig
+
+    m = models()[c["model"]]
+    budget = kmeans_size_budget(c["model"])["budget"] if c["budget"] == "kmeans" else c["budget"]
+    ablation = c["variant"] != "default"
+    ddpg = dataclasses.replace(DDPGConfig.haq(), **ABLATION[c["variant"]]) if ablation else DDPGConfig()
+    probing = c["strategy"] == "ddpg" and ddpg.warm_start
+    return CompressConfig(
+        target=c["target"], budgets={c["quantity"]: budget}, data=m.val, calib_data=m.calib, train_data=m.train,
+        strategy=c["strategy"], episodes=episodes + (0 if probing else probes(c["model"])),
+        seed=c["seed"], method=c["method"], finetune_epochs=0 if ablation else 1, input_shapes=m.input_shapes,
+        ddpg=ddpg if ablation else None,
+    )
 
 
 def run(args: argparse.Namespace, results: Path) -> None:
-    from haqc.api import CompressConfig, compress
+    from haqc.api import compress
     from haqc.errors import BudgetUnreachableError
 
     out = results / "quality.jsonl"
     episodes = QUICK_EPISODES if args.quick else args.episodes
-    km = kmeans_size_budget()
-    (results / "quality_meta.json").write_text(json.dumps({"kmeans_size": km, "episodes": episodes}, indent=2))
     done = set()
     if args.fresh:  # a new grid: earlier records (still in git history) must not mix with it
         out.unlink(missing_ok=True)
     elif out.exists():
         done = {json.loads(line)["key"] for line in out.read_text().splitlines() if line.strip()}
     deadline = time.time() + args.deadline_min * 60 if args.deadline_min else None
-    for c in cells(args.quick, km["budget"]):
+    for c in cells(args.quick):
         key = cell_key(c)
         if key in done:
             continue
         if deadline and time.time() > deadline:
             log(f"quality: deadline reached, skipping {key} and the rest")
             break
-        config = CompressConfig(
-            target=c["target"], budgets={c["quantity"]: c["budget"]}, data=VAL, calib_data=CALIB,
-            train_data=TRAIN, strategy=c["strategy"], episodes=episodes, seed=c["seed"], method=c["method"],
-            finetune_epochs=1,
-        )
-        rec = {"key": key, **c, "episodes": episodes, "load_before": loadavg()}
+        config = config_of(c, episodes)
+        rec = {"key": key, **c, "episodes": config.episodes, "load_before": loadavg()}
+        if c["budget"] == "kmeans":
+            rec["kmeans_size"] = kmeans_size_budget(c["model"])
         t = time.perf_counter()
         try:
-            report = compress(MODEL, config).report.to_dict()
+            report = compress(models()[c["model"]].path, config).report.to_dict()
             rec.update(status="ok", fp32=report["fp32"], w8a8=report["w8a8"], result=report["result"],
                        search={k: report["search"][k] for k in ("episodes", "best_episode", "seconds", "evaluations")},
                        constraints=report["constraints"])
@@ -109,8 +178,7 @@ def run(args: argparse.Namespace, results: Path) -> None:
         log(f"quality {key}: {rec['status']} top1={rec.get('result', {}).get('accuracy')} wall={rec['wall_s']:.1f}s")
 
 
-def _fmt_acc(xs: list[float | None]) -> str:
-    xs = [x for x in xs if x is not None]
+def _fmt_acc(xs: list[float]) -> str:
     if not xs:
         return "-"
     m = 100 * statistics.mean(xs)
@@ -120,74 +188,99 @@ def _fmt_acc(xs: list[float | None]) -> str:
 
 
 def _records(path: Path) -> list[dict]:
-    """The cells of quality.jsonl; the first record of a key wins (parallel or resumed runs append twice)."""
+    """The cells of quality.jsonl that carry a model (this grid's); the first record of a key wins."""
     recs, seen = [], set()
     for line in path.read_text().splitlines():
-        if line.strip() and json.loads(line)["key"] not in seen:
-            recs.append(json.loads(line))
-            seen.add(recs[-1]["key"])
+        rec = json.loads(line) if line.strip() else {}
+        if "model" in rec and rec["key"] not in seen:
+            recs.append(rec)
+            seen.add(rec["key"])
     return recs
 
 
 def render(results: Path) -> tuple[list[str], list[Check]] | None:
-    """This part's section of RESULTS.md: one table per (target, budget), and the issue's targets it meets."""
-    from haqc.quantities import report_key
-
+    """This part's section of RESULTS.md: the ablation, one table per (model, target, budget), and
+    the issue's targets: ddpg's mean at least every other strategy's, before and after fine-tune."""
     path = results / "quality.jsonl"
-    if not path.exists():
+    recs = _records(path) if path.exists() else []
+    if not recs:
         return None
-    lines: list[str] = []
-    recs = _records(path)
-    meta = read_json(results / "quality_meta.json") or {}
+    lines = ["Each cell is one in-process `compress()`; *top-1* is the exported model's after `finetune_epochs=1` "
+             "(compress keeps the fine-tuned weights only if they score at least as well), *before FT* the searched "
+             "policy as calibrated. ddpg: 3 seeds, mean ± stdev (min–max). *evaluations*: distinct policies scored "
+             "(probes included; median over seeds).", ""]
+    for name in dict.fromkeys(r["model"] for r in recs):
+        fp32 = next((r["fp32"]["accuracy"] for r in recs if r["model"] == name and r["status"] == "ok"), None)
+        if fp32 is not None:
+            lines.append(f"- **{name}** fp32 top-1 {100 * fp32:.2f}%")
+    lines.append("")
+    lines += _ablation(recs)
+    checks: list[Check] = []
     groups: dict = {}
     for r in recs:
-        groups.setdefault((r["target"], r["method"], r["quantity"], r["budget"]), {}).setdefault(r["strategy"], []).append(r)
-    checks = []
-    fp32 = next((r["fp32"]["accuracy"] for r in recs if r["status"] == "ok"), None)
-    if fp32 is not None:
-        lines.append(f"fp32 top-1 on val.npz (1,000 images): **{100 * fp32:.2f}%**. "
-                     f"Each cell: one in-process `compress()` ({recs[0]['episodes']} episodes for ddpg/random), "
-                     "then `finetune_epochs=1` on train.npz (4,000 images); **top-1** is the exported model's "
-                     "(compress keeps the fine-tuned weights only if they score at least as well), "
-                     "*before FT* is the searched policy as calibrated. Mean ± stdev (min–max) over seeds where n > 1.\n")
-    if meta.get("kmeans_size"):
-        k = meta["kmeans_size"]
-        lines.append(f"K-means size budget: 0.1x of the fp32 weight size = 0.1 × {k['fp32_size_mb']:.4f} MB = "
-                     f"{0.1 * k['fp32_size_mb'] * 1000:.1f} kB; haqc's `Nx` is relative to all-8-bit "
-                     f"({k['w8_size_mb']:.4f} MB), so the cell runs `--size {k['budget']}` "
-                     f"(= {k['relative_to_w8']:.4f} × w8 size).\n")
-    for (target, method, quantity, budget), by in groups.items():
-        anyok = next((r for rs in by.values() for r in rs if r["status"] == "ok"), None)
-        head = f"#### {target}, {quantity} {budget}" + (" (k-means)" if method == "kmeans" else "")
-        if anyok:
-            head += f" — limit {anyok['constraints'][quantity]['limit']}; w8a8 top-1 {100 * anyok['w8a8']['accuracy']:.2f}%"
-        lines += [head, "", "| strategy | n | top-1 % | before FT % | drop vs fp32 (pts) | achieved cost | evaluations | search s (median) |",
-                  "|---|---|---|---|---|---|---|---|"]
-        means = {}
-        for strategy in STRATEGIES:
-            rs = by.get(strategy)
-            if not rs:
-                continue
-            ok = [r for r in rs if r["status"] == "ok"]
-            if not ok:
-                lines.append(f"| {strategy} | {len(rs)} | unreachable: {rs[0].get('error', '')[:120]} | | | | | |")
-                continue
-            accs = [r["result"]["accuracy"] for r in ok]
-            means[strategy] = statistics.mean(accs)
-            field = report_key(quantity)
-            cost = statistics.mean(r["result"][field] for r in ok)
-            lines.append(
-                f"| {strategy} | {len(ok)} | {_fmt_acc(accs)} | {_fmt_acc([r['result']['accuracy_before_finetune'] for r in ok])} "
-                f"| {100 * (ok[0]['fp32']['accuracy'] - statistics.mean(accs)):.2f} | {cost:.4g} {field.split('_')[1]} "
-                f"| {statistics.median([r['search']['evaluations'] for r in ok]):g} "
-                f"| {statistics.median([r['search']['seconds'] for r in ok]):.1f} |")
-        lines.append("")
-        label = f"{target} {quantity} {budget}" + (" k-means" if method == "kmeans" else "")
-        for rival, name in (("uniform", "ddpg >= uniform"), ("random", "ddpg >= random (mean)")):
-            if "ddpg" in means and rival in means:
-                d = 100 * (means["ddpg"] - means[rival])
-                checks.append(Check(name, label, d >= 0, f"{d:+.2f} pts"))
-        if (target, quantity, budget, method) == ("edge", "latency", "0.5x", "linear") and "ddpg" in means:
-            d = 100 * (fp32 - means["ddpg"])
-            checks.append(Check("edge 0.5x drop <= 1 pt", label, d <= 1.0, f"drop {d:.2f} pts"))
+        if r["variant"] == "default":
+            groups.setdefault((r["model"], r["target"], r["method"], r["quantity"], r["budget"]), {}) \
+                .setdefault(r["strategy"], []).append(r)
+    for (model, target, method, quantity, budget), by in groups.items():
+        lines += _table(model, target, method, quantity, budget, by, checks)
     return lines, checks
+
+
+def _ablation(recs: list[dict]) -> list[str]:
+    rows = [r for r in recs if r["variant"] != "default" and r["status"] == "ok"]
+    if not rows:
+        return []
+    lines = ["### Each change to HAQ's agent alone (edge 0.5x, before fine-tune, seeds 0 and 1)", "",
+             "| model | ddpg configuration | searched top-1 % | evaluations |", "|---|---|---|---|"]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for variant in ABLATION:
+            rs = [r for r in rows if r["model"] == model and r["variant"] == variant]
+            if rs:
+                lines.append(f"| {model} | {variant} | {_fmt_acc([r['result']['accuracy_before_finetune'] for r in rs])} "
+                             f"| {statistics.median(r['search']['evaluations'] for r in rs):g} |")
+    return lines + [""]
+
+
+def _table(model: str, target: str, method: str, quantity: str, budget: str, by: dict, checks: list[Check]) -> list[str]:
+    from haqc.quantities import report_key
+
+    anyok = next((r for rs in by.values() for r in rs if r["status"] == "ok"), None)
+    shown = by[next(iter(by))][0].get("kmeans_size", {}).get("budget", budget) if budget == "kmeans" else budget
+    label = f"{model}, {target} {quantity} {shown}" + (" (k-means, 0.1x of fp32)" if method == "kmeans" else "")
+    head = f"#### {label}"
+    if anyok:
+        head += (f" — limit {anyok['constraints'][quantity]['limit']}; fp32 {100 * anyok['fp32']['accuracy']:.2f}%, "
+                 f"w8a8 {100 * anyok['w8a8']['accuracy']:.2f}%")
+    lines = [head, "", "| strategy | n | top-1 % | before FT % | drop vs fp32 (pts) | achieved cost | evaluations | search s |",
+             "|---|---|---|---|---|---|---|---|"]
+    after, before = {}, {}
+    for strategy in STRATEGIES:
+        rs = by.get(strategy)
+        if not rs:
+            continue
+        ok = [r for r in rs if r["status"] == "ok"]
+        if not ok:
+            lines.append(f"| {strategy} | {len(rs)} | unreachable: {rs[0].get('error', '')[:120]} | | | | | |")
+            continue
+        accs = [r["result"]["accuracy"] for r in ok]
+        pre = [r["result"]["accuracy_before_finetune"] for r in ok]
+        after[strategy], before[strategy] = statistics.mean(accs), statistics.mean(pre)
+        field = report_key(quantity)
+        cost = statistics.mean(r["result"][field] for r in ok)
+        lines.append(
+            f"| {strategy} | {len(ok)} | {_fmt_acc(accs)} | {_fmt_acc(pre)} "
+            f"| {100 * (ok[0]['fp32']['accuracy'] - after[strategy]):.2f} | {cost:.4g} {field.split('_')[1]} "
+            f"| {statistics.median(r['search']['evaluations'] for r in ok):g} "
+            f"| {statistics.median(r['search']['seconds'] for r in ok):.0f} |")
+    lines.append("")
+    if "ddpg" in after:
+        rivals = [s for s in after if s != "ddpg"]
+        for what, means in (("after FT", after), ("before FT", before)):
+            worst = min((100 * (means["ddpg"] - means[s]), s) for s in rivals) if rivals else None
+            if worst:
+                checks.append(Check(f"ddpg >= every baseline, {what}", label, worst[0] >= 0,
+                                    f"{worst[0]:+.2f} pts vs {worst[1]} (closest)"))
+        if (model, target, quantity, budget, method) == ("ppocr_cls", "edge", "latency", "0.5x", "linear"):
+            drop = 100 * (anyok["fp32"]["accuracy"] - after["ddpg"])
+            checks.append(Check("default command within 1 pt of fp32", label, drop <= 1.0, f"drop {drop:.2f} pts"))
+    return lines

@@ -23,7 +23,7 @@ from haqc.data import input_specs, load_dataset
 from haqc.evaluation import EvalResult, Evaluator, Metric, num_classes
 from haqc.finetune import FinetuneConfig
 from haqc.hw_targets import Target, load_target
-from haqc.io import atomic_write_text, check_output_path, save_model
+from haqc.io import atomic_write_text, check_output_path, check_plot_path, save_model
 from haqc.passes.load import InputShapes, check_input_shapes, read_model, validate_model
 from haqc.pipeline import (build_report, check_budgets, correct_by_measurement, cost_table, export_and_finetune,
                            inspect_summary, measure_models, prepare, search_policy)
@@ -198,11 +198,14 @@ def quantize(model: ModelSource, config: QuantizeConfig | None = None, *, output
 
 
 def compress(model: ModelSource, config: CompressConfig | None = None, *, output: str | os.PathLike | None = None,
-             report: str | os.PathLike | None = None, force: bool = False, progress: Progress | None = None,
-             **overrides: Any) -> CompressResult:
-    """Search a policy for ``target`` under ``budgets`` and export it; a short driver over the pipeline."""
+             report: str | os.PathLike | None = None, plot: str | os.PathLike | None = None, force: bool = False,
+             progress: Progress | None = None, **overrides: Any) -> CompressResult:
+    """Search a policy for ``target`` under ``budgets`` and export it; a short driver over the pipeline.
+    ``plot`` (.html or .png) draws the report: the accuracy-cost curve, the bits per layer, the reward."""
     config = _configure(CompressConfig, config, overrides)
-    for path in (p for p in (output, report) if p is not None):
+    if plot is not None:
+        check_plot_path(plot)
+    for path in (p for p in (output, report, plot) if p is not None):
         check_output_path(path, _paths(model, config.data, config.calib_data, config.train_data), force)
     _check(config)
     prepared = prepare(model, config.input_shapes)
@@ -242,6 +245,10 @@ def compress(model: ModelSource, config: CompressConfig | None = None, *, output
         built = dataclasses.replace(built, output=str(output), output_mb=Path(output).stat().st_size / 1e6)
     if report is not None:
         atomic_write_text(report, built.to_json())
+    if plot is not None:
+        from haqc.plot import write_plot  # matplotlib: imported only when a plot is asked for
+
+        write_plot(built, str(plot))
     if config.max_accuracy_drop is not None and built.accuracy_drop > config.max_accuracy_drop:
         raise AccuracyDropError(
             f"accuracy dropped {built.accuracy_drop:.2f} points (fp32 {100 * built.fp32.accuracy:.2f}% -> "

@@ -254,6 +254,9 @@ def finetune(
     step = 0
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
     target = torch.from_numpy(labels.astype(np.int64)) if labels is not None else torch.from_numpy(teacher_logits)
+    scores = class_scores(model)
+    if labels is None:
+        target = scores(target)
     for epoch in range(config.epochs):
         order = torch.randperm(n, generator=generator)
         total = 0.0
@@ -264,7 +267,7 @@ def finetune(
             idx = order[start : start + config.batch_size]
             out = module(**{k: v[idx].to(device) for k, v in tensors.items()})
             out = out[0] if isinstance(out, tuple) else out
-            loss = _loss(out, target[idx].to(device), labels is not None, config.temperature)
+            loss = _loss(scores(out), target[idx].to(device), labels is not None, config.temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -283,6 +286,24 @@ def finetune(
     scales = {layer.weight: fq.scale.detach().cpu().numpy().reshape(-1) for layer in layers
               if isinstance(fq := simulation.weights.get(layer.name), WeightFakeQuant)}
     return Tuned(_write_back(model, trained), clips, scales)
+
+
+# Ops that pass a class dimension through unchanged, looked through to find what made the output.
+_PASS_THROUGH = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast"}
+
+
+def class_scores(model: onnx.ModelProto) -> Callable[[Tensor], Tensor]:
+    """Turns the first output into logits (up to a constant per row), which the losses expect: a
+    model that ends in Softmax outputs probabilities (their log), in LogSoftmax log-probabilities
+    (as they are). Cross-entropy on probabilities taken as logits is a bounded loss of the wrong
+    quantity, and distilling softmax(probabilities) flattens the teacher's distribution."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    node = producer.get(model.graph.output[0].name)
+    while node is not None and node.op_type in _PASS_THROUGH:
+        node = producer.get(node.input[0])
+    if node is not None and node.op_type == "Softmax":
+        return lambda out: torch.log(out.clamp_min(1e-12))
+    return lambda out: out
 
 
 def _loss(out: Tensor, target: Tensor, supervised: bool, temperature: float) -> Tensor:

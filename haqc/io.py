@@ -142,6 +142,15 @@ def check_output_path(path: str | os.PathLike, inputs: tuple[str | os.PathLike |
     return path
 
 
+PLOT_SUFFIXES = (".html", ".png")
+
+
+def check_plot_path(path: str | os.PathLike) -> None:
+    """A plot is a page or an image: refuse other names before any work."""
+    if Path(path).suffix.lower() not in PLOT_SUFFIXES:
+        raise InputError(f"`plot` {path}: use a .html or .png file name")
+
+
 def save_model(model, path: str | os.PathLike) -> None:
     """Write an ONNX model atomically (external data beside it when over ~2 GB)."""
     path = Path(path)

@@ -17,8 +17,7 @@ matplotlib.use("Agg")  # no display: files only
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from haqc.errors import InputError  # noqa: E402
-from haqc.io import atomic_write_bytes, atomic_write_text  # noqa: E402
+from haqc.io import atomic_write_bytes, atomic_write_text, check_plot_path  # noqa: E402
 from haqc.quantities import REPORT_UNITS, in_report_units  # noqa: E402
 from haqc.report import Report  # noqa: E402
 
@@ -27,9 +26,8 @@ FLOAT_BAR = 9  # a float tensor's bar: above the widest integer width, labelled 
 
 
 def write_plot(report: Report, path: str) -> None:
+    check_plot_path(path)
     suffix = Path(path).suffix.lower()
-    if suffix not in (".html", ".png"):
-        raise InputError(f"`plot` {path}: use a .html or .png file name")
     buffer = io.BytesIO()
     with plt.rc_context({"svg.hashsalt": "haqc"}):  # the SVG's element ids, fixed: the same report, the same page
         figure = _figure(report)

@@ -165,6 +165,19 @@ def test_output_rules(tmp_path):
     assert result.exit_code == 2 and "does not exist" in _error_line(result)
 
 
+def test_every_run_that_writes_a_model_draws_its_plot_beside_it(tmp_path):
+    result = _compress("--latency", "0.6x", "--strategy", "uniform", "-o", tmp_path / "m.onnx", "--quiet")
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "m.html").read_text()
+    assert page.startswith("<!doctype html>") and "accuracy against cost" in page
+    result = _compress("--latency", "0.6x", "--strategy", "uniform", "-o", tmp_path / "n.onnx", "--no-plot", "--quiet")
+    assert result.exit_code == 0 and not (tmp_path / "n.html").exists()
+    result = _compress("--latency", "0.6x", "--plot", tmp_path / "p.html", "--no-plot")
+    assert result.exit_code == 2 and "contradict" in _error_line(result)
+    result = _compress("--latency", "0.6x", "--plot", tmp_path / "p.svg")
+    assert result.exit_code == 2 and ".html or .png" in _error_line(result)
+
+
 def test_kmeans_size_setting(tmp_path):
     report = tmp_path / "r.json"
     result = _compress("--method", "kmeans", "--size", "0.4x", "--strategy", "random", "--episodes", "2",

@@ -117,6 +117,22 @@ def test_one_epoch_finetune_recovers_at_least_half_the_w3a3_gap(example, quantiz
     assert after - before >= (fp32 - before) / 2, (fp32, before, after)
 
 
+@pytest.mark.parametrize(("tail", "log"), [([], False), (["Softmax"], True), (["Softmax", "Identity", "Flatten"], True),
+                                           (["LogSoftmax"], False), (["Relu"], False)])
+def test_losses_see_logits_whatever_the_model_ends_in(tail, log):
+    from onnx import TensorProto, helper
+
+    from haqc.finetune import class_scores
+
+    names = ["x", *[f"t{k}" for k in range(len(tail))]]
+    nodes = [helper.make_node(op, [names[k]], [names[k + 1]]) for k, op in enumerate(tail)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info(names[-1], TensorProto.FLOAT, [1, 2])])
+    probabilities = torch.tensor([[0.25, 0.75]])
+    got = class_scores(helper.make_model(graph))(probabilities)
+    assert torch.allclose(got, probabilities.log() if log else probabilities)
+
+
 def test_label_free_finetune_distills_from_fp32(example, quantizer, evaluator):
     train = example["train"].subset(512, seed=0)
     teacher = predictions(make_session(example["prepared"].model), train)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from pathlib import Path
 
 import click
 
@@ -12,7 +13,6 @@ from haqc.cli.inspect import execution_provider_option, input_shape_option, pars
 from haqc.cli.quantize import finetune_options, quantize_options, run_options
 from haqc.errors import EXIT_INTERRUPTED, InputError
 from haqc.evaluation import TOP1, TOP1_AGREEMENT
-from haqc.plot import write_plot
 from haqc.quantities import format_costs, in_report_units, report_key
 from haqc.report import Report
 from haqc.search import STRATEGIES, DDPGConfig
@@ -52,12 +52,14 @@ DEFAULTS = CompressConfig()
 @input_shape_option
 @click.option("-o", "--output", type=click.Path(path_type=str), help="Where to write the compressed model.")
 @click.option("--report", "report_path", type=click.Path(path_type=str), help="Where to write the JSON report.")
-@click.option("--plot", "plot_path", type=click.Path(path_type=str), help="Per-layer bits and search curve: .html or .png.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=str),
+              help="Accuracy-cost curve, bits per layer, reward: .html or .png [default: beside -o, as .html].")
+@click.option("--no-plot", is_flag=True, help="Write no plot.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (for CI).")
 def compress_command(model, latency, energy, size, per_tensor, no_pin_first, no_pin_last, ddpg_overrides, input_shapes,
-                     output, report_path, plot_path, force, quiet, as_json, target, provider, threads, **options) -> None:
+                     output, report_path, plot_path, no_plot, force, quiet, as_json, target, provider, threads, **options) -> None:
     """Find per-layer bitwidths for MODEL that meet a budget on a target, and export them."""
     budgets = {q: v for q, v in (("latency", latency), ("energy", energy), ("size", size)) if v is not None}
     config = CompressConfig(
@@ -68,8 +70,8 @@ def compress_command(model, latency, energy, size, per_tensor, no_pin_first, no_
     show = not quiet and not as_json
     bar = _Progress(config.episodes if config.strategy in ("ddpg", "random") else None, budgets) if show else None
     try:
-        result = compress(model, config, output=output, report=report_path, force=force,
-                          progress=bar.update if bar else None)
+        result = compress(model, config, output=output, report=report_path, plot=plot_file(output, plot_path, no_plot),
+                          force=force, progress=bar.update if bar else None)
     except KeyboardInterrupt:
         click.echo("\ninterrupted; the search state is saved in --workdir (use --resume)" if config.workdir
                    else "\ninterrupted", err=True)
@@ -77,12 +79,21 @@ def compress_command(model, latency, energy, size, per_tensor, no_pin_first, no_
     finally:
         if bar:
             bar.close()
-    if plot_path:
-        write_plot(result.report, plot_path)
     if as_json:
         click.echo(result.to_json(), nl=False)
     elif show:
         click.echo(format_summary(result.report))
+
+
+def plot_file(output: str | None, plot: str | None, no_plot: bool) -> str | None:
+    """--plot, else the output's name with .html (every run that writes a model draws its curve)."""
+    if no_plot:
+        if plot:
+            raise InputError("--plot and --no-plot contradict each other; give one")
+        return None
+    if plot or output is None:
+        return plot
+    return str(Path(output).with_suffix(".html"))
 
 
 def parse_ddpg_overrides(items: tuple[str, ...]) -> DDPGConfig | None:

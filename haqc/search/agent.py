@@ -7,6 +7,14 @@ sigma decays by 0.99 per episode; the episode's final reward is stored for
 each of its transitions; a moving-average baseline is subtracted from the
 rewards before the critic target; one gradient update per stored transition.
 
+Two changes make it win at the short runs haqc is used with (benchmarks/RESULTS.md
+measures each; ``DDPGConfig.haq()`` is the published agent without them):
+the search warm-starts it (``warm_start``: the strategies module evaluates
+sensitivity-derived policies first, stores their episodes and pre-trains the
+actor towards the best, ``imitate``), and sigma decays from ``sigma`` to
+``sigma_final`` over the run whatever its length (HAQ's 0.99 per episode
+leaves sigma at 0.32 after 60 episodes: a random search to the end).
+
 All randomness comes from one ``np.random.Generator`` seeded by the caller
 (actions, noise, replay sampling) plus the seed it hands torch for the
 initial weights, so a run is reproducible and checkpointable: Python's
@@ -46,7 +54,10 @@ class DDPGConfig:
     warmup_episodes: int = 20  # random-action episodes before learning starts ...
     max_warmup_fraction: float = 0.25  # ... but never more than this share of a short run
     sigma: float = 0.5  # exploration noise at the end of warm-up
-    sigma_decay: float = 0.99  # per episode after warm-up
+    sigma_decay: float = 0.99  # per episode after warm-up (HAQ), when sigma_final is None
+    sigma_final: float | None = 0.05  # else: sigma decays geometrically to this at the last episode
+    warm_start: bool = True  # begin from sensitivity-derived policies (haqc.search.strategies)
+    imitation_steps: int = 300  # actor steps towards the best warm-start policy's actions
     baseline_alpha: float = 0.5  # moving-average reward baseline step
     updates_per_transition: int = 1
 
@@ -55,7 +66,16 @@ class DDPGConfig:
         return min(self.warmup_episodes, int(self.max_warmup_fraction * episodes))
 
     def sigma_at(self, episode: int, episodes: int) -> float:
-        return self.sigma * self.sigma_decay ** max(0, episode - self.warmup(episodes))
+        after = max(0, episode - self.warmup(episodes))
+        if self.sigma_final is None:
+            return self.sigma * self.sigma_decay ** after
+        span = max(1, episodes - 1 - self.warmup(episodes))
+        return self.sigma * (self.sigma_final / self.sigma) ** min(1.0, after / span)
+
+    @classmethod
+    def haq(cls) -> DDPGConfig:
+        """HAQ's published agent: no warm start, sigma decaying by 0.99 per episode."""
+        return cls(sigma_final=None, warm_start=False)
 
 
 class Actor(nn.Module):
@@ -188,6 +208,21 @@ class DDPG(RandomAgent):
             if learn:
                 for _ in range(self.config.updates_per_transition):
                     self.update()
+
+    def imitate(self, trajectory: Sequence[Transition]) -> None:
+        """Pre-train the actor towards one episode's actions (mean squared error, ``imitation_steps``
+        Adam steps at the critic's learning rate), so exploration starts around that policy; the
+        target actor follows."""
+        obs = torch.as_tensor(np.stack([t[0] for t in trajectory]))
+        actions = torch.as_tensor([[t[1]] for t in trajectory], dtype=torch.float32)
+        optimizer = torch.optim.Adam(self.actor.parameters(), lr=self.config.critic_lr)
+        with _one_thread():
+            for _ in range(self.config.imitation_steps):
+                loss = nn.functional.mse_loss(self.actor(obs), actions)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        self.actor_target.load_state_dict(self.actor.state_dict())
 
     def update(self) -> None:
         """One DDPG step on a replay batch: critic, actor, then the soft target update."""

@@ -40,6 +40,12 @@ def action_to_bits(action: float, levels: Sequence[int]) -> int:
     return snap(bits, levels)
 
 
+def bits_to_action(bits: int, levels: Sequence[int]) -> float:
+    """The centre of the action bin that ``action_to_bits`` maps to ``bits`` (a supported width)."""
+    lo, hi = levels[0], levels[-1]
+    return (bits - lo + 0.5) / (hi - lo + 1)
+
+
 def snap(bits: int, levels: Sequence[int]) -> int:
     """The widest supported width not above ``bits`` (the narrowest if none is)."""
     return max((b for b in levels if b <= bits), default=levels[0])
@@ -93,6 +99,15 @@ class LayerChoices:
         if self.w_levels is not None and not self.grid:
             return self.w_levels.index(action_to_bits(action, self.w_levels))
         return min(len(self.options) - 1, max(0, math.floor(float(action) * len(self.options))))
+
+    def actions(self, column: int) -> tuple[float, ...]:
+        """The actions that choose ``column``: (weight, activation) on a grid, else one."""
+        if self.grid:
+            w, a = self.bits(column)
+            return bits_to_action(self.w_levels[w], self.w_levels), bits_to_action(self.a_levels[a], self.a_levels)
+        if self.w_levels is not None:
+            return (bits_to_action(self.options[column].w_bits, self.w_levels),)
+        return ((column + 0.5) / len(self.options),)
 
     def lower_activation(self, column: int) -> int | None:
         """A grid column with the activation one supported width narrower; None at the bottom or off-grid."""

@@ -1,6 +1,8 @@
 """Search strategies behind one interface: ``search(problem, strategy, episodes, seed) -> SearchResult``.
 
-- ddpg (default): HAQ's agent, ``episodes`` episodes.
+- ddpg (default): HAQ's agent, ``episodes`` episodes; warm-started (``DDPGConfig.warm_start``)
+  by greedy's sensitivity probes: its first episodes are greedy's policy and the integer program's
+  on greedy's loss model, and the actor is pre-trained towards the better one.
 - random: uniform random actions through the same environment (same pins,
   same budget enforcement, same number of episodes): is the agent learning?
 - uniform: the highest single bitwidth w = a = b (pins applied) that meets the
@@ -32,7 +34,7 @@ import os
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -43,7 +45,7 @@ from haqc.precision import SEARCH_BITS
 from haqc.search.budget import violations
 from haqc.search.checkpoint import fingerprint, load_state, save_state
 from haqc.search.env import Outcome, QuantEnv, SearchProblem
-from haqc.search.ilp import MIN_DROP, sensitivities, solve
+from haqc.search.ilp import MIN_DROP, combination, sensitivities, solve
 from haqc.search.parallel import rounds
 
 logger = logging.getLogger(__name__)
@@ -202,7 +204,56 @@ class _Run:
 def _ddpg(run: _Run, episodes: int, seed: int, config: DDPGConfig, saved: dict | None) -> None:
     env = run.env
     agent = DDPG(env.observation_space.shape[0], env.steps_per_episode, episodes, seed, config)
+    if config.warm_start and saved is None:
+        _warm_start(run, agent, episodes)
     _run_episodes(run, agent, episodes, saved)
+
+
+def _warm_start(run: _Run, agent: DDPG, episodes: int) -> None:
+    """The first episodes play what the sensitivity probes suggest: greedy's policy and the integer
+    program's on the same loss model (greedy's probes, one per layer). Their transitions go into
+    the replay buffer like any episode's, and the actor is pre-trained towards the better one, so
+    the agent explores around a good policy instead of starting from a random one."""
+    env = run.env
+    loss, floor = _loss_model(run)
+    seeds = [_greedy_choice(env, loss, floor)]
+    if _linear(env.problem.costs):
+        seeds.append(solve(env.problem.costs, dict(env.problem.limits), env.space, loss))
+    unique = list({tuple(int(c) for c in columns): columns for columns in seeds}.values())[:episodes]
+    played = [_replay(env, columns) for columns in unique]
+    outcomes = env.finish_all([choice for _, choice in played])
+    for episode, ((trajectory, _), outcome) in enumerate(zip(played, outcomes)):
+        agent.observe(trajectory, outcome.reward, episode)
+        run.record(outcome)
+    best = max(range(len(outcomes)), key=lambda k: outcomes[k].reward)
+    agent.imitate(played[best][0])
+    run.save(agent.state_dict())
+
+
+def _linear(costs: Any) -> bool:
+    """Whether the integer program can express this target's totals (sums or maxima)."""
+    try:
+        combination(costs.combine)
+    except InputError:
+        return False
+    return True
+
+
+def _replay(env: QuantEnv, columns: np.ndarray) -> tuple[list, np.ndarray]:
+    """The episode whose actions choose ``columns``: its transitions (with the observations the
+    agent would have seen) and its choice."""
+    steps = iter([a for i, layer in enumerate(env.space.layers) for a in layer.actions(int(columns[i]))])
+    return _play(env, _Scripted(steps), 0)
+
+
+@dataclass
+class _Scripted:
+    """Acts a fixed sequence of actions (a warm-start episode)."""
+
+    actions: Iterator[float]
+
+    def act(self, obs: np.ndarray, episode: int) -> float:
+        return next(self.actions)
 
 
 def _random(run: _Run, episodes: int, seed: int, config: None, saved: dict | None) -> None:
@@ -225,7 +276,7 @@ def _run_episodes(run: _Run, agent: Agent, episodes: int, saved: dict | None) ->
         run.save(agent.state_dict())
 
 
-def _play(env: QuantEnv, agent: Agent, episode: int) -> tuple[list, np.ndarray]:
+def _play(env: QuantEnv, agent: Agent | _Scripted, episode: int) -> tuple[list, np.ndarray]:
     """One episode's actions, unevaluated: its transitions and the options they chose."""
     obs, _ = env.reset()
     trajectory = []
@@ -264,12 +315,24 @@ def _uniform(run: _Run, episodes: int, seed: int, config: None, saved: dict | No
 def _greedy(run: _Run, episodes: int, seed: int, config: None, saved: dict | None) -> None:
     if run.history:  # resumed after it finished
         return
-    env = run.env
+    run.record(run.env.finish(_greedy_choice(run.env, *_loss_model(run))))
+    run.save()
+
+
+def _loss_model(run: _Run) -> tuple[np.ndarray, float]:
+    """loss[i, j], each layer's estimated score lost at option j, and the least loss a lowering
+    counts as. A drop model of widths is strictly monotone (floor 0); measured drops may tie, so
+    there a step that loses nothing measurable still counts as losing the noise floor."""
+    if run.env.space.by_width:
+        return _modelled_loss(run), 0.0
+    return sensitivities(run.env, partial(_probe, run)), MIN_DROP
+
+
+def _greedy_choice(env: QuantEnv, loss: np.ndarray, floor: float) -> np.ndarray:
+    """From the most precise policy, the one-step lowering with the best ratio of budget saved to
+    loss added, repeated until the budget holds."""
     space, costs, limits = env.space, env.problem.costs, env.problem.limits
     chosen = space.most_precise()
-    # A drop model of widths is strictly monotone; measured drops may tie, so there a step that
-    # loses nothing measurable still counts as losing the noise floor.
-    loss, floor = (_modelled_loss(run), 0.0) if space.by_width else (sensitivities(env, partial(_probe, run)), MIN_DROP)
     while over := violations(costs.cost(chosen), limits):
         best, best_ratio = None, 0.0
         for i in reversed(range(space.n_layers)):  # ties go to later layers, as in HAQ's enforcement
@@ -285,8 +348,7 @@ def _greedy(run: _Run, episodes: int, seed: int, config: None, saved: dict | Non
         if best is None:  # nothing saves anything (odd cost tables): leave the rest to budget enforcement
             break
         chosen[best[0]] = best[1]
-    run.record(env.finish(chosen))
-    run.save()
+    return chosen
 
 
 def _modelled_loss(run: _Run) -> np.ndarray:

@@ -14,7 +14,7 @@ import torch
 from search_helpers import Evaluator, ExitsAt, synthetic_accuracy, synthetic_problem
 
 from haqc.errors import InputError, WorkerError
-from haqc.search import STATE_FILE, search
+from haqc.search import STATE_FILE, DDPGConfig, search
 from haqc.search.parallel import InOrder
 
 SHORT = 10  # episodes: 2 of warm-up, then learning
@@ -47,15 +47,24 @@ def test_ddpg_in_rounds_acts_before_it_learns():
 
 
 def test_resume_in_rounds_ends_like_an_uninterrupted_run(tmp_path):
-    pool = InOrder(synthetic_accuracy, workers=2)
-    reference = run("ddpg", pool)
+    pool, haq = InOrder(synthetic_accuracy, workers=2), DDPGConfig.haq()
+    reference = run("ddpg", pool, config=haq)
     with pytest.raises(KeyboardInterrupt):  # the 6th evaluation: the second episode of the third round
-        run("ddpg", InOrder(Evaluator(interrupt_at=6), workers=2), workdir=tmp_path)
+        run("ddpg", InOrder(Evaluator(interrupt_at=6), workers=2), workdir=tmp_path, config=haq)
     saved = torch.load(tmp_path / STATE_FILE, weights_only=True)
     assert len(saved["history"]) == 4  # two complete rounds
-    assert comparable(run("ddpg", pool, workdir=tmp_path, resume=True)) == comparable(reference)
+    assert comparable(run("ddpg", pool, workdir=tmp_path, resume=True, config=haq)) == comparable(reference)
     with pytest.raises(InputError, match="episodes per round"):  # another round size takes another course
-        run("ddpg", InOrder(synthetic_accuracy, workers=3), workdir=tmp_path, resume=True)
+        run("ddpg", InOrder(synthetic_accuracy, workers=3), workdir=tmp_path, resume=True, config=haq)
+
+
+@pytest.mark.parametrize("interrupt_at", [3, 6, 9])  # a probe, a warm-start episode, an agent's episode
+def test_a_warm_started_search_resumed_in_rounds_ends_like_an_uninterrupted_run(tmp_path, interrupt_at):
+    pool = InOrder(synthetic_accuracy, workers=2)
+    reference = run("ddpg", pool)
+    with pytest.raises(KeyboardInterrupt):
+        run("ddpg", InOrder(Evaluator(interrupt_at=interrupt_at), workers=2), workdir=tmp_path)
+    assert comparable(run("ddpg", pool, workdir=tmp_path, resume=True)) == comparable(reference)
 
 
 # --- the Ray pool -------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The DDPG agent: HAQ's defaults, warm-up clamp, noise, one update with its soft target step."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import numpy as np
 import pytest
@@ -32,9 +33,36 @@ def test_defaults_are_haqs():
 
 
 def test_warmup_is_clamped_for_short_runs():
-    cfg = DDPGConfig()
+    cfg = DDPGConfig.haq()
     assert cfg.warmup(600) == 20 and cfg.warmup(80) == 20 and cfg.warmup(40) == 10 and cfg.warmup(3) == 0
     assert cfg.sigma_at(5, 600) == 0.5 and cfg.sigma_at(22, 600) == pytest.approx(0.5 * 0.99**2)
+
+
+def test_the_haq_reference_differs_from_the_defaults_in_warm_start_and_schedule_only():
+    assert DDPGConfig.haq() == dataclasses.replace(DDPGConfig(), warm_start=False, sigma_final=None)
+    assert DDPGConfig().warm_start and not DDPGConfig.haq().warm_start
+
+
+@pytest.mark.parametrize("episodes", [12, 60, 600])
+def test_sigma_decays_to_sigma_final_over_any_run_length(episodes):
+    cfg = DDPGConfig()
+    first, last = cfg.warmup(episodes), episodes - 1
+    assert cfg.sigma_at(0, episodes) == cfg.sigma_at(first, episodes) == 0.5
+    assert cfg.sigma_at(last, episodes) == pytest.approx(0.05)
+    schedule = [cfg.sigma_at(e, episodes) for e in range(first, episodes)]
+    assert all(b < a for a, b in zip(schedule, schedule[1:]))
+
+
+def test_imitation_moves_the_actor_onto_an_episodes_actions():
+    agent = filled_agent()
+    rng = np.random.default_rng(3)
+    trajectory = [(rng.random(OBS_DIM).astype(np.float32), float(a), rng.random(OBS_DIM).astype(np.float32), False)
+                  for a in (0.1, 0.9, 0.3, 0.7)]
+    agent.imitate(trajectory)
+    with torch.no_grad():
+        for net in (agent.actor, agent.actor_target):
+            got = net(torch.as_tensor(np.stack([t[0] for t in trajectory]))).squeeze(1).numpy()
+            assert np.abs(got - [0.1, 0.9, 0.3, 0.7]).max() < 0.05
 
 
 def test_replay_holds_128_episodes_and_the_final_reward():

@@ -9,7 +9,7 @@ import torch
 from search_helpers import Evaluator, FP32_ACCURACY, N_LAYERS, grid_table, synthetic_accuracy, synthetic_problem, w8a8
 
 from haqc.errors import BudgetUnreachableError, InputError
-from haqc.search import SearchProblem, STATE_FILE, QuantEnv, search
+from haqc.search import DDPGConfig, SearchProblem, STATE_FILE, QuantEnv, search
 from haqc.search.budget import violations
 
 SHORT = 10  # episodes: 2 of warm-up (clamped), then learning
@@ -172,6 +172,18 @@ def test_ddpg_beats_uniform_when_layers_differ_in_sensitivity():
     assert ddpg.accuracy >= uniform.accuracy
     best = ddpg.history[ddpg.best_episode]
     assert best["reward"] == max(h["reward"] for h in ddpg.history) == ddpg.reward
+
+
+def test_ddpg_starts_from_greedys_policy_and_the_ilp_on_its_probes():
+    problem = synthetic_problem(latency_fraction=0.5)
+    greedy = search(problem, "greedy")
+    ddpg = search(synthetic_problem(latency_fraction=0.5), "ddpg", SHORT, seed=0)
+    assert ddpg.history[0]["columns"] == greedy.history[0]["columns"]  # the same probes, the same policy
+    assert ddpg.accuracy >= greedy.accuracy and ddpg.episodes == SHORT
+    probes = N_LAYERS - 2
+    assert ddpg.evaluations <= probes + SHORT
+    haq = search(synthetic_problem(latency_fraction=0.5), "ddpg", SHORT, seed=0, config=DDPGConfig.haq())
+    assert haq.evaluations <= SHORT  # the published agent probes nothing
 
 
 def test_progress_is_reported_after_each_episode():
