@@ -1,6 +1,7 @@
 """haqc compress end to end on the bundled example: report, re-apply, determinism, resume, exit codes."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -196,13 +197,25 @@ def test_energy_budget_on_bitfusion():
 
 def test_ddpg_overrides_and_search_finetune_steps():
     ok = _compress("--latency", "0.5x", "--episodes", "2", "--ddpg", "actor_lr=3e-4", "--ddpg", "hidden=64",
+                   "--ddpg", "warm_start=false",
                    "--search-finetune-steps", "2", "--trainable-clip", "--train-data", EXAMPLE_DIR / "calib.npz",
                    "--quiet")
     assert ok.exit_code == 0, ok.output
-    for bad, pattern in ((("--ddpg", "foo=1"), "KEY=VALUE"), (("--ddpg", "hidden=big"), "hidden takes a int"),
+    for bad, pattern in ((("--ddpg", "foo=1"), "KEY=VALUE"), (("--ddpg", "hidden=big"), "hidden takes an int"),
+                         (("--ddpg", "warm_start=maybe"), "warm_start takes true or false"),
                          (("--search-finetune-steps", "2"), "needs --train-data")):
         result = _compress("--latency", "0.5x", *bad, "--quiet")
         assert result.exit_code == 2 and re.search(pattern, _error_line(result))
+
+
+def test_ddpg_overrides_take_each_fields_type_and_haq_names_the_published_agent():
+    from haqc.cli.compress import parse_ddpg_overrides
+    from haqc.search import DDPGConfig
+
+    assert parse_ddpg_overrides(("haq",)) == DDPGConfig.haq()
+    assert parse_ddpg_overrides(("haq", "warm_start=true")) == dataclasses.replace(DDPGConfig.haq(), warm_start=True)
+    got = parse_ddpg_overrides(("warm_start=0", "sigma_final=none", "hidden=64", "tau=0.02"))
+    assert got == dataclasses.replace(DDPGConfig(), warm_start=False, sigma_final=None, hidden=64, tau=0.02)
 
 
 def test_outputs_get_normal_permissions(tmp_path):

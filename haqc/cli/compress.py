@@ -39,7 +39,7 @@ DEFAULTS = CompressConfig()
 @click.option("--reward-lambda", type=float, default=DEFAULTS.reward_lambda, show_default=True, help="HAQ's reward scale.")
 @click.option("--search-finetune-steps", type=click.IntRange(min=0), default=DEFAULTS.search_finetune_steps,
               show_default=True, help="Fine-tune each candidate this many steps before measuring it (slow; needs --train-data).")
-@click.option("--ddpg", "ddpg_overrides", multiple=True, metavar="KEY=VALUE",
+@click.option("--ddpg", "ddpg_overrides", multiple=True, metavar="KEY=VALUE|haq",
               help="Override a DDPG hyperparameter, e.g. --ddpg actor_lr=3e-4 (see docs/search.md).")
 @click.option("--workers", type=click.IntRange(min=1), default=DEFAULTS.workers, show_default=True,
               help="Evaluate up to N candidates at once in Ray workers (pip install 'haqc[ray]'; docs/parallel.md).")
@@ -97,21 +97,34 @@ def plot_file(output: str | None, plot: str | None, no_plot: bool) -> str | None
 
 
 def parse_ddpg_overrides(items: tuple[str, ...]) -> DDPGConfig | None:
-    """``KEY=VALUE`` pairs over HAQ's defaults; values take the field's type."""
+    """``KEY=VALUE`` pairs over the defaults (``haq`` alone: HAQ's published agent); values take the
+    field's type: true/false for switches, ``none`` where a field may be unset."""
     if not items:
         return None
+    base = DDPGConfig.haq() if items[0] == "haq" else DDPGConfig()
     fields = {f.name: f for f in dataclasses.fields(DDPGConfig)}
     changes = {}
-    for item in items:
+    for item in items[1:] if items[0] == "haq" else items:
         key, sep, value = item.partition("=")
         if not sep or key not in fields:
-            raise InputError(f"--ddpg {item!r}: write KEY=VALUE with KEY one of {', '.join(fields)}")
-        kind = type(getattr(DDPGConfig(), key))
-        try:
-            changes[key] = kind(value)
-        except ValueError:
-            raise InputError(f"--ddpg {item!r}: {key} takes a {kind.__name__}") from None
-    return dataclasses.replace(DDPGConfig(), **changes)
+            raise InputError(f"--ddpg {item!r}: write haq, or KEY=VALUE with KEY one of {', '.join(fields)}")
+        changes[key] = _ddpg_value(item, key, value, fields[key].type)
+    return dataclasses.replace(base, **changes)
+
+
+def _ddpg_value(item: str, key: str, value: str, annotation: str) -> object:
+    """One --ddpg value by its field's annotation (a string under postponed annotations)."""
+    if "None" in annotation and value.lower() == "none":
+        return None
+    if annotation == "bool":
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise InputError(f"--ddpg {item!r}: {key} takes true or false")
+        return value.lower() in ("true", "1")
+    kind = int if annotation == "int" else float
+    try:
+        return kind(value)
+    except ValueError:
+        raise InputError(f"--ddpg {item!r}: {key} takes a{'n' if kind is int else ''} {kind.__name__}") from None
 
 
 class _Progress:
