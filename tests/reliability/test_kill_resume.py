@@ -69,7 +69,9 @@ def _check_no_partial(tmp: Path, temps_allowed: bool = True) -> None:
         onnx.checker.check_model(onnx.load(str(out)), full_check=True)
     if rep.exists():
         json.loads(rep.read_text())
-    for folder, finals in ((tmp, {"out.onnx", "rep.json", "w"}), (tmp / "w", {"search_state.pt"})):
+    if (tmp / "out.html").exists():  # the plot compress draws beside its output, written whole
+        assert (tmp / "out.html").read_text().rstrip().endswith("</svg>")
+    for folder, finals in ((tmp, {"out.onnx", "out.html", "rep.json", "w"}), (tmp / "w", {"search_state.pt"})):
         if not folder.exists():
             continue
         for p in folder.iterdir():
