@@ -40,7 +40,7 @@ DEFAULTS = CompressConfig()
 @click.option("--search-finetune-steps", type=click.IntRange(min=0), default=DEFAULTS.search_finetune_steps,
               show_default=True, help="Fine-tune each candidate this many steps before measuring it (slow; needs --train-data).")
 @click.option("--ddpg", "ddpg_overrides", multiple=True, metavar="KEY=VALUE|haq",
-              help="Override a DDPG hyperparameter, e.g. --ddpg actor_lr=3e-4 (see docs/search.md).")
+              help="Override a DDPG hyperparameter, e.g. --ddpg actor_lr=3e-4; 'haq' first: HAQ's published agent (docs/search.md).")
 @click.option("--workers", type=click.IntRange(min=1), default=DEFAULTS.workers, show_default=True,
               help="Evaluate up to N candidates at once in Ray workers (pip install 'haqc[ray]'; docs/parallel.md).")
 @click.option("--ray-address", default=DEFAULTS.ray_address, metavar="ADDRESS",
