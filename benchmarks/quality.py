@@ -93,28 +93,31 @@ def cells(quick: bool) -> list[dict]:
 
 
 @cache
+def layers(name: str) -> list:
+    """The model's quantizable layers (one prepare per model for the whole run)."""
+    from haqc.pipeline import prepare
+
+    m = models()[name]
+    return prepare(m.path, m.input_shapes).layers
+
+
+@cache
 def kmeans_size_budget(name: str) -> dict:
     """0.1x of the fp32 weight size, relative to all-8-bit (haqc's 'Nx' is relative to the w8 option)."""
     from haqc.hw_targets import load_target
-    from haqc.pipeline import prepare
     from haqc.precision import FP32, reference_option
     from haqc.quantities import as_units
 
-    m = models()[name]
-    table = load_target("edge").cost_table(prepare(m.path, m.input_shapes).layers, "kmeans")
+    table = load_target("edge").cost_table(layers(name), "kmeans")
     fp32, w8 = (as_units(table.policy_cost([option] * table.n_layers))["size_mb"]
                 for option in (FP32, reference_option("kmeans")))
     rel = 0.1 * fp32 / w8
     return {"fp32_size_mb": fp32, "w8_size_mb": w8, "relative_to_w8": rel, "budget": f"{rel:.4f}x"}
 
 
-@cache
 def probes(name: str) -> int:
     """ddpg's warm-start probes: one per unpinned layer (the first and last are pinned)."""
-    from haqc.pipeline import prepare
-
-    m = models()[name]
-    return len(prepare(m.path, m.input_shapes).layers) - 2
+    return len(layers(name)) - 2
 
 
 def cell_key(c: dict) -> str:
@@ -131,12 +134,12 @@ def config_of(c: dict, episodes: int):
     budget = kmeans_size_budget(c["model"])["budget"] if c["budget"] == "kmeans" else c["budget"]
     ablation = c["variant"] != "default"
     ddpg = dataclasses.replace(DDPGConfig.haq(), **ABLATION[c["variant"]]) if ablation else DDPGConfig()
-    probing = c["strategy"] == "ddpg" and ddpg.warm_start
+    probing = c["strategy"] == "ddpg" and ddpg.warm_start  # random (and unprobing ddpg) get the probes as episodes
     return CompressConfig(
         target=c["target"], budgets={c["quantity"]: budget}, data=m.val, calib_data=m.calib, train_data=m.train,
         strategy=c["strategy"], episodes=episodes + (0 if probing else probes(c["model"])),
         seed=c["seed"], method=c["method"], finetune_epochs=0 if ablation else 1, input_shapes=m.input_shapes,
-        ddpg=ddpg if ablation else None,
+        ddpg=ddpg,
     )
 
 

@@ -102,7 +102,7 @@ def solve(table: CostTable, limits: dict[str, float], space: SearchSpace, drops:
         constraints.append(_products(pairs, offsets, variables, limits))
     for quantity, limit in limits.items():
         costs = np.concatenate([table.values[quantity][i, :k] for i, k in enumerate(sizes)])
-        how, scale, rest = ("sum", 1.0, 0.0) if quantity == "size" else combination(table.combine)
+        how, scale, rest = ("sum", 1.0, 0.0) if quantity == "size" else _combination(table.combine)
         if how == "sum":
             extra = [t.values[quantity][a, b] if quantity in t.values else 0.0 for t, a, b in pairs]
             row = np.concatenate([costs, extra])
@@ -140,7 +140,7 @@ def _products(pairs: list, offsets: np.ndarray, variables: int, limits: dict[str
     return LinearConstraint(np.array(rows), lower, upper)
 
 
-def combination(combine: Callable[[np.ndarray], float]) -> tuple[str, float, float]:
+def _combination(combine: Callable[[np.ndarray], float]) -> tuple[str, float, float]:
     """How a target combines layer costs, checked on probes: ``("sum", scale, rest)`` for
     ``scale * sum + rest`` (the plain sum: 1, 0), or ``("max", 1, 0)``."""
     probe, other = np.array([0.3, 1.7, 0.9]), np.array([2.0, 0.1, 0.4])

@@ -45,7 +45,7 @@ from haqc.precision import SEARCH_BITS
 from haqc.search.budget import violations
 from haqc.search.checkpoint import fingerprint, load_state, save_state
 from haqc.search.env import Outcome, QuantEnv, SearchProblem
-from haqc.search.ilp import MIN_DROP, combination, sensitivities, solve
+from haqc.search.ilp import MIN_DROP, sensitivities, solve
 from haqc.search.parallel import rounds
 
 logger = logging.getLogger(__name__)
@@ -217,8 +217,10 @@ def _warm_start(run: _Run, agent: DDPG, episodes: int) -> None:
     env = run.env
     loss, floor = _loss_model(run)
     seeds = [_greedy_choice(env, loss, floor)]
-    if _linear(env.problem.costs):
+    try:
         seeds.append(solve(env.problem.costs, dict(env.problem.limits), env.space, loss))
+    except InputError:  # a target whose totals the integer program cannot express: greedy's alone
+        pass
     unique = list({tuple(int(c) for c in columns): columns for columns in seeds}.values())[:episodes]
     played = [_replay(env, columns) for columns in unique]
     outcomes = env.finish_all([choice for _, choice in played])
@@ -228,15 +230,6 @@ def _warm_start(run: _Run, agent: DDPG, episodes: int) -> None:
     best = max(range(len(outcomes)), key=lambda k: outcomes[k].reward)
     agent.imitate(played[best][0])
     run.save(agent.state_dict())
-
-
-def _linear(costs: Any) -> bool:
-    """Whether the integer program can express this target's totals (sums or maxima)."""
-    try:
-        combination(costs.combine)
-    except InputError:
-        return False
-    return True
 
 
 def _replay(env: QuantEnv, columns: np.ndarray) -> tuple[list, np.ndarray]:
