@@ -18,7 +18,7 @@ import onnx
 from haqc.data import Dataset, input_specs, load_dataset
 from haqc.errors import InputError
 from haqc.evaluation import EvalResult, Evaluator, make_session, num_classes, predictions
-from haqc.finetune import FinetuneConfig, Tuned, build_simulation, finetune
+from haqc.finetune import FinetuneConfig, Tuned, build_simulation, default_epochs, finetune
 from haqc.layers import Layer
 from haqc.passes.base import Pass
 from haqc.passes.calibrate import Calibration, ClipMethod, calibrate
@@ -171,7 +171,7 @@ class RunData:
     val: Dataset | None
     calib: Dataset | None  # calib_data, else the validation set
     train: Dataset | None
-    epochs: int  # default: 1 with training data, else 0
+    epochs: int  # default: finetune.default_epochs with training data, else 0
 
 
 def load_run_data(prepared: Prepared, data: DataSource | None, calib_data: DataSource | None,
@@ -183,7 +183,7 @@ def load_run_data(prepared: Prepared, data: DataSource | None, calib_data: DataS
     sets = [d for d in dict.fromkeys((val, calib, train)) if d is not None]
     for other in sets[1:]:
         sets[0].check_compatible(other)
-    epochs = finetune_epochs if finetune_epochs is not None else (1 if train is not None else 0)
+    epochs = finetune_epochs if finetune_epochs is not None else (default_epochs(len(train)) if train is not None else 0)
     if epochs and train is None:
         raise InputError("`finetune_epochs` needs `train_data` (an .npz or arrays)")
     return RunData(val, calib, train, epochs)

@@ -58,7 +58,7 @@ def test_report_schema_and_reapplied_policy(tmp_path):
 def test_quantize_fine_tunes_with_learned_clips(tmp_path):
     out = tmp_path / "q.onnx"
     result = CliRunner().invoke(main, ["quantize", str(EXAMPLE), "--bits", "w4a4", *map(str, DATA), "--train-data",
-                                       str(EXAMPLE_DIR / "calib.npz"), "--trainable-clip", "-o", str(out), "--json"])
+                                       str(EXAMPLE_DIR / "calib.npz"), "--finetune-epochs", "1", "--trainable-clip", "-o", str(out), "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["finetuned"]["accuracy"] > 0.9
@@ -93,7 +93,7 @@ def test_interrupt_exits_130_and_resume_matches_uninterrupted(tmp_path, monkeypa
 
     def flaky(self, model, name="the model"):
         calls["n"] += 1
-        if calls["n"] == 5:  # fp32, then episodes 1-3 finished, the 4th is interrupted
+        if calls["n"] == 5:  # fp32, then the warm start's probes: the 4th is interrupted
             raise KeyboardInterrupt
         return real(self, model, name)
 
@@ -199,7 +199,7 @@ def test_ddpg_overrides_and_search_finetune_steps():
     ok = _compress("--latency", "0.5x", "--episodes", "2", "--ddpg", "actor_lr=3e-4", "--ddpg", "hidden=64",
                    "--ddpg", "warm_start=false",
                    "--search-finetune-steps", "2", "--trainable-clip", "--train-data", EXAMPLE_DIR / "calib.npz",
-                   "--quiet")
+                   "--finetune-epochs", "1", "--quiet")
     assert ok.exit_code == 0, ok.output
     for bad, pattern in ((("--ddpg", "foo=1"), "KEY=VALUE"), (("--ddpg", "hidden=big"), "hidden takes an int"),
                          (("--ddpg", "warm_start=maybe"), "warm_start takes true or false"),

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from haqc.evaluation import Evaluator, make_session, predictions
-from haqc.finetune import FinetuneConfig, finetune
+from haqc.finetune import DEFAULT_MIN_STEPS, FinetuneConfig, default_epochs, finetune
 from haqc.policy import uniform_policy
 from haqc.precision import Option
-from haqc.quantizer import QuantizeOptions, Quantizer
+from haqc.quantizer import QuantizeOptions, Quantizer, load_run_data
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +139,14 @@ def test_label_free_finetune_distills_from_fp32(example, quantizer, evaluator):
     policy = _policy(example, 4, 4)
     tuned = quantizer.finetune(policy, train.inputs, None, FinetuneConfig(epochs=1), teacher_logits=teacher)
     assert evaluator.evaluate(tuned).accuracy >= evaluator.evaluate(quantizer.export(policy)).accuracy - 0.01
+
+
+def test_a_default_fine_tune_runs_whole_epochs_of_at_least_the_minimum_steps(example):
+    """One epoch of a small set is a few dozen steps; unless told, a run trains enough whole epochs
+    for DEFAULT_MIN_STEPS (the classifier's 2,000 lines: 10 epochs of 32 steps), one of a large set."""
+    assert default_epochs(2000) == 10 and 10 * 32 >= DEFAULT_MIN_STEPS > 9 * 32
+    assert default_epochs(64 * DEFAULT_MIN_STEPS) == 1 and default_epochs(10**7) == 1
+    prepared, val, train = example["prepared"], example["val"], example["train"]
+    assert load_run_data(prepared, val, None, train, None).epochs == default_epochs(len(train)) == 5  # 63 steps each
+    assert load_run_data(prepared, val, None, train, 2).epochs == 2
+    assert load_run_data(prepared, val, None, None, None).epochs == 0

@@ -20,7 +20,7 @@ def finetune_options(func):
     for option in reversed(
         [
             click.option("--train-data", type=click.Path(path_type=str), default=DEFAULTS.train_data, help="Training .npz for fine-tuning (labels: cross-entropy; none: distillation)."),
-            click.option("--finetune-epochs", type=click.IntRange(min=0), default=DEFAULTS.finetune_epochs, help="Fine-tuning epochs (default: 1 with --train-data, else 0)."),
+            click.option("--finetune-epochs", type=click.IntRange(min=0), default=DEFAULTS.finetune_epochs, help="Fine-tuning epochs (default with --train-data: enough for 300 steps of 64, at least 1; else 0)."),
             click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.lr, show_default=True, help="Fine-tuning learning rate (Adam, cosine schedule)."),
             click.option("--trainable-clip", is_flag=True, default=DEFAULTS.trainable_clip, help="Also learn each layer's activation clip while fine-tuning (PACT)."),
             click.option("--device", default=DEFAULTS.device, show_default=True, help="Torch device for fine-tuning, e.g. cuda."),
