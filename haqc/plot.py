@@ -39,7 +39,8 @@ def write_plot(report: Report, path: str) -> None:
     title = f"{report.model} on {report.target['name']}"
     # matplotlib's RDF metadata carries the drawing date: dropped, so a page depends on the report only.
     svg = re.sub(r"<metadata>.*?</metadata>", "", buffer.getvalue().decode(), flags=re.S)
-    atomic_write_text(path, "<!doctype html><meta charset='utf-8'>"
+    # The figure is wider than most windows: scaled to the page's width (its viewBox keeps the aspect).
+    atomic_write_text(path, "<!doctype html><meta charset='utf-8'><style>svg{max-width:100%;height:auto}</style>"
                             f"<title>haqc: {html.escape(title)}</title><h3>{html.escape(title)}</h3>{svg}")
 
 
