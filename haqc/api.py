@@ -55,7 +55,7 @@ class RunConfig:
     per_channel: bool = QuantizeOptions.per_channel
     format: str = QuantizeOptions.format  # qdq, packed or qonnx (haqc.quantizer.FORMATS)
     seed: int = 0
-    finetune_epochs: int | None = None  # default: whole epochs of train_data, >= 300 steps (finetune.default_epochs)
+    finetune_epochs: int | None = None  # default: finetune.default_epochs of train_data, else 0
     lr: float = FinetuneConfig.lr
     device: str = FinetuneConfig.device
     trainable_clip: bool = FinetuneConfig.trainable_clip

@@ -8,11 +8,14 @@ import click
 from haqc.api import QuantizeConfig, RunConfig, quantize as quantize_model
 from haqc.cli import main
 from haqc.cli.inspect import input_shape_option, parse_input_shapes
+from haqc.finetune import DEFAULT_MIN_STEPS, FinetuneConfig
 from haqc.passes.calibrate import CLIP_METHODS
 from haqc.precision import METHODS
 from haqc.quantizer import FORMATS
 
 DEFAULTS = RunConfig()
+EPOCHS_HELP = (f"Fine-tuning epochs (default with --train-data: whole epochs, at least {DEFAULT_MIN_STEPS} steps "
+               f"of {FinetuneConfig.batch_size}; else 0).")
 
 
 def finetune_options(func):
@@ -20,7 +23,7 @@ def finetune_options(func):
     for option in reversed(
         [
             click.option("--train-data", type=click.Path(path_type=str), default=DEFAULTS.train_data, help="Training .npz for fine-tuning (labels: cross-entropy; none: distillation)."),
-            click.option("--finetune-epochs", type=click.IntRange(min=0), default=DEFAULTS.finetune_epochs, help="Fine-tuning epochs (default with --train-data: enough for 300 steps of 64, at least 1; else 0)."),
+            click.option("--finetune-epochs", type=click.IntRange(min=0), default=DEFAULTS.finetune_epochs, help=EPOCHS_HELP),
             click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.lr, show_default=True, help="Fine-tuning learning rate (Adam, cosine schedule)."),
             click.option("--trainable-clip", is_flag=True, default=DEFAULTS.trainable_clip, help="Also learn each layer's activation clip while fine-tuning (PACT)."),
             click.option("--device", default=DEFAULTS.device, show_default=True, help="Torch device for fine-tuning, e.g. cuda."),
