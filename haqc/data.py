@@ -61,6 +61,11 @@ class Dataset:
     def __len__(self) -> int:
         return next((len(a) for a in self.inputs.values() if a.ndim), 1)
 
+    @property
+    def sample_elements(self) -> int:
+        """Input values per sample, summed over the inputs (a scalar input counts once)."""
+        return sum(int(np.prod(a.shape[1:])) if a.ndim else 1 for a in self.inputs.values())
+
     def batches(self, batch_size: int) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
         """Yield (feed dict, label slice or None) in order; the last batch may be smaller."""
         if batch_size <= 0:

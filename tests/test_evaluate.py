@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from haqc.data import Dataset, input_specs, load_dataset
 from haqc.errors import InputError
 from haqc.evaluation import (
+    BATCH_ELEMENTS,
     FIDELITY,
     FIDELITY_DB,
     TOP1,
@@ -108,7 +109,7 @@ def test_batching_equivalence(batch_size):
 def test_fixed_batch_models(fixed):
     model = _linear(np.eye(4), batch=fixed)
     session = make_session(model)
-    assert batch_size_for(session, N) == fixed
+    assert batch_size_for(session, _data()) == fixed
     ds = _data()
     np.testing.assert_array_equal(predictions(session, ds), ds.inputs["x"])  # N % 3 != 0: last batch padded
     assert Evaluator(ds).evaluate(model).accuracy == pytest.approx(0.75)
@@ -118,9 +119,18 @@ def test_fixed_batch_models(fixed):
 
 def test_default_and_bad_batch_sizes():
     session = make_session(IDENTITY)
-    assert batch_size_for(session, 10) == 10 and batch_size_for(session, 10_000) == 256
+    few, many = (Dataset({"x": np.zeros((n, 4), np.float32)}) for n in (10, 10_000))
+    assert batch_size_for(session, few) == 10 and batch_size_for(session, many) == 256
     with pytest.raises(InputError, match="--batch-size must be a positive integer"):
-        batch_size_for(session, 10, 0)
+        batch_size_for(session, few, 0)
+
+
+def test_the_default_batch_holds_at_most_the_element_budget_of_big_samples():
+    images = Dataset({"x": np.zeros((64, 3, 48, 192), np.float32), "scale": np.float32(1)})
+    assert images.sample_elements == 3 * 48 * 192 + 1
+    assert batch_size_for(make_session(IDENTITY), images) == BATCH_ELEMENTS // images.sample_elements == 18
+    huge = Dataset({"x": np.zeros((2, 3, 640, 640), np.float32)})
+    assert batch_size_for(make_session(IDENTITY), huge) == 1
 
 
 def test_model_data_mismatch():

@@ -8,7 +8,7 @@ import click
 from haqc.api import evaluate
 from haqc.cli import main
 from haqc.cli.inspect import input_shape_option, parse_input_shapes
-from haqc.evaluation import FIDELITY, FIDELITY_DB
+from haqc.evaluation import BATCH_ELEMENTS, DEFAULT_BATCH, FIDELITY, FIDELITY_DB
 
 
 @main.command("eval")
@@ -16,7 +16,8 @@ from haqc.evaluation import FIDELITY, FIDELITY_DB
 @click.option("--data", required=True, metavar="VAL.npz",
               help="Inputs named after the model's inputs, optional 'labels'.")
 @click.option("--batch-size", type=int, default=None,
-              help="Samples per run (default: 256, or the model's fixed batch).")
+              help=f"Samples per run (default: {DEFAULT_BATCH}, fewer where they would hold over "
+                   f"{BATCH_ELEMENTS:,} input values; or the model's fixed batch).")
 @click.option("--metric", default=None, metavar="MODULE:FUNCTION",
               help="Score with func(outputs, labels) -> float instead of top-1.")
 @click.option("--reference", default=None, metavar="FP32.onnx",
