@@ -19,6 +19,7 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from functools import cache
 from pathlib import Path
@@ -36,6 +37,11 @@ ABLATION = {  # name: DDPGConfig changes from HAQ's published agent
     "haq + warm start": {"warm_start": True},
     "both (default)": {"sigma_final": 0.05, "warm_start": True},
 }
+# Strategies whose cells of one model and method share a score file (haqc.search.store) within one
+# run of this script: ilp's probes are the same at every budget and on both targets, so its later
+# cells solve on the first one's probes (their evaluations still count them). The file lives in a
+# temporary directory of the run, so scores never outlive the code that computed them.
+SCORES_SHARED = ("ilp",)
 DIRECTIONS = ROOT / "out" / "bench" / "directions"  # rendered once by examples/ocr/directions.py (ignored by git)
 
 
@@ -85,9 +91,9 @@ def cells(quick: bool) -> list[dict]:
     for target, budget in [*TARGETS[1:3], ("edge", "kmeans"), *TARGETS[3:]]:
         out += every("mnist", target, budget)
     out += every("ppocr_cls", "edge", "kmeans", ("ddpg", "random", "greedy", "uniform"))
-    out += every("ppocr_cls", "edge", "0.5x", ("ilp",))  # 12 probes per layer: ~25 min on this model
+    out += every("ppocr_cls", "edge", "0.5x", ("ilp",))  # 12 probes per layer: ~20 min on this model
     out += [cell("ppocr_cls", "edge", "latency", "0.5x", "ddpg", 0, variant="haq")]
-    for target, budget in TARGETS[1:]:
+    for target, budget in TARGETS[1:]:  # ilp probes once, then solves per cell (SCORES_SHARED)
         out += every("ppocr_cls", target, budget, ("ddpg", "random", "greedy", "uniform", "ilp"))
     return out
 
@@ -126,7 +132,8 @@ def cell_key(c: dict) -> str:
             f"/seed{c['seed']}{variant}")
 
 
-def config_of(c: dict, episodes: int):
+def config_of(c: dict, episodes: int, scores: Path | None = None):
+    """The cell's CompressConfig; ``scores``: this run's directory of shared score files (SCORES_SHARED)."""
     from haqc.api import CompressConfig
     from haqc.search import DDPGConfig
 
@@ -139,14 +146,11 @@ def config_of(c: dict, episodes: int):
         target=c["target"], budgets={c["quantity"]: budget}, data=m.val, calib_data=m.calib, train_data=m.train,
         strategy=c["strategy"], episodes=episodes + (0 if probing else probes(c["model"])),
         seed=c["seed"], method=c["method"], finetune_epochs=0 if ablation else 1, input_shapes=m.input_shapes,
-        ddpg=ddpg,
+        ddpg=ddpg, workdir=scores / f"{c['model']}-{c['method']}" if scores and c["strategy"] in SCORES_SHARED else None,
     )
 
 
 def run(args: argparse.Namespace, results: Path) -> None:
-    from haqc.api import compress
-    from haqc.errors import BudgetUnreachableError
-
     out = results / "quality.jsonl"
     episodes = QUICK_EPISODES if args.quick else args.episodes
     done = set()
@@ -155,15 +159,25 @@ def run(args: argparse.Namespace, results: Path) -> None:
     elif out.exists():
         done = {json.loads(line)["key"] for line in out.read_text().splitlines() if line.strip()}
     deadline = time.time() + args.deadline_min * 60 if args.deadline_min else None
-    for c in cells(args.quick):
+    with tempfile.TemporaryDirectory(prefix="haqc-bench-scores-") as scores:
+        _run_cells(cells(args.quick), done, deadline, episodes, Path(scores), out)
+
+
+def _run_cells(todo: list[dict], done: set[str], deadline: float | None, episodes: int, scores: Path,
+               out: Path) -> None:
+    from haqc.api import compress
+    from haqc.errors import BudgetUnreachableError
+
+    for c in todo:
         key = cell_key(c)
         if key in done:
             continue
         if deadline and time.time() > deadline:
             log(f"quality: deadline reached, skipping {key} and the rest")
             break
-        config = config_of(c, episodes)
-        rec = {"key": key, **c, "episodes": config.episodes, "load_before": loadavg()}
+        config = config_of(c, episodes, scores)
+        rec = {"key": key, **c, "episodes": config.episodes, "scores_shared": config.workdir is not None,
+               "load_before": loadavg()}
         if c["budget"] == "kmeans":
             rec["kmeans_size"] = kmeans_size_budget(c["model"])
         t = time.perf_counter()
@@ -211,7 +225,9 @@ def render(results: Path) -> tuple[list[str], list[Check]] | None:
     lines = ["Each cell is one in-process `compress()`; *top-1* is the exported model's after `finetune_epochs=1` "
              "(compress keeps the fine-tuned weights only if they score at least as well), *before FT* the searched "
              "policy as calibrated. ddpg: 3 seeds, mean ± stdev (min–max). *evaluations*: distinct policies scored "
-             "(probes included; median over seeds).", ""]
+             "(probes included; median over seeds). Within one run of the script, a model's ilp cells after its first "
+             "read the probes from the first one's score file (the probes do not depend on the budget or the target): "
+             "their evaluations count the probes, their *search s* do not.", ""]
     for name in dict.fromkeys(r["model"] for r in recs):
         fp32 = next((r["fp32"]["accuracy"] for r in recs if r["model"] == name and r["status"] == "ok"), None)
         if fp32 is not None:

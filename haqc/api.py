@@ -226,7 +226,8 @@ def compress(model: ModelSource, config: CompressConfig | None = None, *, output
                            episodes=config.episodes, seed=config.seed, pin_first=config.pin_first,
                            pin_last=config.pin_last, reward_lambda=config.reward_lambda, ddpg=config.ddpg,
                            workdir=config.workdir, resume=config.resume, progress=progress,
-                           workers=config.workers, ray_address=config.ray_address)
+                           workers=config.workers, ray_address=config.ray_address,
+                           setup=score.setup() if config.workdir is not None else None)
     w8a8_model = quantizer.export(uniform_policy(prepared.layers, reference_option(config.method)))
     result = correct_by_measurement(prepared, target, table, limits, result, quantizer, w8a8_model, score,
                                     pin_first=config.pin_first, pin_last=config.pin_last)

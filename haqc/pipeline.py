@@ -29,6 +29,8 @@ from haqc.quantizer import Quantizer, finetune_export, keep_better
 from haqc.report import LayerRow, Report, Result, Scored, SearchSummary, mark_frontier
 from haqc.search import DDPGConfig, SearchProblem, SearchResult, SearchSpace, check_budget, search
 from haqc.search.budget import enforce_budget, violations
+from haqc.search.parallel import Evaluations, InOrder
+from haqc.search.store import Stored, store_path
 from haqc.search.strategies import Progress
 from haqc.workers import RayPool
 from haqc.passes.base import opset_version
@@ -170,9 +172,11 @@ def search_policy(prepared: Prepared, table: CostTable, limits: Limits, score: C
                   fp32_score: float, *, strategy: str, episodes: int, seed: int, pin_first: bool, pin_last: bool,
                   reward_lambda: float, ddpg: DDPGConfig | None, workdir: str | os.PathLike | None, resume: bool,
                   progress: Progress | None = None, workers: int = 1,
-                  ray_address: str | None = None) -> SearchResult:
+                  ray_address: str | None = None, setup: str | None = None) -> SearchResult:
     """Stage 5: search a policy that meets ``limits``, scoring candidates with ``score``: in this
-    process, or (``workers`` > 1 or a ``ray_address``) in a pool of Ray workers (haqc.workers)."""
+    process, or (``workers`` > 1 or a ``ray_address``) in a pool of Ray workers (haqc.workers).
+    With a ``workdir`` and the ``setup`` digest of what ``score`` depends on, scores are kept in the
+    workdir and reused by later searches there (haqc.search.store)."""
     problem = SearchProblem(
         layer_names=[l.name for l in prepared.layers],
         state_matrix=prepared.extraction.state_matrix,
@@ -187,9 +191,21 @@ def search_policy(prepared: Prepared, table: CostTable, limits: Limits, score: C
     run = partial(search, strategy=strategy, episodes=episodes, seed=seed, config=ddpg, workdir=workdir,
                   resume=resume, progress=progress)
     if workers == 1 and ray_address is None:
-        return run(problem)
+        return _search_stored(run, problem, InOrder(score), workdir, setup)
     with RayPool(score, workers, ray_address) as pool:
-        return run(dataclasses.replace(problem, parallel=pool))
+        return _search_stored(run, problem, pool, workdir, setup)
+
+
+def _search_stored(run: Callable[[SearchProblem], SearchResult], problem: SearchProblem, evaluations: Evaluations,
+                   workdir: str | os.PathLike | None, setup: str | None) -> SearchResult:
+    """``run`` the search over ``evaluations``, through the workdir's score file when there is a setup."""
+    if workdir is not None and setup is not None:
+        evaluations = Stored(evaluations, store_path(workdir, setup), setup)
+    result = run(dataclasses.replace(problem, parallel=evaluations))
+    if isinstance(evaluations, Stored) and evaluations.reused:
+        logger.info("%d of the %d policies scored were read from %s", evaluations.reused, result.evaluations,
+                    evaluations.path)
+    return result
 
 
 @dataclass(frozen=True)

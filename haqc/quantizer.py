@@ -7,6 +7,8 @@ builds a stateless quantize pass over those caches.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Literal, Mapping, Union, get_args
 import numpy as np
 import onnx
 
+from haqc import __version__
 from haqc.data import Dataset, input_specs, load_dataset
 from haqc.errors import InputError
 from haqc.evaluation import EvalResult, Evaluator, make_session, num_classes, predictions
@@ -228,6 +231,35 @@ class CandidateScorer:
         else:  # unpacked: the same numbers, run as ONNX Runtime integer kernels
             candidate = self.quantizer.export(policy, packed=False)
         return self.evaluator.evaluate(candidate, "the quantized model").accuracy
+
+    def setup(self) -> str:
+        """A digest of everything a candidate's score depends on (haqc's version, the prepared model,
+        the quantization settings and calibration, the evaluation data and metric, the candidates'
+        fine-tune), so stored scores are reused only where they would come out the same."""
+        digest = hashlib.sha256()
+
+        def add(*parts: object) -> None:
+            for part in parts:
+                digest.update(part if isinstance(part, bytes) else repr(part).encode())
+
+        def add_data(dataset: Dataset) -> None:
+            for name, array in sorted(dataset.inputs.items()):
+                add(name, array.dtype.str, array.shape, np.ascontiguousarray(array).tobytes())
+            add(None if dataset.labels is None else dataset.labels.tobytes())
+
+        add(__version__, self.quantizer.prepared.model.SerializeToString(deterministic=True),
+            dataclasses.astuple(self.quantizer.options))
+        calibration = self.quantizer.calibration
+        if calibration is not None:
+            add(calibration.method)
+            for name, stats in sorted(calibration.stats.items()):
+                add(name, stats.minimum, stats.absmax, stats.hist_range, stats.hist.tobytes())
+        add_data(self.evaluator.dataset)
+        add(self.evaluator.metric_name, self.evaluator.batch_size, self.evaluator.reference_outputs is not None)
+        if self.finetune is not None and self.train is not None:
+            add(dataclasses.astuple(self.finetune))
+            add_data(self.train)
+        return digest.hexdigest()
 
 
 @dataclass(frozen=True)

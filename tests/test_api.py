@@ -113,6 +113,23 @@ def test_a_target_with_its_own_options_searches_exports_and_reports(strategy, tm
     assert {e["option"] for e in saved["policy"]} <= {"fp32", "w8a8", "w4a8"}
 
 
+def test_a_workdir_keeps_scores_for_the_next_budget_and_only_for_the_same_setup(tmp_path, caplog):
+    """A budget sweep in one workdir pays for greedy's probes once; other data gets its own score file."""
+    val = {k: v[:300] for k, v in _arrays("val.npz").items()}
+    common = dict(target="edge", data=val, calib_data=str(MNIST / "calib.npz"), strategy="greedy", finetune_epochs=0)
+    haqc.compress(str(EXAMPLE), budgets={"latency": "0.5x"}, workdir=tmp_path, **common)
+    with caplog.at_level("INFO", logger="haqc.pipeline"):
+        swept = haqc.compress(str(EXAMPLE), budgets={"latency": "0.6x"}, workdir=tmp_path, **common)
+    fresh = haqc.compress(str(EXAMPLE), budgets={"latency": "0.6x"}, **common)
+    assert swept.search.policy == fresh.search.policy and swept.search.accuracy == fresh.search.accuracy
+    probes = fresh.search.evaluations - 1  # greedy: one probe per unpinned layer, then its policy
+    assert f"{probes} of the {fresh.search.evaluations} policies scored were read from" in caplog.text
+    fewer = {k: v[:200] for k, v in val.items()}
+    haqc.compress(str(EXAMPLE), budgets={"latency": "0.6x"}, workdir=tmp_path,
+                  **{**common, "data": fewer, "strategy": "uniform"})
+    assert len(list(tmp_path.glob("scores-*.json"))) == 2
+
+
 def test_each_cli_default_is_its_config_field():
     """The CLI's options are built from the config dataclasses: the same default everywhere."""
     inverted = {"per_tensor": "per_channel", "no_pin_first": "pin_first", "no_pin_last": "pin_last"}

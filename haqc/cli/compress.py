@@ -46,7 +46,9 @@ DEFAULTS = CompressConfig()
 @click.option("--ray-address", default=DEFAULTS.ray_address, metavar="ADDRESS",
               help="Run the workers on this Ray cluster (auto, or host:port) instead of on this machine.")
 @click.option("--workdir", type=click.Path(path_type=str), default=DEFAULTS.workdir,
-              help="Checkpoint the search here after every episode (every round of --workers episodes).")
+              help="Checkpoint the search here after every episode (every round of --workers episodes), "
+                   "and keep every policy's score: later runs here with the same model, data and "
+                   "quantization settings (any budget, target or strategy) reuse them.")
 @click.option("--resume", is_flag=True, default=DEFAULTS.resume, help="Continue the search checkpointed in --workdir.")
 @click.option("--max-accuracy-drop", type=float, default=DEFAULTS.max_accuracy_drop, help="Exit 4 when top-1 drops more than this many points.")
 @input_shape_option

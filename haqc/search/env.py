@@ -141,7 +141,7 @@ class QuantEnv:
             high=np.concatenate([self._state.max(axis=0), [1.0, 1.0]]).astype(np.float32),
         )
         self.action_space = Box(low=np.zeros(1, np.float32), high=np.ones(1, np.float32))
-        self.evaluations = 0  # real evaluate() calls; cache hits are free
+        self.evaluations = 0  # distinct policies scored (by the evaluator or a score file); repeats are free
         self._cache: dict[ChoiceKey, float] = {}
         self.reset()
 

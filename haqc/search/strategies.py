@@ -63,8 +63,9 @@ class SearchResult:
     ``history`` has one entry per episode: episode, reward, accuracy, costs,
     columns (each layer's option column) and options (their names).
     ``evaluated`` has one entry per distinct policy the evaluator scored
-    (episodes and probes alike): its columns, costs and accuracy. ``evaluations`` counts real calls of
-    the evaluator (cached repeats are free); ``seconds`` adds up across resumes.
+    (episodes and probes alike): its columns, costs and accuracy. ``evaluations`` counts those
+    policies (a repeat is free; a score read from a workdir's score file counts); ``seconds`` adds up
+    across resumes.
     """
 
     strategy: str

@@ -328,3 +328,17 @@ def test_resume_workdir_of_another_model(tmp_path):
     line = assert_clean_failure(result, 2, "--resume", out_dir)
     assert "another model" in line
     assert {p.name: p.read_bytes() for p in workdir.iterdir()} == state, "the workdir was modified"
+
+
+def test_a_damaged_score_file_in_the_workdir(tmp_path):
+    workdir = tmp_path / "w"
+    first = _invoke(["compress", EXAMPLE, "--latency", "0.9x", "--strategy", "uniform", "--quiet", "--data", VAL,
+                     "--calib-data", CALIB, "--workdir", workdir, "--finetune-epochs", "0"])
+    assert first.exit_code == 0, first.output
+    (scores,) = workdir.glob("scores-*.json")
+    scores.write_text('{"format": 1, "scores": [')
+    out_dir, out, report = _outputs(tmp_path)
+    result = _compress(EXAMPLE, out, report, "--latency", "0.9x", "--strategy", "uniform", "--workdir", workdir)
+    line = assert_clean_failure(result, 2, "is not a score file of this run's setup", out_dir,
+                                [(scores, scores.read_bytes())])
+    assert str(scores) in line and "delete it or use another workdir" in line
