@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from functools import cache
 from pathlib import Path
@@ -37,11 +37,12 @@ ABLATION = {  # name: DDPGConfig changes from HAQ's published agent
     "haq + warm start": {"warm_start": True},
     "both (default)": {"sigma_final": 0.05, "warm_start": True},
 }
-# Strategies whose cells of one model and method share a score file (haqc.search.store) within one
-# run of this script: ilp's probes are the same at every budget and on both targets, so its later
-# cells solve on the first one's probes (their evaluations still count them). The file lives in a
-# temporary directory of the run, so scores never outlive the code that computed them.
+# Strategies whose cells of one model and method share a score file (haqc.search.store): ilp's probes
+# are the same at every budget and on both targets, so its later cells solve on the first one's probes
+# (their evaluations still count them). The files live in a directory named after a digest of haqc's
+# code (code_digest), so a resumed run reuses them and scores never outlive the code that computed them.
 SCORES_SHARED = ("ilp",)
+SCORES = ROOT / "out" / "bench" / "scores"  # ignored by git
 DIRECTIONS = ROOT / "out" / "bench" / "directions"  # rendered once by examples/ocr/directions.py (ignored by git)
 
 
@@ -159,8 +160,16 @@ def run(args: argparse.Namespace, results: Path) -> None:
     elif out.exists():
         done = {json.loads(line)["key"] for line in out.read_text().splitlines() if line.strip()}
     deadline = time.time() + args.deadline_min * 60 if args.deadline_min else None
-    with tempfile.TemporaryDirectory(prefix="haqc-bench-scores-") as scores:
-        _run_cells(cells(args.quick), done, deadline, episodes, Path(scores), out)
+    _run_cells(cells(args.quick), done, deadline, episodes, SCORES / code_digest(), out)
+
+
+def code_digest() -> str:
+    """A digest of the code that computes scores: every file of haqc, passes and hw_targets."""
+    digest = hashlib.sha256()
+    for path in sorted(p for d in ("haqc", "passes", "hw_targets") for p in (ROOT / d).rglob("*")
+                       if p.is_file() and p.suffix in (".py", ".toml")):
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _run_cells(todo: list[dict], done: set[str], deadline: float | None, episodes: int, scores: Path,
@@ -225,7 +234,7 @@ def render(results: Path) -> tuple[list[str], list[Check]] | None:
     lines = ["Each cell is one in-process `compress()`; *top-1* is the exported model's after `finetune_epochs=1` "
              "(compress keeps the fine-tuned weights only if they score at least as well), *before FT* the searched "
              "policy as calibrated. ddpg: 3 seeds, mean ± stdev (min–max). *evaluations*: distinct policies scored "
-             "(probes included; median over seeds). Within one run of the script, a model's ilp cells after its first "
+             "(probes included; median over seeds). A model's ilp cells after its first (with the same code) "
              "read the probes from the first one's score file (the probes do not depend on the budget or the target): "
              "their evaluations count the probes, their *search s* do not.", ""]
     for name in dict.fromkeys(r["model"] for r in recs):
