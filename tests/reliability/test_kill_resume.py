@@ -39,6 +39,10 @@ from conftest import EXAMPLE, EXAMPLE_DIR
 
 HAQC = Path(sys.executable).parent / "haqc"
 TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]+\.tmp$")
+# The final names a run may leave: in the output directory, and in the workdir (the checkpoint and
+# the score file of haqc.search.store).
+OUTPUTS = re.compile(r"^(out\.onnx|out\.html|rep\.json|w)$")
+WORKDIR = re.compile(r"^(search_state\.pt|scores-[0-9a-f]{16}\.json)$")
 
 
 def _args(tmp: Path) -> list[str]:
@@ -71,14 +75,14 @@ def _check_no_partial(tmp: Path, temps_allowed: bool = True) -> None:
         json.loads(rep.read_text())
     if (tmp / "out.html").exists():  # the plot compress draws beside its output, written whole
         assert (tmp / "out.html").read_text().rstrip().endswith("</svg>")
-    for folder, finals in ((tmp, {"out.onnx", "out.html", "rep.json", "w"}), (tmp / "w", {"search_state.pt"})):
+    for folder, finals in ((tmp, OUTPUTS), (tmp / "w", WORKDIR)):
         if not folder.exists():
             continue
         for p in folder.iterdir():
-            if p.name in finals:
+            if finals.match(p.name):
                 continue
             m = TEMP.match(p.name)
-            assert temps_allowed and m and m.group("name") in finals, f"unexpected file left: {p}"
+            assert temps_allowed and m and finals.match(m.group("name")), f"unexpected file left: {p}"
 
 
 @pytest.mark.slow
