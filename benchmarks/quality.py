@@ -136,8 +136,8 @@ def cell_key(c: dict) -> str:
             f"/seed{c['seed']}{variant}")
 
 
-def config_of(c: dict, episodes: int, scores: Path | None = None):
-    """The cell's CompressConfig; ``scores``: this run's directory of shared score files (SCORES_SHARED)."""
+def config_of(c: dict, episodes: int, scores: Path):
+    """The cell's CompressConfig; ``scores``: the directory of shared score files (SCORES_SHARED)."""
     from haqc.api import CompressConfig
     from haqc.search import DDPGConfig
 
@@ -150,7 +150,7 @@ def config_of(c: dict, episodes: int, scores: Path | None = None):
         target=c["target"], budgets={c["quantity"]: budget}, data=m.val, calib_data=m.calib, train_data=m.train,
         strategy=c["strategy"], episodes=episodes + (0 if probing else probes(c["model"])),
         seed=c["seed"], method=c["method"], finetune_epochs=0 if ablation else 1, input_shapes=m.input_shapes,
-        ddpg=ddpg, workdir=scores / f"{c['model']}-{c['method']}" if scores and c["strategy"] in SCORES_SHARED else None,
+        ddpg=ddpg, workdir=scores / f"{c['model']}-{c['method']}" if c["strategy"] in SCORES_SHARED else None,
     )
 
 

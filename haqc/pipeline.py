@@ -29,7 +29,7 @@ from haqc.quantizer import Quantizer, finetune_export, keep_better
 from haqc.report import LayerRow, Report, Result, Scored, SearchSummary, mark_frontier
 from haqc.search import DDPGConfig, SearchProblem, SearchResult, SearchSpace, check_budget, search
 from haqc.search.budget import enforce_budget, violations
-from haqc.search.parallel import Evaluations, InOrder
+from haqc.search.parallel import Evaluations
 from haqc.search.store import Stored, store_path
 from haqc.search.strategies import Progress
 from haqc.workers import RayPool
@@ -191,7 +191,7 @@ def search_policy(prepared: Prepared, table: CostTable, limits: Limits, score: C
     run = partial(search, strategy=strategy, episodes=episodes, seed=seed, config=ddpg, workdir=workdir,
                   resume=resume, progress=progress)
     if workers == 1 and ray_address is None:
-        return _search_stored(run, problem, InOrder(score), workdir, setup)
+        return _search_stored(run, problem, problem.evaluations, workdir, setup)
     with RayPool(score, workers, ray_address) as pool:
         return _search_stored(run, problem, pool, workdir, setup)
 

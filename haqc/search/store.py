@@ -13,7 +13,6 @@ completed.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +22,6 @@ from haqc.errors import InputError
 from haqc.io import atomic_write_text
 from haqc.policy import Policy
 from haqc.search.parallel import Evaluations
-
-logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 
