@@ -205,6 +205,7 @@ def _search_stored(run: Callable[[SearchProblem], SearchResult], problem: Search
     if isinstance(evaluations, Stored) and evaluations.reused:
         logger.info("%d of the %d policies scored were read from %s", evaluations.reused, result.evaluations,
                     evaluations.path)
+        result = dataclasses.replace(result, stored=evaluations.reused)
     return result
 
 
@@ -309,7 +310,7 @@ def build_report(*, source: str, target: Target, spec: str, table: CostTable, li
         layers=[LayerRow(l.name, l.kind, o.w_bits, o.a_bits, table.layer_cost(i, int(c)))
                 for i, (l, o, c) in enumerate(zip(layers, options, columns))],
         search=SearchSummary(result.strategy, result.episodes, result.best_episode, round(result.seconds, 3),
-                             result.evaluations, seed, method, finetune_epochs, workers),
+                             result.evaluations, seed, method, finetune_epochs, workers, result.stored),
         history=result.history,
         evaluated=mark_frontier([{"accuracy": e["accuracy"], "costs": e["costs"]} for e in result.evaluated],
                                 list(limits.values)),

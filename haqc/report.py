@@ -74,6 +74,7 @@ class SearchSummary:
     method: str
     finetune_epochs: int
     workers: int = 1  # candidates evaluated at once (the search's round size)
+    stored: int = 0  # of ``evaluations``, the scores read from the workdir's score file
 
 
 @dataclass(frozen=True)

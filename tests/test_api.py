@@ -124,6 +124,8 @@ def test_a_workdir_keeps_scores_for_the_next_budget_and_only_for_the_same_setup(
     assert swept.search.policy == fresh.search.policy and swept.search.accuracy == fresh.search.accuracy
     probes = fresh.search.evaluations - 1  # greedy: one probe per unpinned layer, then its policy
     assert f"{probes} of the {fresh.search.evaluations} policies scored were read from" in caplog.text
+    assert swept.report.search.stored == probes and fresh.report.search.stored == 0
+    assert json.loads(swept.to_json())["search"]["stored"] == probes
     fewer = {k: v[:200] for k, v in val.items()}
     haqc.compress(str(EXAMPLE), budgets={"latency": "0.6x"}, workdir=tmp_path,
                   **{**common, "data": fewer, "strategy": "uniform"})

@@ -154,8 +154,9 @@ class _Progress:
 def format_summary(report: Report) -> str:
     """The per-layer table and the fp32 / w8a8 / result comparison."""
     search = report.search
-    lines = [f"{report.model} on {report.target['name']}: {search.strategy}, {search.episodes} episodes, "
-             f"{search.evaluations} evaluations, {search.seconds:.1f} s"]
+    stored = f" ({search.stored} read from the workdir)" if search.stored else ""
+    lines = [f"{report.model} on {report.target['name']}: {search.strategy}, {search.episodes} episode{'s' * (search.episodes != 1)}, "
+             f"{search.evaluations} evaluations{stored}, {search.seconds:.1f} s"]
     total = in_report_units("latency", sum(r.costs["latency"] for r in report.layers)) or 1.0
     lines.append(f"  {'layer':<28} {'kind':<9} {'w':>2} {'a':>2} {'latency ms':>11} {'share':>6}")
     for r in report.layers:

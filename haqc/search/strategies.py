@@ -64,8 +64,8 @@ class SearchResult:
     columns (each layer's option column) and options (their names).
     ``evaluated`` has one entry per distinct policy the evaluator scored
     (episodes and probes alike): its columns, costs and accuracy. ``evaluations`` counts those
-    policies (a repeat is free; a score read from a workdir's score file counts); ``seconds`` adds up
-    across resumes.
+    policies (a repeat is free; a score read from a workdir's score file counts, and ``stored`` says
+    how many of them were read there); ``seconds`` adds up across resumes.
     """
 
     strategy: str
@@ -80,6 +80,7 @@ class SearchResult:
     seconds: float
     history: list[dict[str, Any]]
     evaluated: list[dict[str, Any]]
+    stored: int = 0  # of ``evaluations``, the policies this run read from the workdir (haqc.search.store)
 
 
 def search(
