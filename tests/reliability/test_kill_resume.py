@@ -159,8 +159,10 @@ def test_sigkill_during_finetuning_leaves_nothing_and_a_rerun_succeeds(tmp_path,
     """``haqc quantize`` or ``compress`` SIGKILLed while fine-tuning: the input and an older output
     (``--force``) are unchanged, nothing else is written, and the same command run again writes a
     valid model."""
-    train = np.load(EXAMPLE_DIR / "train.npz")  # 256 samples: an epoch well under a second
-    np.savez(tmp_path / "train.npz", input=train["input"][:256], labels=train["labels"][:256])
+    # One batch: an epoch is one optimizer step (1-2 s on 2 cores), so the 10 epochs outlast the kill
+    # and the rerun's fine-tune is short.
+    train = np.load(EXAMPLE_DIR / "train.npz")
+    np.savez(tmp_path / "train.npz", input=train["input"][:64], labels=train["labels"][:64])
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out = out_dir / "m.onnx"
