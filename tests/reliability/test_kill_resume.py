@@ -36,6 +36,7 @@ import onnx
 import pytest
 
 from conftest import EXAMPLE, EXAMPLE_DIR
+from haqc.finetune import FinetuneConfig
 
 HAQC = Path(sys.executable).parent / "haqc"
 TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]+\.tmp$")
@@ -161,8 +162,8 @@ def test_sigkill_during_finetuning_leaves_nothing_and_a_rerun_succeeds(tmp_path,
     valid model."""
     # One batch: an epoch is one optimizer step (1-2 s on 2 cores), so the 10 epochs outlast the kill
     # and the rerun's fine-tune is short.
-    train = np.load(EXAMPLE_DIR / "train.npz")
-    np.savez(tmp_path / "train.npz", input=train["input"][:64], labels=train["labels"][:64])
+    train, batch = np.load(EXAMPLE_DIR / "train.npz"), FinetuneConfig.batch_size
+    np.savez(tmp_path / "train.npz", input=train["input"][:batch], labels=train["labels"][:batch])
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out = out_dir / "m.onnx"
