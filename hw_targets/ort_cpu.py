@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import statistics
 import time
 from collections.abc import Sequence
@@ -38,6 +37,7 @@ from haqc.hw_targets.base import FLOAT_STORAGE_BYTES, MeasuredTarget, Subgraphs,
 from haqc.io import atomic_write_text
 from haqc.layers import Layer
 from haqc.precision import FP32, Method, Option
+from haqc.runner.facts import device_facts
 
 logger = logging.getLogger(__name__)
 
@@ -55,17 +55,6 @@ def cache_dir() -> Path:
     if os.environ.get("HAQC_CACHE_DIR"):
         return Path(os.environ["HAQC_CACHE_DIR"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "haqc"
-
-
-def cpu_model() -> str:
-    """The CPU's model name (part of every cache key: another CPU is other hardware)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 class OrtTarget(MeasuredTarget):
@@ -90,6 +79,7 @@ class OrtTarget(MeasuredTarget):
         if threads is not None and threads < 1:
             raise InputError(f"`threads` must be at least 1, got {threads}")
         self.provider, self.threads, self.batch = provider, threads, batch
+        self.facts = device_facts(provider, threads)  # the device measured: its CPU decides the numerics
         self.name = f"ort-{provider.lower()}"
         self.description = (f"ONNX Runtime {ort.__version__} on this machine ({provider} execution provider, "
                              f"{threads or 'default'} thread{'s' if threads != 1 else ''}): every layer timed in "
@@ -204,8 +194,7 @@ class OrtTarget(MeasuredTarget):
         return 1.0, float(np.mean([whole[0] - fp32_sum, whole[1] - int8_sum]))
 
     def _key(self, kind: str, what: str) -> str:
-        parts = [_MEASUREMENT_VERSION, kind, what, ort.__version__, cpu_model(), self.provider, self.threads,
-                 self.batch]
+        parts = [_MEASUREMENT_VERSION, kind, what, self.facts, self.batch]
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
 
     def _read(self, key: str) -> list[float] | None:
@@ -219,9 +208,8 @@ class OrtTarget(MeasuredTarget):
         path = cache_dir() / "measurements" / f"{key}.json"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, json.dumps({"what": what, "seconds": seconds, "onnxruntime": ort.__version__,
-                                                "cpu": cpu_model(), "provider": self.provider,
-                                                "threads": self.threads, "batch": self.batch}))
+            atomic_write_text(path, json.dumps({"what": what, "seconds": seconds,
+                                                "device": self.facts, "batch": self.batch}))
         except OSError as err:  # a read-only cache costs the next run a measurement, not this one its result
             logger.warning("could not cache a measurement in %s: %s", path.parent, err)
 
