@@ -18,8 +18,8 @@ from typing import Any, Mapping, Sequence, TypeVar, Union
 
 import onnx
 
-from haqc.errors import AccuracyDropError, InputError
-from haqc.data import input_specs, load_dataset
+from haqc.errors import AccuracyDropError, InputError, library_errors
+from haqc.data import Dataset, input_specs, load_dataset
 from haqc.evaluation import EvalResult, Evaluator, Metric, num_classes
 from haqc.finetune import FinetuneConfig
 from haqc.hw_targets import Target, load_target
@@ -30,7 +30,7 @@ from haqc.pipeline import (build_report, check_budgets, correct_by_measurement, 
 from haqc.policy import load_policy, uniform_policy
 from haqc.precision import Method, parse_option, reference_option
 from haqc.quantizer import (CandidateScorer, DataSource, QuantizeOptions, QuantizeResult, Quantizer, Scores,
-                            calibrate_model, finetune_export, keep_better, load_run_data)
+                            RunData, calibrate_model, finetune_export, keep_better, load_run_data)
 from haqc.report import Report
 from haqc.search import STRATEGIES, DDPGConfig, SearchResult
 from haqc.search.strategies import Progress
@@ -56,19 +56,28 @@ class RunConfig:
     format: str = QuantizeOptions.format  # qdq, packed or qonnx (haqc.quantizer.FORMATS)
     seed: int = 0
     finetune_epochs: int | None = None  # default: finetune.default_epochs of train_data, else 0
-    lr: float = FinetuneConfig.lr
+    finetune_seconds: float | None = FinetuneConfig.max_seconds  # default: finetune.DEFAULT_SECONDS
+    lr: float | None = FinetuneConfig.lr  # default: a short range test picks it (finetune.LR_CANDIDATES)
     device: str = FinetuneConfig.device
     trainable_clip: bool = FinetuneConfig.trainable_clip
     input_shapes: InputShapes | None = None  # fix dynamic dims for analysis and calibration only
 
-    def quantize_options(self) -> QuantizeOptions:
+    def quantize_options(self, target: Target) -> QuantizeOptions:
+        """How policies become ONNX, with the numeric constraints of ``target``'s kernels."""
         return QuantizeOptions(method=self.method, clip_method=self.clip_method, per_channel=self.per_channel,
-                               seed=self.seed, format=self.format)
+                               seed=self.seed, format=self.format, capabilities=target.capabilities())
 
     def finetune(self, epochs: int, max_steps: int | None = None) -> FinetuneConfig:
         """The fine-tuning settings, for the final tune or (``max_steps``) a search candidate's."""
         return FinetuneConfig(epochs=epochs, lr=self.lr, seed=self.seed, device=self.device, max_steps=max_steps,
-                              trainable_clip=self.trainable_clip)
+                              max_seconds=self.finetune_seconds, trainable_clip=self.trainable_clip)
+
+    def training_set(self, run: RunData) -> Dataset | None:
+        """What fine-tuning trains on: with a ``metric``, the labels are the metric's, not classes of
+        the first output, so the model is distilled from fp32 instead."""
+        if run.train is None or self.metric is None or run.train.labels is None:
+            return run.train
+        return dataclasses.replace(run.train, labels=None)
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,9 @@ class QuantizeConfig(RunConfig):
 
     bits: str | None = None
     policy: str | os.PathLike | None = None
+    # Whose kernels the integers are formed for: a name, a .toml file or a Target; default ort-cpu,
+    # ONNX Runtime on this machine (its CPU decides whether 8-bit weights need the reduced range).
+    target: str | Target = "ort-cpu"
 
 
 @dataclass(frozen=True)
@@ -129,12 +141,14 @@ def _paths(*sources: Any) -> tuple:
     return tuple(s for s in sources if isinstance(s, (str, os.PathLike)))
 
 
+@library_errors
 def inspect(model: ModelSource, *, input_shapes: InputShapes | None = None, targets: Sequence[str] = ()) -> dict:
     """The layers of ``model`` with shapes, MACs and HAQ state, and their costs on ``targets``
     (the ``haqc inspect --json`` object)."""
     return inspect_summary(prepare(model, input_shapes), targets)
 
 
+@library_errors
 def evaluate(model: ModelSource, data: DataSource, *, reference: ModelSource | None = None,
              metric: str | Metric | None = None, batch_size: int | None = None,
              input_shapes: InputShapes | None = None) -> EvalResult:
@@ -154,6 +168,7 @@ def _as_given(model: ModelSource) -> onnx.ModelProto:
     return validate_model(model, "the model") if isinstance(model, onnx.ModelProto) else read_model(model)
 
 
+@library_errors
 def quantize(model: ModelSource, config: QuantizeConfig | None = None, *, output: str | os.PathLike | None = None,
              force: bool = False, **overrides: Any) -> QuantizeResult:
     """Apply one precision to every layer (``bits``) or a stored ``policy``, optionally fine-tune, and
@@ -170,7 +185,8 @@ def quantize(model: ModelSource, config: QuantizeConfig | None = None, *, output
         policy = load_policy(config.policy, prepared.layers)
     run = load_run_data(prepared, config.data, config.calib_data, config.train_data, config.finetune_epochs,
                         classes=config.metric is None)
-    options = config.quantize_options()
+    target = config.target if isinstance(config.target, Target) else load_target(config.target)
+    options = config.quantize_options(target)
     quantizer = Quantizer(prepared, calibrate_model(prepared, run.calib, options), options)
     quantized = quantizer.export(policy)
     evaluator = Evaluator(run.val, reference=prepared.model, metric=config.metric) if run.val is not None else None
@@ -180,7 +196,7 @@ def quantize(model: ModelSource, config: QuantizeConfig | None = None, *, output
         scores["fp32"] = Scores.of(evaluator.evaluate(prepared.model, "the fp32 model"))
         scores["quantized"] = Scores.of(evaluator.evaluate(quantized, "the quantized model"))
     if run.epochs:
-        tuned = finetune_export(quantizer, policy, run.train, config.finetune(run.epochs))
+        tuned = finetune_export(quantizer, policy, config.training_set(run), config.finetune(run.epochs))
         if evaluator is None:
             quantized = tuned
         else:  # with validation data, keep the fine-tuned weights only if they do not score worse
@@ -194,9 +210,11 @@ def quantize(model: ModelSource, config: QuantizeConfig | None = None, *, output
         save_model(quantized, out_path)
         size = out_path.stat().st_size / 1e6
     return QuantizeResult(quantized, _source_name(model), None if out_path is None else str(out_path),
-                          config.method, policy, kept=kept, size_mb=size, format=options.format, **scores)
+                          config.method, policy, kept=kept, size_mb=size, format=options.format,
+                          capabilities=options.capabilities, **scores)
 
 
+@library_errors
 def compress(model: ModelSource, config: CompressConfig | None = None, *, output: str | os.PathLike | None = None,
              report: str | os.PathLike | None = None, plot: str | os.PathLike | None = None, force: bool = False,
              progress: Progress | None = None, **overrides: Any) -> CompressResult:
@@ -214,12 +232,13 @@ def compress(model: ModelSource, config: CompressConfig | None = None, *, output
     limits = check_budgets(table, config.budgets, config.method, pin_first=config.pin_first, pin_last=config.pin_last)
     run = load_run_data(prepared, config.data, config.calib_data, config.train_data, config.finetune_epochs,
                         classes=config.metric is None)
-    options = config.quantize_options()
+    options = config.quantize_options(target)
     quantizer = Quantizer(prepared, calibrate_model(prepared, run.calib, options), options)
     evaluator = Evaluator(run.val, reference=prepared.model, metric=config.metric)
     fp32 = evaluator.evaluate(prepared.model, "the fp32 model")
 
-    score = CandidateScorer(quantizer, evaluator, run.train,
+    train = config.training_set(run)
+    score = CandidateScorer(quantizer, evaluator, train,
                             config.finetune(1, config.search_finetune_steps) if config.search_finetune_steps else None)
     start = time.perf_counter()
     result = search_policy(prepared, table, limits, score, fp32.accuracy, strategy=config.strategy,
@@ -232,7 +251,7 @@ def compress(model: ModelSource, config: CompressConfig | None = None, *, output
     result = correct_by_measurement(prepared, target, table, limits, result, quantizer, w8a8_model, score,
                                     pin_first=config.pin_first, pin_last=config.pin_last)
     w8a8_score = evaluator.evaluate(w8a8_model, "the w8a8 model").accuracy
-    exported = export_and_finetune(quantizer, result.policy, result.accuracy, evaluator, run.train,
+    exported = export_and_finetune(quantizer, result.policy, result.accuracy, evaluator, train,
                                    config.finetune(run.epochs) if run.epochs else None)
     measured = measure_models(prepared, target, [prepared.model, w8a8_model, exported.model])
     built = build_report(source=_source_name(model), target=target, spec=target.name if config.target is target else config.target,

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 
 from haqc import __version__
+from haqc.capabilities import Capabilities
 from haqc.data import Dataset, input_specs, load_dataset
 from haqc.errors import InputError
 from haqc.evaluation import EvalResult, Evaluator, make_session, num_classes, predictions
@@ -49,7 +50,8 @@ DataSource = Union[str, os.PathLike, Mapping[str, np.ndarray]]
 
 @dataclass(frozen=True)
 class QuantizeOptions:
-    """How policies are turned into ONNX: the method, the activation clips, the weight granularity."""
+    """How policies are turned into ONNX: the method, the activation clips, the weight granularity,
+    and the target's capabilities (which integer range its kernels compute exactly)."""
 
     method: Method = "linear"
     clip_method: ClipMethod = DEFAULT_CLIP_METHOD
@@ -57,6 +59,7 @@ class QuantizeOptions:
     calib_batch_size: int = 256
     seed: int = 0  # k-means codebooks are fitted on a seeded sample of a large layer's weights
     format: Format = "qdq"
+    capabilities: Capabilities = Capabilities()
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -107,11 +110,11 @@ class Quantizer:
         """The pass that writes ``policy`` (for the prepared model, or for a fine-tuned one)."""
         if self.options.method == "kmeans":
             return KMeansQuantize(self.layers, policy, seed=self.options.seed, cache=self._codebooks)
+        common = dict(per_channel=self.options.per_channel, packed=packed, capabilities=self.options.capabilities)
         if tuned is None:
-            return LinearQuantize(self.layers, self.calibration, policy, per_channel=self.options.per_channel,
-                                  packed=packed, cache=self._weights)
-        return LinearQuantize(self.layers, self.calibration, policy, per_channel=self.options.per_channel,
-                              packed=packed, weight_scales=tuned.weight_scales, input_clips=tuned.clips)
+            return LinearQuantize(self.layers, self.calibration, policy, cache=self._weights, **common)
+        return LinearQuantize(self.layers, self.calibration, policy, weight_scales=tuned.weight_scales,
+                              input_clips=tuned.clips, **common)
 
     def export(self, policy: Policy, tuned: Tuned | None = None, packed: bool | None = None) -> onnx.ModelProto:
         """The quantized model for ``policy`` (of the prepared model, or of a fine-tuned one), one
@@ -147,8 +150,8 @@ class Quantizer:
 
     def _weight_rule(self, layer: Layer, array: np.ndarray, bits: int, levels: int) -> QuantizedWeight:
         """How the linear pass quantizes weights it has not seen (fine-tuned ones), uncached."""
-        return LinearQuantize(self.layers, self.calibration, {}, per_channel=self.options.per_channel) \
-            .weight_quant(layer, array, bits, levels)
+        return LinearQuantize(self.layers, self.calibration, {}, per_channel=self.options.per_channel,
+                              capabilities=self.options.capabilities).weight_quant(layer, array, bits, levels)
 
 
 def fixed_batch_size(model: onnx.ModelProto) -> int | None:
@@ -291,6 +294,7 @@ class QuantizeResult:
     kept: str | None = None  # "finetuned" or "quantized" when both were evaluated
     size_mb: float | None = None  # of the written file
     format: str = "qdq"
+    capabilities: Capabilities = Capabilities()  # the target's, which shaped the integers
 
     @property
     def layers(self) -> int:
@@ -306,5 +310,6 @@ class QuantizeResult:
             out["kept"] = self.kept
         out["size_mb"] = self.size_mb
         out["format"] = self.format
+        out["capabilities"] = self.capabilities.to_dict()
         out["policy"] = policy_to_json(self.policy)
         return out

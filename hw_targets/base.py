@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
 
 import numpy as np
 
+from haqc.capabilities import Capabilities
 from haqc.costs import CostTable, LayerCost, padded
 from haqc.errors import InputError
 from haqc.layers import Layer
@@ -68,8 +69,9 @@ class Target(abc.ABC):
     search on this hardware. ``layer_cost`` must answer for every integer width
     in 1..16 (the options' widths and FLOAT_EXEC_BITS for float tensors):
     return what the hardware does with that width, e.g. run it on the next
-    wider datapath. Override ``options`` to offer other choices per layer
-    (float, weight-only, a subset by layer kind).
+    wider datapath. ``capabilities`` says per layer kind which options the
+    hardware runs and how its integers are formed (default: full-range integers,
+    the ``w_bits`` x ``a_bits`` grid); override ``options`` for other choices.
     """
 
     name: str
@@ -91,10 +93,19 @@ class Target(abc.ABC):
             result = dataclasses.replace(result, weight_bytes=float(layer.params * FLOAT_STORAGE_BYTES))
         return result
 
+    def capabilities(self) -> Capabilities:
+        """What this hardware runs per layer kind and its kernels' numeric constraints (data).
+        Default: full-range integers with 32-bit accumulators, the ``w_bits`` x ``a_bits`` grid."""
+        return Capabilities()
+
     def options(self, layer: Layer, method: Method = "linear") -> tuple[Option, ...]:
         """The options the search may give ``layer``, cheapest first (the last is the most precise,
-        which pinned layers get). Default: every (w, a) of ``w_bits`` x ``a_bits`` within 2..8
-        (linear), or the weight widths alone (kmeans: activations stay float)."""
+        which pinned layers get). Default: the options ``capabilities`` declares for the layer's
+        kind, else every (w, a) of ``w_bits`` x ``a_bits`` within 2..8 (linear), or the weight
+        widths alone (kmeans: activations stay float)."""
+        declared = self.capabilities().of(layer).options
+        if declared is not None and method == "linear":
+            return declared
         w = _search_levels(self.w_bits, "weight")
         return grid(w, _search_levels(self.a_bits, "activation")) if method == "linear" else weight_only(w)
 
@@ -322,13 +333,18 @@ class ParametricTarget(Target):
     family: ClassVar[str]
     Params: ClassVar[type[ModelParams]]
 
-    def __init__(self, params: ModelParams, *, name: str, description: str) -> None:
+    def __init__(self, params: ModelParams, *, name: str, description: str,
+                 capabilities: Capabilities | None = None) -> None:
         self.params = params
+        self._capabilities = capabilities or Capabilities()
         self.name = name
         self.description = description
         self.batch = params.batch  # type: ignore[attr-defined]
         self.w_bits = params.w_bits  # type: ignore[attr-defined]
         self.a_bits = params.a_bits  # type: ignore[attr-defined]
+
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
 
     @abc.abstractmethod
     def breakdown_arrays(self, g: LayerArrays, w: np.ndarray, a: np.ndarray) -> dict[str, np.ndarray | None]:

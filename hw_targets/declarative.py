@@ -1,8 +1,9 @@
 """Targets described by a TOML file: a model family plus its parameters, no code.
 
 A file names the family (``model = "bitserial"`` or ``"bitfusion"``) and gives
-that family's parameter fields at the top level, plus an optional ``name`` and
-``description``. The built-in targets are such files (``configs/``), so a file
+that family's parameter fields at the top level, plus an optional ``name``,
+``description`` and ``[capabilities]`` table (``haqc.capabilities``). The built-in
+targets are such files (``configs/``), so a file
 with the same numbers reproduces a built-in exactly. Format:
 docs/writing_targets.md.
 """
@@ -19,12 +20,13 @@ from haqc.hw_targets.base import ParametricTarget
 from haqc.hw_targets.bitserial import BitSerialOverlay
 from haqc.hw_targets.fusion_array import BitFusionArray
 
+from haqc.capabilities import Capabilities, capabilities_from_mapping
 from haqc.errors import InputError
 
 logger = logging.getLogger(__name__)
 
 FAMILIES: dict[str, type[ParametricTarget]] = {cls.family: cls for cls in (BitFusionArray, BitSerialOverlay)}
-META_FIELDS = ("model", "name", "description")
+META_FIELDS = ("model", "name", "description", "capabilities")
 CONFIG_DIR = Path(__file__).with_name("configs")
 
 
@@ -67,8 +69,12 @@ def target_from_mapping(data: Mapping[str, Any], origin: str, default_name: str)
         raise InputError(f"{origin}: {err}") from None
     name = data.get("name", default_name)
     description = data.get("description", f"{family} model from {origin}")
+    caps = data.get("capabilities", {})
+    if not isinstance(caps, Mapping):
+        raise InputError(f"{origin}: capabilities must be a table ([capabilities])")
+    capabilities = capabilities_from_mapping(caps, f"{origin} [capabilities]", Capabilities()) if caps else None
     logger.debug("loaded %s target %r from %s", family, name, origin)
-    return cls(params, name=name, description=description)
+    return cls(params, name=name, description=description, capabilities=capabilities)
 
 
 def load_builtin(name: str) -> ParametricTarget:

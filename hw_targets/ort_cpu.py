@@ -14,7 +14,8 @@ ops between them and counts a session call per layer (docs/cost_models.md). Meas
 are cached on disk, keyed by layer geometry (or model bytes), option, ONNX Runtime's
 version, the CPU, the execution provider, the thread count and the batch, so a second run
 measures nothing. The same class measures another execution provider (``provider="CUDA"``)
-where that build of ONNX Runtime is installed.
+where that build of ONNX Runtime is installed. ``RemoteOrtTarget`` (``ort-cpu@HOST:PORT``)
+measures the same way on another device, through ``haqc-runner`` (docs/runner.md).
 """
 from __future__ import annotations
 
@@ -22,21 +23,21 @@ import hashlib
 import json
 import logging
 import os
-import statistics
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
+from haqc.capabilities import Capabilities, OpCapability
 from haqc.costs import CostTable, Transition
 from haqc.errors import InputError
 from haqc.hw_targets.base import FLOAT_STORAGE_BYTES, MeasuredTarget, Subgraphs, weight_bytes
 from haqc.io import atomic_write_text
 from haqc.layers import Layer
 from haqc.precision import FP32, Method, Option
+from haqc.runner import timing
+from haqc.runner.client import RunnerClient
 from haqc.runner.facts import device_facts
 
 logger = logging.getLogger(__name__)
@@ -44,9 +45,6 @@ logger = logging.getLogger(__name__)
 INT8 = Option(8, 8)
 # Bumped when what is measured changes, so old cache entries are not read as new ones.
 _MEASUREMENT_VERSION = 6
-_WARMUP = 3
-_BLOCK = 3  # timed runs in a row per model, after one that re-warms it
-_MIN_ROUNDS, _MAX_ROUNDS, _MIN_SECONDS = 7, 300, 0.25
 _FLOOR_S = 1e-7  # a layer timed at or below a bare session call still costs something
 
 
@@ -72,18 +70,29 @@ class OrtTarget(MeasuredTarget):
 
     def __init__(self, provider: str = "CPU", threads: int | None = 1, batch: int = 1) -> None:
         provider = provider.removesuffix("ExecutionProvider")
-        available = [p.removesuffix("ExecutionProvider") for p in ort.get_available_providers()]
-        if provider not in available:
-            raise InputError(f"execution provider {provider!r} is not in this onnxruntime build (it has: "
-                             f"{', '.join(available)}); install the onnxruntime package built for it, or use CPU")
+        timing.providers(provider)  # an InputError naming the providers this build has
         if threads is not None and threads < 1:
             raise InputError(f"`threads` must be at least 1, got {threads}")
-        self.provider, self.threads, self.batch = provider, threads, batch
-        self.facts = device_facts(provider, threads)  # the device measured: its CPU decides the numerics
-        self.name = f"ort-{provider.lower()}"
-        self.description = (f"ONNX Runtime {ort.__version__} on this machine ({provider} execution provider, "
-                             f"{threads or 'default'} thread{'s' if threads != 1 else ''}): every layer timed in "
-                             "float and as an 8-bit integer kernel, cached")
+        self._measure_on(device_facts(provider, threads), batch, "this machine")
+
+    def _measure_on(self, facts: dict, batch: int, where: str) -> None:
+        """Measure on the device ``facts`` describe: its CPU decides the numerics, and they key the cache."""
+        self.facts, self.batch = facts, batch
+        self.provider, self.threads = facts["provider"], facts["threads"]
+        self.name = f"ort-{self.provider.lower()}"
+        threads = self.threads
+        self.description = (f"ONNX Runtime {facts['onnxruntime']} on {where} ({self.provider} execution provider, "
+                            f"{threads or 'default'} thread{'s' if threads != 1 else ''}): every layer timed in "
+                            "float and as an 8-bit integer kernel, cached")
+
+    def capabilities(self) -> Capabilities:
+        """From the measured device's facts: the CPU provider's u8s8 kernels add pairs of products in
+        int16 on x86 without VNNI (reduced 8-bit range there); VNNI, ARM's dot product and GPU int8
+        kernels accumulate in int32 and take the full range."""
+        reduced = self.provider == "CPU" and self.facts["int_dot"] == "avx2"
+        return Capabilities.uniform(OpCapability(reduced_range=reduced),
+                                    f"ONNX Runtime {self.facts['onnxruntime']} {self.provider} on {self.facts['cpu']}, "
+                                    f"integer dot product: {self.facts['int_dot']}")
 
     def measured_table(self, layers: Sequence[Layer], subgraphs: Subgraphs, method: Method = "linear") -> CostTable:
         """Every layer timed at w8a8 and fp32, alone; chained integer layers save the conversion
@@ -122,42 +131,8 @@ class OrtTarget(MeasuredTarget):
         return table
 
     def time_models(self, models: Sequence[onnx.ModelProto], feeds: dict[str, np.ndarray]) -> list[float]:
-        """Seconds per run of each model, in interleaved rounds of warm blocks: each block re-warms
-        its model with one untimed run, then times ``_BLOCK`` runs in a row (a deployed model runs
-        warm). The first model's median time, times each model's median ratio to it within a round:
-        this machine's speed drifts by tens of percent within seconds, and a round's ratio sees
-        none of that drift."""
-        sessions = [self._session(m) for m in models]
-        for session in sessions:
-            for _ in range(_WARMUP):
-                session.run(None, feeds)
-        rounds: list[list[float]] = []  # per round, each model's block median
-        start = time.perf_counter()
-        while len(rounds) < _MAX_ROUNDS and (len(rounds) < _MIN_ROUNDS
-                                             or time.perf_counter() - start < _MIN_SECONDS * len(sessions)):
-            medians = []
-            for session in sessions:
-                session.run(None, feeds)
-                block = []
-                for _ in range(_BLOCK):
-                    t = time.perf_counter()
-                    session.run(None, feeds)
-                    block.append(time.perf_counter() - t)
-                medians.append(statistics.median(block))
-            rounds.append(medians)
-        first = statistics.median(r[0] for r in rounds)
-        return [first * statistics.median(r[k] / r[0] for r in rounds) for k in range(len(sessions))]
-
-    def _session(self, model: onnx.ModelProto) -> ort.InferenceSession:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        # Sessions that spin their idle threads take each other's cores: on the example at batch 32,
-        # two live sessions ran 9.3-14.4 ms with spinning and 3.4-5.0 ms without (interleaved).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if self.threads is not None:
-            options.intra_op_num_threads = self.threads
-        providers = [f"{self.provider}ExecutionProvider"] + (["CPUExecutionProvider"] if self.provider != "CPU" else [])
-        return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+        """Seconds per run of each model on this machine (haqc.runner.timing: the runner's way too)."""
+        return timing.time_models([m.SerializeToString() for m in models], feeds, self.provider, self.threads)
 
     def _layer_times(self, layer: Layer, subgraphs: Subgraphs) -> list[float]:
         """Seconds per batch of ``layer`` alone at w8a8 and fp32, and of a Quantize -> Dequantize of
@@ -212,6 +187,30 @@ class OrtTarget(MeasuredTarget):
                                                 "device": self.facts, "batch": self.batch}))
         except OSError as err:  # a read-only cache costs the next run a measurement, not this one its result
             logger.warning("could not cache a measurement in %s: %s", path.parent, err)
+
+
+class RemoteOrtTarget(OrtTarget):
+    """``ort-cpu@HOST:PORT``: what ``ort-cpu`` measures, measured by ``haqc-runner`` on another device.
+
+    The facts (and so the cache key and the capabilities) are the device's, asked of the runner:
+    two devices never share timings, and a resumed run reads what the device already measured.
+    ``provider`` and ``threads`` None: the runner's own settings (its --execution-provider, --threads);
+    ``threads`` 0: ONNX Runtime's default there."""
+
+    def __init__(self, address: str, provider: str | None = None, threads: int | None = None, batch: int = 1,
+                 client: RunnerClient | None = None) -> None:
+        if threads is not None and threads < 0:
+            raise InputError(f"`threads` must be at least 0, got {threads}")
+        self.client = client or RunnerClient(address)
+        provider = provider.removesuffix("ExecutionProvider") if provider else None
+        facts = self.client.facts(provider, threads)
+        self._measure_on(facts, batch, f"the runner at {address}")
+        self.name = f"ort-{self.provider.lower()}@{address}"
+
+    def time_models(self, models: Sequence[onnx.ModelProto], feeds: dict[str, np.ndarray]) -> list[float]:
+        """Seconds per run of each model on the runner's device (haqc.runner.timing there)."""
+        return self.client.time_models([m.SerializeToString() for m in models], feeds, self.provider,
+                                       self.threads or 0)  # None in the facts: ONNX Runtime's default, 0 on the wire
 
 
 def _identity(name: str, shape: list[int]) -> onnx.ModelProto:

@@ -1,8 +1,8 @@
 """Linear quantization: a per-layer precision policy becomes a QDQ ONNX model.
 
 Weights are stored as integers in the smallest ONNX type that holds them
-(INT2 / INT4 / INT8, packed; 8-bit weights under 8-bit inputs use codes
-within +-64 so ONNX Runtime's u8s8 kernels cannot saturate, see ``weight_levels``) and expanded by
+(INT2 / INT4 / INT8, packed; within the range the target's kernel computes exactly,
+``haqc.capabilities.OpCapability.weight_levels``) and expanded by
 DequantizeLinear (INT2: Cast + Mul, working around an ONNX Runtime fusion bug); activations
 pass through QuantizeLinear / DequantizeLinear in uint8, with the codes
 clamped by an integer Clip whenever the b-bit range is narrower, so odd
@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from haqc.capabilities import Capabilities
 from haqc.errors import InputError
 from haqc.layers import Layer
 from haqc.passes.base import GraphBuilder, Pass, layer_outputs, tensor_producers, tensor_readers, without_initializers
@@ -49,40 +50,20 @@ class QuantizedWeight:
     scale: np.ndarray  # float32, one per output channel (or a scalar)
     bits: int  # the width of the container the export stores them in
     axis: int | None  # None: per tensor
-    levels: int  # the largest magnitude of the integers (``weight_levels``)
-
-
-# x86 CPUs without VNNI multiply uint8 activations by int8 weights with vpmaddubsw, which sums each
-# pair of products into a saturating int16: ONNX Runtime's u8s8 kernels (QLinearConv, QGemm) compute
-# wrong values wherever 2 * (largest activation code) * (largest weight code) can pass this.
-_PAIR_SUM_MAX = 2**15 - 1
-
-
-def weight_levels(bits: int, input_bits: int | None = None) -> int:
-    """The largest integer magnitude of symmetric b-bit weights: 2^(b-1) - 1, capped where the
-    layer's input is quantized to ``input_bits`` so that no pair of products can saturate int16.
-
-    Only 8-bit weights under 8-bit inputs are capped (to +-64, what ``quantize_static``'s
-    ``reduce_range`` does): they then run ONNX Runtime's fast u8s8 kernels exactly on every CPU.
-    7-bit weights, or inputs of 7 bits or fewer, never reach the limit.
-    """
-    levels = 2 ** (bits - 1) - 1
-    if input_bits is None:  # weight-only layers are dequantized to float and run float kernels
-        return levels
-    return min(levels, _PAIR_SUM_MAX // (2 * (2**input_bits - 1)))
+    levels: int  # the largest magnitude of the integers (``OpCapability.weight_levels``)
 
 
 def quantize_weight(w: np.ndarray, bits: int, axis: int | None, scale: np.ndarray | None = None,
                     levels: int | None = None) -> QuantizedWeight:
     """Symmetric quantization per output channel (``axis``) or per tensor (``axis=None``) to
-    integers within +-``levels`` (default: the full b-bit range, ``weight_levels(bits)``).
+    integers within +-``levels`` (default: the full b-bit range, 2^(b-1) - 1).
 
     Below 5 bits the clip per channel minimises the squared error over a grid
     of fractions of |w|max; at 5+ bits the clip is |w|max. A given ``scale`` (one per
     channel, or a scalar) is used as is: fine-tuned weights are exported with the scales they
     were trained under, since scales chosen afresh from them round them differently.
     """
-    levels = weight_levels(bits) if levels is None else levels
+    levels = 2 ** (bits - 1) - 1 if levels is None else levels
     moved = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1) if axis is not None else w.reshape(1, -1)
     if scale is not None:
         return _round_to(moved, np.asarray(scale, np.float32).reshape(-1), w, bits, axis, levels)
@@ -263,14 +244,16 @@ class LinearQuantize(Pass[onnx.ModelProto]):
     weights) memoizes quantized weights per (weight, bits, axis) across policies, so a search
     quantizes each (layer, bits, levels) once. What fine-tuning trained under is used rather than chosen:
     ``weight_scales`` by weight name, ``input_clips`` by layer name (per layer: two layers reading
-    one tensor may learn two clips). ``packed=False`` stores every weight in 8 bits: the same numbers,
+    one tensor may learn two clips). ``capabilities`` are the target's: they say which integer
+    range each layer's kernel computes exactly. ``packed=False`` stores every weight in 8 bits: the same numbers,
     and ONNX Runtime runs 8-bit weights (only) as integer kernels, which is what an evaluation during
     the search wants.
     """
 
     def __init__(self, layers: list[Layer], calibration: Calibration, policy: Policy, *, per_channel: bool = True,
                  packed: bool = True, weight_scales: dict[str, np.ndarray] | None = None,
-                 input_clips: dict[str, float] | None = None, cache: WeightCache | None = None) -> None:
+                 input_clips: dict[str, float] | None = None, cache: WeightCache | None = None,
+                 capabilities: Capabilities = Capabilities()) -> None:
         for name, option in policy.items():
             for b in (option.w_bits, option.a_bits):
                 if b is not None and b < LINEAR_MIN_BITS:
@@ -283,6 +266,7 @@ class LinearQuantize(Pass[onnx.ModelProto]):
         self.weight_scales = weight_scales or {}
         self.input_clips = input_clips or {}
         self.cache = {} if cache is None else cache
+        self.capabilities = capabilities
 
     def weight_quant(self, layer: Layer, array: np.ndarray, bits: int, levels: int) -> QuantizedWeight:
         """``layer``'s weights at ``bits`` within +-``levels`` as this pass quantizes them (cached
@@ -312,8 +296,8 @@ class LinearQuantize(Pass[onnx.ModelProto]):
             option = self.policy.get(layer.name, FP32)
             qw = qa = step = None
             if option.w_bits is not None:
-                qw = self.weight_quant(layer, numpy_helper.to_array(inits[layer.weight]), option.w_bits,
-                                       weight_levels(option.w_bits, option.a_bits))
+                levels = self.capabilities.of(layer).weight_levels(option.w_bits, option.a_bits)
+                qw = self.weight_quant(layer, numpy_helper.to_array(inits[layer.weight]), option.w_bits, levels)
             if option.a_bits is not None:
                 qa = activation_quant(self.calibration, layer.input, option.a_bits, self.input_clips.get(layer.name))
             node = nodes[layer.name]

@@ -59,6 +59,7 @@ def run_options(per_tensor: bool, **options) -> dict:
 @click.argument("model", type=click.Path(path_type=str))
 @click.option("--bits", default=QuantizeConfig.bits, help="Uniform policy, e.g. w4a8 (f for float: w8af).")
 @click.option("--policy", "policy", type=click.Path(path_type=str), default=QuantizeConfig.policy, help="Policy JSON or a compress report.")
+@click.option("--target", default=QuantizeConfig.target, show_default=True, help="The hardware whose kernels the integers are formed for (`haqc targets`, or a .toml); ort-cpu is ONNX Runtime on this machine.")
 @quantize_options
 @finetune_options
 @click.option("--data", type=click.Path(path_type=str), default=DEFAULTS.data, help="Validation .npz: report the accuracy of the result.")
@@ -74,6 +75,7 @@ def quantize(model, output, force, as_json, input_shapes, per_tensor, **options)
         click.echo(json.dumps(result.to_dict(), indent=2))
         return
     click.echo(f"wrote {result.output} ({result.size_mb:.3f} MB; {result.layers} layers quantized, {result.method})")
+    click.echo(f"  integers for {result.capabilities.describe()}")
     for key in ("fp32", "quantized", "finetuned"):
         if (scores := getattr(result, key)) is not None:
             kept = "  (written)" if result.kept == key else ""

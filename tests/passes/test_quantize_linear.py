@@ -24,8 +24,9 @@ from haqc.passes.quantize_linear import (
     quantize_bias,
     quantize_weight,
     requantized_outputs,
-    weight_levels,
 )
+from haqc.capabilities import Capabilities, OpCapability
+from haqc.hw_targets import load_target
 from haqc.finetune import build_simulation
 from haqc.policy import uniform_policy
 from haqc.precision import Option
@@ -51,7 +52,7 @@ def _tiny_conv(relu_input: bool):
 def _reference(model, layer, calibration, x, w_bits, a_bits):
     """numpy fake-quant + torch conv in float64: what the exported QDQ model must compute."""
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    qw = quantize_weight(inits[layer.weight], w_bits, axis=0, levels=weight_levels(w_bits, a_bits))
+    qw = quantize_weight(inits[layer.weight], w_bits, axis=0, levels=OpCapability().weight_levels(w_bits, a_bits))
     w = dequantize(qw).astype(np.float64)
     xin = np.maximum(x, 0) if layer.input == "r" else x
     c, zero = calibration.clip(layer.input, a_bits), calibration.zero_point(layer.input, a_bits)
@@ -100,35 +101,42 @@ def test_weights_stored_packed_in_smallest_type(bits):
     container_bits = {TensorProto.INT2: 2, TensorProto.INT4: 4, TensorProto.INT8: 8}[stored.data_type]
     assert len(stored.raw_data) == int(np.ceil(108 * container_bits / 8))
     values = numpy_helper.to_array(stored).astype(int)
-    assert values.min() >= -weight_levels(bits) and values.max() <= weight_levels(bits)
+    assert values.min() >= -(2 ** (bits - 1) - 1) and values.max() <= 2 ** (bits - 1) - 1
     assert "w" not in {t.name for t in q.graph.initializer}, "the float weight must be gone"
+
+
+REDUCED = Capabilities.uniform(OpCapability(reduced_range=True), "a kernel that adds pairs in int16")
 
 
 @pytest.mark.parametrize(("relu_input", "option", "levels"), [
     (True, Option(8, 8), 64), (False, Option(8, 8), 64),  # 8-bit input codes, unsigned or signed
     (True, Option(8, 7), 127), (False, Option(8, 4), 127), (True, Option(8, None), 127),
     (False, Option(7, 8), 63), (True, Option(4, 8), 7)])
-def test_weights_that_could_saturate_u8s8_kernels_use_a_reduced_range(relu_input, option, levels):
-    """8-bit weights under 8-bit input codes take codes within +-64 (2 * 255 * 64 <= 32767), stored
-    int8 for ONNX Runtime's u8s8 kernels; every other option keeps its full symmetric range."""
+def test_weights_that_could_saturate_a_reduced_range_kernel_use_a_reduced_range(relu_input, option, levels):
+    """On a target whose kernel adds pairs of u8 x s8 products in int16 (x86 without VNNI), 8-bit
+    weights under 8-bit input codes take codes within +-64 (2 * 255 * 64 <= 32767), stored int8;
+    every other option keeps its full symmetric range, and so does every option on a full-range target."""
     model, layers = _tiny_conv(relu_input)
     calibration = calibrate(model, layers, [{"x": RNG.standard_normal((4, 3, 6, 6)).astype(np.float32)}])
-    q = LinearQuantize(layers, calibration, {"conv": option})(model)
-    inits = {t.name: t for t in q.graph.initializer}
-    dq = next(n for n in q.graph.node if n.name == f"conv/w{option.w_bits}/Dequantize")
-    stored = inits[dq.input[0]]
-    assert stored.data_type == container_type(option.w_bits)
-    planned = LinearQuantize(layers, calibration, {"conv": option}).plan(model).layers["conv"].weight
-    assert planned.levels == levels == weight_levels(option.w_bits, option.a_bits)
-    codes = numpy_helper.to_array(stored).astype(int)
-    np.testing.assert_array_equal(codes, planned.q)
-    assert np.abs(codes).max() == levels  # the largest weight of some channel reaches the top code
+    for capabilities, want in ((REDUCED, levels), (Capabilities(), 2 ** (option.w_bits - 1) - 1)):
+        q = LinearQuantize(layers, calibration, {"conv": option}, capabilities=capabilities)(model)
+        inits = {t.name: t for t in q.graph.initializer}
+        dq = next(n for n in q.graph.node if n.name == f"conv/w{option.w_bits}/Dequantize")
+        stored = inits[dq.input[0]]
+        assert stored.data_type == container_type(option.w_bits)
+        planned = LinearQuantize(layers, calibration, {"conv": option}, capabilities=capabilities).plan(model)
+        planned = planned.layers["conv"].weight
+        assert planned.levels == want == capabilities.of(layers[0]).weight_levels(option.w_bits, option.a_bits)
+        codes = numpy_helper.to_array(stored).astype(int)
+        np.testing.assert_array_equal(codes, planned.q)
+        assert np.abs(codes).max() == want  # the largest weight of some channel reaches the top code
 
 
-def test_w8a8_layers_at_the_top_of_both_ranges_run_exactly_on_every_cpu():
+def test_w8a8_layers_at_the_top_of_both_ranges_run_exactly_on_this_cpu():
     """Inputs at the top code times 8-bit weights of one sign: the pair sums vpmaddubsw would clamp
-    to int16 on x86 without VNNI if the weights used all of int8 (2 * 255 * 127 > 32767). With
-    codes within +-64 ONNX Runtime's u8s8 integer kernels (QLinearConv, QGemm) match the simulation."""
+    to int16 on x86 without VNNI if the weights used all of int8 (2 * 255 * 127 > 32767). With the
+    range ort-cpu derives from this CPU (+-64 without VNNI, full int8 with VNNI or ARM's dot product),
+    ONNX Runtime's u8s8 integer kernels (QLinearConv, QGemm) match the simulation."""
     model, layers = _residual_model()
     for t in model.graph.initializer:
         if t.name.startswith("w"):
@@ -136,9 +144,12 @@ def test_w8a8_layers_at_the_top_of_both_ranges_run_exactly_on_every_cpu():
     x = np.abs(RNG.standard_normal((2, 3, 8, 8))).astype(np.float32) + 2.0
     calibration = calibrate(model, layers, [{"x": x}])
     w8a8 = {layer.name: Option(8, 8) for layer in layers}
-    q = LinearQuantize(layers, calibration, w8a8)(model)
-    simulated = build_simulation(model, layers, LinearQuantize(layers, calibration, w8a8).plan(model)).module(x=torch.from_numpy(x))
-    np.testing.assert_allclose(run_ort(q, {"x": x})[0], simulated.detach().numpy(), rtol=1e-5, atol=1e-5)
+    capabilities = load_target("ort-cpu").capabilities()
+    quantize = LinearQuantize(layers, calibration, w8a8, capabilities=capabilities)
+    simulated = build_simulation(model, layers, quantize.plan(model)).module(x=torch.from_numpy(x))
+    np.testing.assert_allclose(run_ort(quantize(model), {"x": x})[0], simulated.detach().numpy(), rtol=1e-5, atol=1e-5)
+    if not capabilities.reduced_range:  # the full range is used where it is exact
+        assert max(w.levels for w in (l.weight for l in quantize.plan(model).layers.values())) == 127
 
 
 def test_float_layers_are_untouched_and_input_unmodified():
