@@ -75,7 +75,8 @@ class Capabilities:
         return any(getattr(self, kind).reduced_range for kind in KINDS)
 
     def to_dict(self) -> dict:
-        return {"source": self.source, **{kind: getattr(self, kind).to_dict() for kind in KINDS}}
+        return {"summary": self.describe(), "source": self.source,
+                **{kind: getattr(self, kind).to_dict() for kind in KINDS}}
 
     def describe(self) -> str:
         """One line for inspect and the report summary."""

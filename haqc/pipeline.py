@@ -112,6 +112,7 @@ def inspect_summary(prepared: Prepared, targets: Sequence[str | Target] = ()) ->
             target = spec if isinstance(spec, Target) else load_target(spec)
             costs = cost_summary(cost_table(prepared, target, "linear"))
             summary["targets"][target.name] = costs["total"]
+            summary.setdefault("capabilities", {})[target.name] = target.capabilities().to_dict()
             for row, per_layer in zip(rows, costs["per_layer"]):
                 row.setdefault("targets", {})[target.name] = per_layer
     return summary
@@ -298,7 +299,8 @@ def build_report(*, source: str, target: Target, spec: str, table: CostTable, li
                            "met", 1e3 * result_measured, 1e3 * limit, limits.given["latency"])
     return Report(
         model=source,
-        target={"name": getattr(target, "name", spec), "spec": spec, "batch": target.batch},
+        target={"name": getattr(target, "name", spec), "spec": spec, "batch": target.batch,
+                "capabilities": target.capabilities().to_dict()},
         budgets=dict(limits.given),
         limits=dict(limits.values),
         fp32=Scored(fp32.accuracy, table.policy_cost([FP32] * n), fp32_measured),

@@ -72,6 +72,7 @@ def inspect(model: str, input_shapes: tuple[str, ...], targets: tuple[str, ...],
 
 def _table(summary: dict) -> str:
     head = ("#", "layer", "kind", "c_in", "c_out", "kernel", "stride", "groups", "feature", "params", "MACs")
+        click.echo(f"{name} forms integers as: {summary['capabilities'][name]['summary']}")
     rows = [
         (
             str(i),
