@@ -7,10 +7,12 @@ graph is measured with the numerics it will ship with.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import math
 import os
+import platform
 import time
 from dataclasses import dataclass
 from typing import Callable, Union
@@ -21,6 +23,7 @@ import onnxruntime as ort
 
 from haqc.data import Dataset, InputSpec
 from haqc.errors import InputError, first_line
+from haqc.runner.facts import INT8_RANGE_KEY, cpu_flags, int_dot
 
 logger = logging.getLogger(__name__)
 
@@ -88,9 +91,23 @@ def make_session(model: ModelSource, name: str | None = None) -> ort.InferenceSe
         model = str(model)
     label = name or (model if isinstance(model, str) else "model")
     try:
-        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        if session.get_modelmeta().custom_metadata_map.get(INT8_RANGE_KEY) == "full" and _host_pair_sums_saturate():
+            # Integers formed for a target with 32-bit accumulators: this CPU's u8s8 kernels would
+            # saturate on them, so the QDQ runs unfused (dequantized, float kernels): the target's numbers.
+            logger.info("%s holds full-range int8 weights; this CPU's integer kernels would saturate on them, "
+                        "so it is evaluated with float kernels", label)
+            options.add_session_config_entry("session.disable_quant_qdq", "1")
+            session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        return session
     except _ORT_ERRORS as err:
         raise InputError(f"ONNX Runtime cannot load {label} ({first_line(err)}); check the model") from None
+
+
+@functools.cache
+def _host_pair_sums_saturate() -> bool:
+    """Whether this CPU's u8s8 kernels add pairs of products in int16 (x86 without VNNI)."""
+    return int_dot(cpu_flags(), platform.machine()) == "avx2"
 
 
 def session_specs(session: ort.InferenceSession) -> list[InputSpec]:

@@ -27,12 +27,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from haqc.capabilities import Capabilities
+from haqc.capabilities import Capabilities, OpCapability
 from haqc.errors import InputError
 from haqc.layers import Layer
 from haqc.passes.base import GraphBuilder, Pass, layer_outputs, tensor_producers, tensor_readers, without_initializers
 from haqc.passes.calibrate import Calibration
 from haqc.policy import Policy
+from haqc.runner.facts import INT8_RANGE_KEY
 from haqc.precision import FP32
 
 logger = logging.getLogger(__name__)
@@ -355,7 +356,25 @@ class LinearQuantize(Pass[onnx.ModelProto]):
         graph.initializer.extend([t for t in model.graph.initializer if t.name in used] + build.initializers)
         del graph.node[:]
         graph.node.extend(nodes)
+        _mark_int8_range(out, plan)
         return out
+
+
+_PAIR_SUM_SAFE = OpCapability(reduced_range=True)
+
+
+def _mark_int8_range(model: onnx.ModelProto, plan: LinearPlan) -> None:
+    """Say in the model's metadata when an integer layer's weights pass what a pair-summing int16
+    kernel computes exactly: such a model is right only on 32-bit accumulators (VNNI, ARM, the FPGAs),
+    and a host without them evaluates it unfused (``haqc.evaluation.make_session``)."""
+    full = any(q.weight is not None and q.activation is not None
+               and q.weight.levels > _PAIR_SUM_SAFE.weight_levels(q.weight.bits, q.activation.bits)
+               for q in plan.layers.values())
+    kept = [p for p in model.metadata_props if p.key != INT8_RANGE_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    if full:
+        model.metadata_props.add(key=INT8_RANGE_KEY, value="full")
 
 
 def _fake_quant(build: GraphBuilder, qa: ActivationQuant, prefix: str, nodes: list, x: str,

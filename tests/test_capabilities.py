@@ -81,3 +81,34 @@ def test_describe_names_the_reduced_kinds():
     assert "full-range int8" in Capabilities().describe()
     reduced = Capabilities(conv=OpCapability(reduced_range=True), source="x")
     assert "+-64 on conv" in reduced.describe() and "(x)" in reduced.describe()
+
+
+def test_full_range_exports_say_so_and_run_unfused_where_kernels_saturate(monkeypatch):
+    """A full-range w8a8 export carries ``haqc.int8_weight_range=full``; a host whose u8s8 kernels add
+    pairs in int16 (simulated here) then evaluates it with float kernels, so it scores what the target
+    computes; a reduced-range export carries no mark and runs fused everywhere."""
+    import haqc.evaluation as evaluation
+    from haqc.passes.calibrate import calibrate
+    from haqc.passes.quantize_linear import LinearQuantize
+    from haqc.runner.facts import INT8_RANGE_KEY
+    from tests.passes.test_quantize_linear import REDUCED, _residual_model
+
+    model, layers = _residual_model()
+    x = np.abs(np.random.default_rng(0).standard_normal((2, 3, 8, 8))).astype(np.float32) + 2.0
+    calibration = calibrate(model, layers, [{"x": x}])
+    w8a8 = {layer.name: Option(8, 8) for layer in layers}
+    full = LinearQuantize(layers, calibration, w8a8)(model)
+    reduced = LinearQuantize(layers, calibration, w8a8, capabilities=REDUCED)(model)
+    assert {p.key: p.value for p in full.metadata_props}.get(INT8_RANGE_KEY) == "full"
+    assert INT8_RANGE_KEY not in {p.key for p in reduced.metadata_props}
+    monkeypatch.setattr(evaluation, "_host_pair_sums_saturate", lambda: True)
+    assert _qdq_unfused(evaluation.make_session(full)) and not _qdq_unfused(evaluation.make_session(reduced))
+    monkeypatch.setattr(evaluation, "_host_pair_sums_saturate", lambda: False)
+    assert not _qdq_unfused(evaluation.make_session(full))
+
+
+def _qdq_unfused(session) -> bool:
+    try:
+        return session.get_session_options().get_session_config_entry("session.disable_quant_qdq") == "1"
+    except RuntimeError:  # never set
+        return False

@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Literal
 
 IntDot = Literal["vnni", "avx2", "dotprod", "none"]
+# Model metadata haqc writes when 8-bit weights under 8-bit inputs use the full int8 range: exact on
+# 32-bit accumulators only, so a host whose kernels add pairs in int16 must not fuse its QDQ.
+INT8_RANGE_KEY = "haqc.int8_weight_range"
 
 # /proc/cpuinfo flags (x86) and Features (ARM) that name an integer dot-product instruction.
 _X86_VNNI = ("avx512_vnni", "avx_vnni", "amx_int8")
