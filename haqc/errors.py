@@ -11,6 +11,7 @@ EXIT_BAD_INPUT = 2
 EXIT_BUDGET_UNREACHABLE = 3
 EXIT_ACCURACY_DROP = 4
 EXIT_WORKER_FAILED = 5
+EXIT_RUNNER_FAILED = 6
 EXIT_INTERRUPTED = 130
 
 
@@ -42,6 +43,12 @@ class WorkerError(HaqcError):
     """A parallel evaluation worker died or failed, or the pool could not start: exit code 5."""
 
     exit_code = EXIT_WORKER_FAILED
+
+
+class RunnerError(HaqcError):
+    """A device runner (``--target ort-cpu@HOST:PORT``) is not there, timed out, or died: exit code 6."""
+
+    exit_code = EXIT_RUNNER_FAILED
 
 
 def first_line(err: BaseException) -> str:

@@ -58,9 +58,18 @@ class TargetInfo:
 
 
 def load_target(name_or_path: str) -> Target:
-    """A registered target by name, or a TOML file by path (anything ending in .toml or containing a '/')."""
+    """A registered target by name, a TOML file by path (anything ending in .toml or containing a '/'),
+    or ``ort-cpu@HOST:PORT``: ort-cpu measured by the device runner there (docs/runner.md)."""
     if _is_path(name_or_path):
         return check_target(load_target_file(name_or_path), f"target file {name_or_path}")
+    name, at, address = name_or_path.partition("@")
+    if at:
+        if name != "ort-cpu":
+            raise InputError(f"target {name_or_path!r}: only ort-cpu measures on a device runner; "
+                             "write ort-cpu@HOST:PORT")
+        from haqc.hw_targets.ort_cpu import RemoteOrtTarget  # onnx, only for a measured target
+
+        return RemoteOrtTarget(address)
     registered = _registered()
     if name_or_path not in registered:
         names = ", ".join(sorted(registered)) or "none"

@@ -9,7 +9,7 @@ from haqc.api import inspect as inspect_model
 from haqc.cli import main
 from haqc.errors import InputError
 from haqc.hw_targets import Target
-from haqc.hw_targets.ort_cpu import OrtTarget
+from haqc.hw_targets.ort_cpu import OrtTarget, RemoteOrtTarget
 from haqc.passes.load import parse_input_shape
 
 
@@ -31,19 +31,23 @@ def parse_input_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
 def execution_provider_option(func):
     """``--execution-provider EP`` and ``--threads N``: how the ort-cpu target measures."""
     func = click.option("--threads", type=click.IntRange(min=0), metavar="N",
-                        help="Intra-op threads the ort-cpu target measures with (default 1; 0: ONNX Runtime's "
-                             "default, all physical cores).")(func)
+                        help="Intra-op threads the ort-cpu target measures with (default 1, or ort-cpu@HOST:PORT's "
+                             "runner's own; 0: ONNX Runtime's default, all physical cores).")(func)
     return click.option("--execution-provider", "provider", metavar="EP",
                         help="Measure the ort-cpu target on this ONNX Runtime execution provider (CPU, CUDA, "
-                             "TensorRT, ...; that build of onnxruntime must be installed).")(func)
+                             "TensorRT, ...; that build of onnxruntime must be installed, on the runner's device for "
+                             "ort-cpu@HOST:PORT).")(func)
 
 
 def with_provider(spec: str, provider: str | None, threads: int | None) -> str | Target:
     """The target ``spec`` names, measured on ``provider`` with ``threads`` when given (ort-cpu only)."""
     if provider is None and threads is None:
         return spec
-    if spec != "ort-cpu":
+    name, _, address = spec.partition("@")
+    if name != "ort-cpu":
         raise InputError(f"--execution-provider and --threads configure the measured ort-cpu target, not {spec!r}")
+    if address:  # on a device runner: what it is not told, it takes from its own settings
+        return RemoteOrtTarget(address, provider=provider, threads=threads)
     return OrtTarget(provider=provider or "CPU", threads=1 if threads is None else threads or None)
 
 
