@@ -20,7 +20,7 @@ import onnx
 
 from haqc.errors import AccuracyDropError, InputError, library_errors
 from haqc.data import Dataset, input_specs, load_dataset
-from haqc.evaluation import EvalResult, Evaluator, Metric, num_classes
+from haqc.evaluation import EvalResult, Evaluator, Metric, custom_metric, num_classes
 from haqc.finetune import FinetuneConfig
 from haqc.hw_targets import Target, load_target
 from haqc.io import atomic_write_text, check_output_path, check_plot_path, save_model
@@ -61,6 +61,10 @@ class RunConfig:
     device: str = FinetuneConfig.device
     trainable_clip: bool = FinetuneConfig.trainable_clip
     input_shapes: InputShapes | None = None  # fix dynamic dims for analysis and calibration only
+
+    def shapes_from(self) -> DataSource | None:
+        """The data whose sample shapes fix dynamic dims that `input_shapes` leaves open."""
+        return next((d for d in (self.calib_data, self.data, self.train_data) if d is not None), None)
 
     def quantize_options(self, target: Target) -> QuantizeOptions:
         """How policies become ONNX, with the numeric constraints of ``target``'s kernels."""
@@ -158,7 +162,7 @@ def evaluate(model: ModelSource, data: DataSource, *, reference: ModelSource | N
     proto = _as_given(model)
     if input_shapes:
         check_input_shapes(proto, input_shapes)
-    classes = num_classes(proto) if metric is None else None
+    classes = None if custom_metric(metric) else num_classes(proto)
     dataset = load_dataset(data, input_specs(proto), role="`data`", num_classes=classes)
     ref = _as_given(reference) if reference is not None and dataset.labels is None else None
     return Evaluator(dataset, batch_size, metric, ref).evaluate(proto, _source_name(model))
@@ -178,13 +182,13 @@ def quantize(model: ModelSource, config: QuantizeConfig | None = None, *, output
     if (config.bits is None) == (config.policy is None):
         raise InputError("give exactly one of `bits` (e.g. w4a8) or `policy` (a policy or report JSON file)")
     out_path = check_output_path(output, _paths(model), force) if output is not None else None
-    prepared = prepare(model, config.input_shapes)
+    prepared = prepare(model, config.input_shapes, data=config.shapes_from())
     if config.bits is not None:
         policy = uniform_policy(prepared.layers, parse_option(config.bits))
     else:
         policy = load_policy(config.policy, prepared.layers)
     run = load_run_data(prepared, config.data, config.calib_data, config.train_data, config.finetune_epochs,
-                        classes=config.metric is None)
+                        classes=not custom_metric(config.metric))
     target = config.target if isinstance(config.target, Target) else load_target(config.target)
     options = config.quantize_options(target)
     quantizer = Quantizer(prepared, calibrate_model(prepared, run.calib, options), options)
@@ -226,12 +230,12 @@ def compress(model: ModelSource, config: CompressConfig | None = None, *, output
     for path in (p for p in (output, report, plot) if p is not None):
         check_output_path(path, _paths(model, config.data, config.calib_data, config.train_data), force)
     _check(config)
-    prepared = prepare(model, config.input_shapes)
+    prepared = prepare(model, config.input_shapes, data=config.shapes_from())
     target = config.target if isinstance(config.target, Target) else load_target(config.target)
     table = cost_table(prepared, target, config.method)
     limits = check_budgets(table, config.budgets, config.method, pin_first=config.pin_first, pin_last=config.pin_last)
     run = load_run_data(prepared, config.data, config.calib_data, config.train_data, config.finetune_epochs,
-                        classes=config.metric is None)
+                        classes=not custom_metric(config.metric))
     options = config.quantize_options(target)
     quantizer = Quantizer(prepared, calibrate_model(prepared, run.calib, options), options)
     evaluator = Evaluator(run.val, reference=prepared.model, metric=config.metric)

@@ -46,6 +46,43 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     return specs
 
 
+def sample_shapes(source: str | os.PathLike | Mapping[str, np.ndarray] | None, input_specs: list[InputSpec]
+                  ) -> dict[str, tuple[int, ...]]:
+    """The shape of one sample of each model input the data holds, with the input's own leading dim (its
+    fixed batch, else 1): the sizes a dynamic dim is analysed at when the user gives none. Arrays that
+    do not fit the model are left out; loading the data says what is wrong with them."""
+    if source is None:
+        return {}
+    if isinstance(source, Mapping):
+        arrays = {str(k): np.shape(v) for k, v in source.items()}
+    else:
+        try:
+            with np.load(source, allow_pickle=False) as npz:
+                arrays = {name: npz[name].shape for name in npz.files}
+        except Exception:  # noqa: BLE001 -- an unreadable file is reported, in one line, when it is loaded
+            return {}
+    shapes = {}
+    for name, shape, _ in input_specs:
+        key = _array_key(name, arrays, len(input_specs))
+        if key is not None and arrays[key] and _shape_matches(arrays[key], shape):
+            shapes[name] = (shape[0] if isinstance(shape[0], int) else 1, *arrays[key][1:])
+    return shapes
+
+
+def fixed_batch(specs: list[InputSpec]) -> int | None:
+    """The samples one run must hold: the fixed leading dim of the inputs that have one, else None.
+
+    An input fixed at 1 (an LSTM state ``h [1, 1, 128]`` beside ``input [seq_len, 576]``)
+    makes every run one sample, so each input's rows are fed one at a time.
+    """
+    fixed = {shape[0]: name for name, shape, _ in specs if shape and isinstance(shape[0], int)}
+    if len(fixed) > 1:
+        names = ", ".join(f"{name!r} at {size}" for size, name in sorted(fixed.items()))
+        raise InputError(f"the model's inputs fix different batch sizes on axis 0 ({names}); haqc feeds samples "
+                         "on axis 0 of every input, so re-export the model with one batch size")
+    return next(iter(fixed), None)
+
+
 @dataclass(frozen=True, eq=False)
 class Dataset:
     """Validated samples: one array per model input (samples on axis 0) and optional int64 labels.

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from haqc.data import Dataset, InputSpec
+from haqc.data import Dataset, InputSpec, fixed_batch
 from haqc.errors import InputError, first_line
 from haqc.runner.facts import INT8_RANGE_KEY, cpu_flags, int_dot
 
@@ -51,6 +51,11 @@ TOP1_AGREEMENT = "top1-agreement"
 # (1 = within 40 dB of fp32, as w8a8 usually is; 0 = noise as large as the signal).
 FIDELITY = "sqnr-fidelity"
 FIDELITY_DB = 40.0
+# ``metric`` may also name a built-in signal: TOP1 says the first output holds class scores (top-1
+# accuracy with labels, agreement without), FIDELITY scores every output against the reference.
+BUILTIN_METRICS = (TOP1, FIDELITY)
+# Ops that pass class scores on unchanged in layout (a Softmax then a Flatten still ends in classes).
+_PASS_THROUGH = ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast")
 
 # ORT's input type names ("tensor(float)") -> numpy dtype names where they differ.
 _ORT_DTYPES = {"float": "float32", "double": "float64", "string": "object"}
@@ -229,6 +234,22 @@ def load_metric(spec: str) -> Metric:
     return func
 
 
+def custom_metric(metric: str | Metric | None) -> bool:
+    """Whether ``metric`` is the user's function (its targets need not be classes), not a built-in signal."""
+    return metric is not None and metric not in BUILTIN_METRICS
+
+
+def class_scores(model: onnx.ModelProto) -> bool:
+    """Whether the model's first output holds class scores, read from the graph: a Softmax or LogSoftmax
+    makes it (through shape-only ops). Rank alone decides nothing: three regression scores per clip or a
+    face-probability head are 2-D too."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    name = model.graph.output[0].name if model.graph.output else ""
+    while (node := producers.get(name)) is not None and node.op_type in _PASS_THROUGH:
+        name = node.input[0]
+    return node is not None and node.op_type in ("Softmax", "LogSoftmax")
+
+
 def num_classes(model: onnx.ModelProto) -> int | None:
     """Classes of a classifier: the fixed last dim of its first output, when known."""
     dims = model.graph.output[0].type.tensor_type.shape.dim if model.graph.output else []
@@ -252,11 +273,13 @@ class Evaluator:
 
     With labels: top-1 accuracy. Without labels, the reference (fp32) model's
     outputs, computed once here, stand in: top-1 agreement when its first output
-    is 2-D class logits, else the bounded FIDELITY score of every output (argmax
-    agreement means nothing for a detector's boxes or an OCR model's sequences).
-    A custom ``metric`` (a callable or a ``module:function`` spec, as
-    ``load_metric`` takes) receives the model's first output and the targets:
-    the labels, else the reference's top-1 predictions, else None.
+    holds class scores (``class_scores``: a Softmax ends it, or ``metric`` is
+    TOP1, the user's word that it does), else the bounded FIDELITY score of every
+    output (argmax agreement means nothing for a detector's boxes, an OCR model's
+    sequences or a regressor's scores). A custom ``metric`` (a callable or a
+    ``module:function`` spec, as ``load_metric`` takes) receives the model's first
+    output and the targets: the labels, else the reference's top-1 predictions
+    when its first output holds class scores, else None.
     """
 
     def __init__(
@@ -269,13 +292,18 @@ class Evaluator:
         self.dataset = dataset
         self.batch_size = batch_size
         self.reference_outputs: list[list[np.ndarray]] | None = None  # FIDELITY's reference, per batch
+        self.classes = {TOP1: True, FIDELITY: False}.get(metric) if isinstance(metric, str) else None
+        if self.classes is not None:
+            metric = None
+        if self.classes is False and reference is None:
+            raise InputError(f"--metric {FIDELITY} scores outputs against a reference; pass --reference (the fp32 model)")
         if isinstance(metric, str):
             self.metric_name, self.metric = metric, load_metric(metric)
         elif metric is not None:
             self.metric_name, self.metric = getattr(metric, "__name__", "custom"), metric
         else:
             self.metric_name, self.metric = (TOP1 if dataset.labels is not None else TOP1_AGREEMENT), None
-        self.label_free = dataset.labels is None
+        self.label_free = dataset.labels is None or self.classes is False
         if not self.label_free and reference is not None:
             logger.info("%s has labels; the reference model is not needed and is ignored", dataset.source)
         self.targets = dataset.labels if not self.label_free else self._reference_targets(reference)
@@ -292,9 +320,16 @@ class Evaluator:
         self.dataset.check_specs(session_specs(session), "the reference model")
         batches = run_batches(session, self.dataset, self.batch_size)
         firsts = [outs[0] for outs in batches]
-        # Class logits: one row of at least two scores per sample (argmax over one score is always 0).
-        if _per_sample(firsts, len(self.dataset)) and all(b.ndim == 2 and b.shape[1] > 1 and b.dtype.kind == "f"
-                                                          for b in firsts):
+        # Class scores: one row of at least two per sample (argmax over one score is always 0).
+        rows = _per_sample(firsts, len(self.dataset)) and all(b.ndim == 2 and b.shape[1] > 1 and b.dtype.kind == "f"
+                                                              for b in firsts)
+        classes = self.classes if self.classes is not None else class_scores(_as_proto(reference))
+        if classes and not rows and self.classes:
+            raise InputError(
+                f"--metric {TOP1} says the first output holds class scores, but it has shape "
+                f"{list(firsts[0].shape)} per batch, not one row of scores per sample; use another --metric"
+            )
+        if classes and rows:
             targets = np.concatenate(firsts).argmax(-1)
             logger.info("reference predictions cached for %d samples (label-free mode)", len(targets))
             return targets
@@ -331,9 +366,14 @@ class Evaluator:
         return float(np.mean(top1 == self.targets))
 
 
+def _as_proto(model: ModelSource) -> onnx.ModelProto:
+    """The graph of a model given any way make_session takes (weights are not needed to read it)."""
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if isinstance(model, bytes):
+        return onnx.load_from_string(model)
+    return onnx.load(str(model), load_external_data=False)
+
+
 def _fixed_batch(session: ort.InferenceSession) -> int | None:
-    """The model's fixed batch size (leading dim of its inputs), or None when it is dynamic."""
-    fixed = {shape[0] for _, shape, _ in session_specs(session) if shape and isinstance(shape[0], int)}
-    if len(fixed) > 1:
-        raise InputError(f"the model's inputs have different fixed batch sizes {sorted(fixed)}; re-export it")
-    return next(iter(fixed), None)
+    return fixed_batch(session_specs(session))

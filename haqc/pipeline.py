@@ -18,14 +18,14 @@ from typing import Callable, Mapping, Sequence
 import onnx
 
 from haqc.costs import CostTable
-from haqc.data import Dataset
+from haqc.data import Dataset, input_specs, sample_shapes
 from haqc.errors import BudgetUnreachableError, InputError
 from haqc.evaluation import EvalResult, Evaluator
 from haqc.finetune import FinetuneConfig
 from haqc.hw_targets import MeasuredTarget, Target, cost_summary, load_target, parse_budget
 from haqc.policy import Policy
 from haqc.precision import FP32, Method, reference_option
-from haqc.quantizer import Quantizer, finetune_export, keep_better
+from haqc.quantizer import DataSource, Quantizer, finetune_export, keep_better
 from haqc.report import LayerRow, Report, Result, Scored, SearchSummary, mark_frontier
 from haqc.search import DDPGConfig, SearchProblem, SearchResult, SearchSpace, check_budget, search
 from haqc.search.budget import enforce_budget, violations
@@ -55,6 +55,7 @@ class Prepared:
     model: onnx.ModelProto
     extraction: Extraction
     input_shapes: InputShapes = field(default_factory=dict)
+    source_opset: int | None = None  # the opset of the model as given (``model`` is at the canonical one)
 
     @property
     def layers(self):
@@ -65,24 +66,28 @@ class Prepared:
         return [i.name for i in graph_inputs(self.model)]
 
 
-def prepare(path_or_model: str | os.PathLike | onnx.ModelProto, input_shapes: InputShapes | None = None) -> Prepared:
+def prepare(path_or_model: str | os.PathLike | onnx.ModelProto, input_shapes: InputShapes | None = None,
+            data: DataSource | None = None) -> Prepared:
     """Load, canonicalize and analyse a model; raises InputError with one clear sentence.
 
     ``input_shapes`` fix only the copy the layers are analysed on: the canonical
-    model keeps the model's own input dims.
+    model keeps the model's own input dims. Inputs they leave out are analysed
+    at the sizes of one sample of ``data`` (when given), so a dynamic dim needs
+    ``input_shapes`` only where nothing else says its size.
     """
-    shapes = dict(input_shapes or {})
     if isinstance(path_or_model, onnx.ModelProto):
         path, source = Path("<in-memory model>"), validate_model(path_or_model, "the model")
     else:
         path, source = Path(path_or_model), read_model(path_or_model)
+    shapes = {**sample_shapes(data, input_specs(source)), **(input_shapes or {})}
+    opset = opset_version(source)
     check_input_shapes(source, shapes)
     model = canonicalize(source)
     del source
     # Without shapes to fix, the canonical model (shapes inferred) is the analysis copy: a copy
     # would hold every weight once more (vgg19's inspect peaked at 4.01x its weights with one).
     analysis = ProbeShapes()(InferShapes()(with_input_shapes(model, shapes)) if shapes else model)
-    return Prepared(path, model, extract_layers(analysis), shapes)
+    return Prepared(path, model, extract_layers(analysis), shapes, opset)
 
 
 LAYER_FIELDS = ("name", "op", "kind", "c_in", "c_out", "kernel", "stride", "groups", "feature_size", "params", "macs")
@@ -98,10 +103,9 @@ def inspect_summary(prepared: Prepared, targets: Sequence[str | Target] = ()) ->
         row["kernel"], row["stride"] = list(layer.kernel), list(layer.stride)
         row["state"] = [round(float(v), 6) for v in state]
         rows.append(row)
-    opset = opset_version(prepared.model)
     summary = {
         "model": str(prepared.path),
-        "opset": opset,
+        "opset": prepared.source_opset,
         "layers": rows,
         "totals": {"layers": len(layers), "params": sum(l.params for l in layers), "macs": sum(l.macs for l in layers)},
         "kept_float": kept_float_summary(prepared),

@@ -19,14 +19,13 @@ import onnx
 
 from haqc import __version__
 from haqc.capabilities import Capabilities
-from haqc.data import Dataset, input_specs, load_dataset
+from haqc.data import Dataset, fixed_batch, input_specs, load_dataset
 from haqc.errors import InputError
 from haqc.evaluation import EvalResult, Evaluator, make_session, num_classes, predictions
 from haqc.finetune import FinetuneConfig, Tuned, build_simulation, default_epochs, finetune
 from haqc.layers import Layer
 from haqc.passes.base import Pass
 from haqc.passes.calibrate import Calibration, ClipMethod, calibrate
-from haqc.passes.load import graph_inputs
 from haqc.passes.quantize_kmeans import KMeansQuantize
 from haqc.passes.quantize_linear import LinearQuantize, QuantizedWeight
 from haqc.passes.qonnx import ToQONNX
@@ -78,7 +77,7 @@ def calibrate_model(prepared: Prepared, calib: Dataset | None, options: Quantize
         return None
     if calib is None:
         raise InputError("linear quantization needs calibration data; pass `calib_data` (an .npz or arrays)")
-    fixed = fixed_batch_size(prepared.model)
+    fixed = fixed_batch(input_specs(prepared.model))
     batch = fixed or options.calib_batch_size
     # A fixed-batch model cannot take the last, partial batch: calibrate on full ones.
     feeds = (f for f, _ in calib.batches(batch) if not fixed or len(next(iter(f.values()))) == fixed)
@@ -152,12 +151,6 @@ class Quantizer:
         """How the linear pass quantizes weights it has not seen (fine-tuned ones), uncached."""
         return LinearQuantize(self.layers, self.calibration, {}, per_channel=self.options.per_channel,
                               capabilities=self.options.capabilities).weight_quant(layer, array, bits, levels)
-
-
-def fixed_batch_size(model: onnx.ModelProto) -> int | None:
-    """The batch size a model with a fixed leading input dim accepts; None when it is dynamic."""
-    dim = graph_inputs(model)[0].type.tensor_type.shape.dim
-    return dim[0].dim_value if dim and dim[0].HasField("dim_value") and dim[0].dim_value > 0 else None
 
 
 def load_data(source: DataSource | Dataset | None, prepared: Prepared, role: str,
@@ -273,10 +266,11 @@ class Scores:
     samples: int
     seconds: float
     label_free: bool
+    metric: str  # the signal ``accuracy`` is: top1, top1-agreement, sqnr-fidelity or the user's metric
 
     @classmethod
     def of(cls, result: EvalResult) -> Scores:
-        return cls(result.accuracy, result.samples, result.seconds, result.label_free)
+        return cls(result.accuracy, result.samples, result.seconds, result.label_free, result.metric_name)
 
 
 @dataclass(frozen=True)

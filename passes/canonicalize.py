@@ -58,7 +58,10 @@ class ConvertOpset(Pass[onnx.ModelProto]):
                 f"cannot convert the model from opset {opset_version(model)} to {self.opset}: "
                 f"{first_line(err)}"
             ) from None
-        converted.ir_version = max(converted.ir_version, helper.find_min_ir_version_for(list(converted.opset_import)))
+        # Other domains (com.microsoft's quantized ops, ai.onnx.ml) keep their versions; onnx's table may not
+        # know them (an older int8 OCR model's com.microsoft import raised 'Unsupported opset-version.').
+        converted.ir_version = max(converted.ir_version,
+                                   helper.find_min_ir_version_for(list(converted.opset_import), ignore_unknown=True))
         if opset_version(model) < 11:
             _keep_asymmetric_linear_resize(converted)
         return converted

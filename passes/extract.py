@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -43,6 +44,11 @@ FLOAT_REASONS = {
     "Einsum": "einsum is not a layer haqc quantizes",
     "Attention": "fused attention stays float",
 }
+# Integer ops of a model that is already quantized (ONNX's and ONNX Runtime's com.microsoft ones):
+# haqc leaves them as they are and quantizes what is still float.
+ALREADY_QUANTIZED = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "QAttention",
+                     "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantizeLSTM", "MatMulNBits")
+FLOAT_REASONS.update({op: "already quantized: kept as it is" for op in ALREADY_QUANTIZED})
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,11 @@ class ExtractLayers(Pass[Extraction]):
                     "which haqc leaves in float (it quantizes main-graph layers only); export the model "
                     "without control flow (e.g. one branch, or the loop unrolled) to quantize it"
                 )
+            quantized = Counter(node.op for node in kept_float if node.op in ALREADY_QUANTIZED)
+            if quantized:
+                ops = ", ".join(f"{n} {op}" for op, n in quantized.items())
+                raise InputError(f"the model is already quantized ({ops}) and has no float Conv / Gemm / MatMul "
+                                 "layer left; pass the float model for haqc to quantize")
             detail = f"; these layers have non-constant weights: {', '.join(skipped[:5])}" if skipped else ""
             raise InputError(
                 "the model has no quantizable layer (Conv, ConvTranspose, Gemm or MatMul with a constant "

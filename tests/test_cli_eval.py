@@ -65,12 +65,17 @@ def test_json_output(files):
 
 
 def test_label_free_with_reference(files):
-    result = _run(files / "model.onnx", "--data", files / "nolabels.npz", "--reference", files / "model.onnx")
+    """Logits no Softmax ends are scored by top-1 agreement only when --metric top1 says they are classes."""
+    result = _run(files / "model.onnx", "--data", files / "nolabels.npz", "--reference", files / "model.onnx",
+                  "--metric", "top1")
     assert result.exit_code == 0, result.output
     assert f"agreement with {files / 'model.onnx'} (label-free) 1.0000 on 8 samples" in result.output
     out = json.loads(_run(files / "reversed.onnx", "--data", files / "nolabels.npz", "--reference",
-                          files / "model.onnx", "--json").output)
+                          files / "model.onnx", "--json", "--metric", "top1").output)
     assert out["accuracy"] == 0.0 and out["label_free"] and out["metric"] == "top1-agreement"
+    out = json.loads(_run(files / "reversed.onnx", "--data", files / "nolabels.npz", "--reference",
+                          files / "model.onnx", "--json").output)
+    assert 0.0 <= out["accuracy"] < 1.0 and out["metric"] == "sqnr-fidelity"
 
 
 def test_fixed_batch_model(files):

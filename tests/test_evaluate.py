@@ -82,7 +82,7 @@ def test_make_session_bad_model():
 
 
 def test_label_free_identical_model_agrees_fully():
-    ev = Evaluator(_data(labels=False), reference=IDENTITY)
+    ev = Evaluator(_data(labels=False), reference=IDENTITY, metric=TOP1)  # the user says: class scores
     result = ev.evaluate(IDENTITY)
     assert result.accuracy == 1.0 and result.label_free and result.metric_name == TOP1_AGREEMENT
     assert ev.evaluate(REVERSED).accuracy == 0.0  # 3 - i == i never holds for integers
@@ -215,9 +215,10 @@ def test_metric_plugin(plugin):
 def test_metric_plugin_label_free(plugin):
     import my_metrics
 
-    result = Evaluator(_data(labels=False), metric="my_metrics:top2", reference=REVERSED).evaluate(REVERSED)
+    classes = _softmax(np.eye(4)[::-1])  # class scores: the reference's top-1 are the targets
+    result = Evaluator(_data(labels=False), metric="my_metrics:top2", reference=classes).evaluate(classes)
     assert result.accuracy == 1.0 and result.label_free
-    np.testing.assert_array_equal(my_metrics.seen[-1], 3 - np.arange(N) % 4)  # reference top-1 as targets
+    np.testing.assert_array_equal(my_metrics.seen[-1], 3 - np.arange(N) % 4)
     Evaluator(_data(labels=False), metric="my_metrics:mean_logit").evaluate(IDENTITY)
     assert my_metrics.seen[-1] is None
 
@@ -276,7 +277,10 @@ def test_label_free_outputs_that_are_not_logits_score_fidelity_against_the_refer
     evaluator = Evaluator(ds, reference=scalar)
     result = evaluator.evaluate(scalar)
     assert (result.metric_name, result.accuracy, result.samples) == (FIDELITY, 1.0, N)
-    assert Evaluator(ds, reference=_linear(np.eye(4))).metric_name == TOP1_AGREEMENT
+    # 2-D rows are classes only where a Softmax makes them, or the user says so (metric TOP1).
+    assert Evaluator(ds, reference=_linear(np.eye(4))).metric_name == FIDELITY
+    assert Evaluator(ds, reference=_linear(np.eye(4)), metric=TOP1).metric_name == TOP1_AGREEMENT
+    assert Evaluator(ds, reference=_softmax(np.eye(4))).metric_name == TOP1_AGREEMENT
     # One score per sample ([N, 1], a voice-activity probability) is no class: argmax would always agree.
     single = Evaluator(ds, reference=_linear(np.ones((4, 1))))
     assert single.metric_name == FIDELITY
@@ -284,6 +288,36 @@ def test_label_free_outputs_that_are_not_logits_score_fidelity_against_the_refer
     maps = Evaluator(ds, reference=_map(1.0), batch_size=7)
     assert maps.metric_name == FIDELITY
     assert 1.0 > maps.evaluate(_map(1.03)).accuracy > maps.evaluate(_map(1.5)).accuracy >= 0.0
+
+
+def _softmax(weight: np.ndarray) -> onnx.ModelProto:
+    """softmax(x @ weight), flattened: class scores the graph itself says are classes."""
+    model = _linear(weight)
+    model.graph.node[0].output[0] = "z"
+    model.graph.node.extend([helper.make_node("Softmax", ["z"], ["p"]), helper.make_node("Flatten", ["p"], ["logits"])])
+    return model
+
+
+def test_regression_heads_are_not_classes():
+    """Three scores per clip (a speech-quality model) and a face net's three heads (probability, box,
+    landmarks): 2-D, but no Softmax makes them classes, so every output is scored by fidelity; the
+    user may still say the first is classes."""
+    ds = Dataset({"x": np.random.default_rng(0).standard_normal((N, 4)).astype(np.float32)})
+    scores = _linear(np.random.default_rng(1).standard_normal((4, 3)))
+    assert Evaluator(ds, reference=scores).metric_name == FIDELITY
+    heads = _linear(np.eye(4))
+    heads.graph.node.extend([helper.make_node("Sigmoid", ["logits"], ["prob"]),
+                             helper.make_node("Mul", ["logits", "logits"], ["box"])])
+    heads.graph.output.insert(0, helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 4]))
+    heads.graph.output.append(helper.make_tensor_value_info("box", TensorProto.FLOAT, ["N", 4]))
+    evaluator = Evaluator(ds, reference=heads)
+    assert evaluator.metric_name == FIDELITY and evaluator.evaluate(heads).accuracy == 1.0
+    noisy = onnx.ModelProto()
+    noisy.CopyFrom(heads)
+    noisy.graph.node[-1].op_type = "Add"  # the box head changes; the other two do not
+    assert 0.0 < evaluator.evaluate(noisy).accuracy < 1.0
+    with pytest.raises(InputError, match="says the first output holds class scores"):
+        Evaluator(ds, reference=_linear(np.ones((4, 1))), metric=TOP1)
 
 
 def _map(scale: float) -> onnx.ModelProto:

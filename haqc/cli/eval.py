@@ -8,7 +8,8 @@ import click
 from haqc.api import evaluate
 from haqc.cli import main
 from haqc.cli.inspect import input_shape_option, parse_input_shapes
-from haqc.evaluation import BATCH_ELEMENTS, DEFAULT_BATCH, FIDELITY, FIDELITY_DB
+from haqc.cli.quantize import METRIC_HELP
+from haqc.evaluation import BATCH_ELEMENTS, DEFAULT_BATCH, FIDELITY, FIDELITY_DB, TOP1, TOP1_AGREEMENT
 
 
 @main.command("eval")
@@ -18,8 +19,7 @@ from haqc.evaluation import BATCH_ELEMENTS, DEFAULT_BATCH, FIDELITY, FIDELITY_DB
 @click.option("--batch-size", type=int, default=None,
               help=f"Samples per run (default: {DEFAULT_BATCH}, fewer where they would hold over "
                    f"{BATCH_ELEMENTS:,} input values; or the model's fixed batch).")
-@click.option("--metric", default=None, metavar="MODULE:FUNCTION",
-              help="Score with func(outputs, labels) -> float instead of top-1.")
+@click.option("--metric", default=None, metavar="MODULE:FUNCTION", help=METRIC_HELP)
 @click.option("--reference", default=None, metavar="FP32.onnx",
               help="Without labels, score top-1 agreement with this model.")
 @input_shape_option
@@ -47,12 +47,12 @@ def eval_(
             "metric": result.metric_name,
         }))
         return
-    if metric is not None:
-        what = f"metric {metric}" + (" (label-free)" if result.label_free else "")
-    elif result.metric_name == FIDELITY:
+    if result.metric_name == FIDELITY:
         what = f"{FIDELITY} against {reference} (label-free; 1 = outputs within {FIDELITY_DB:g} dB SQNR of it)"
-    elif result.label_free:
+    elif result.metric_name == TOP1_AGREEMENT:
         what = f"agreement with {reference} (label-free)"
-    else:
+    elif result.metric_name == TOP1:
         what = "top-1 accuracy"
+    else:
+        what = f"metric {metric}" + (" (label-free)" if result.label_free else "")
     click.echo(f"{model}: {what} {result.accuracy:.4f} on {result.samples} samples in {result.seconds:.3f} s")

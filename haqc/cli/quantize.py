@@ -8,6 +8,7 @@ import click
 from haqc.api import QuantizeConfig, RunConfig, quantize as quantize_model
 from haqc.cli import main
 from haqc.cli.inspect import input_shape_option, parse_input_shapes
+from haqc.evaluation import TOP1, TOP1_AGREEMENT
 from haqc.finetune import DEFAULT_MIN_STEPS, FinetuneConfig
 from haqc.passes.calibrate import CLIP_METHODS
 from haqc.precision import METHODS
@@ -16,6 +17,9 @@ from haqc.quantizer import FORMATS
 DEFAULTS = RunConfig()
 EPOCHS_HELP = (f"Fine-tuning epochs (default with --train-data: whole epochs, at least {DEFAULT_MIN_STEPS} steps "
                f"of {FinetuneConfig.batch_size}; else 0).")
+METRIC_HELP = ("Score with func(outputs, targets) -> float; or top1 (the first output holds class scores) or "
+               "sqnr-fidelity (every output against fp32). Default: top-1 with labels; without them, top-1 "
+               "agreement where a Softmax ends the first output, else sqnr-fidelity.")
 
 
 def finetune_options(func):
@@ -43,11 +47,16 @@ def quantize_options(func):
             click.option("--per-tensor", is_flag=True, default=not DEFAULTS.per_channel, help="Quantize weights per tensor instead of per output channel."),
             click.option("--format", "format", type=click.Choice(FORMATS), default=DEFAULTS.format, show_default=True, help="qdq: INT8 containers, ONNX Runtime's integer kernels; packed: INT4/INT2 containers, smallest file; qonnx: QONNX Quant nodes (FINN, hls4ml)."),
             click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True, help="Seed for every random choice."),
-            click.option("--metric", default=DEFAULTS.metric, metavar="MODULE:FUNCTION", help="Score with func(outputs, targets) -> float instead of top-1."),
+            click.option("--metric", default=DEFAULTS.metric, metavar="MODULE:FUNCTION", help=METRIC_HELP),
         ]
     ):
         func = option(func)
     return func
+
+
+def signal_name(metric: str) -> str:
+    """How a summary line names what was scored: top-1 (accuracy or agreement), else the signal itself."""
+    return "top-1" if metric in (TOP1, TOP1_AGREEMENT) else metric
 
 
 def run_options(per_tensor: bool, **options) -> dict:
@@ -79,4 +88,4 @@ def quantize(model, output, force, as_json, input_shapes, per_tensor, **options)
     for key in ("fp32", "quantized", "finetuned"):
         if (scores := getattr(result, key)) is not None:
             kept = "  (written)" if result.kept == key else ""
-            click.echo(f"  {key:<10} top-1 {100 * scores.accuracy:.2f}%{kept}")
+            click.echo(f"  {key:<10} {signal_name(scores.metric)} {100 * scores.accuracy:.2f}%{kept}")
