@@ -138,7 +138,7 @@ def test_each_cli_default_is_its_config_field():
     for command, config in (("compress", CompressConfig()), ("quantize", QuantizeConfig())):
         fields = {f.name for f in dataclasses.fields(config)}
         checked = 0
-        for param in main.commands[command].params:
+        for param in main.get_command(None, command).params:
             name = inverted.get(param.name, param.name)
             if name not in fields or param.multiple:
                 continue

@@ -5,19 +5,44 @@ errors (``HaqcError``) become one line on stderr and a documented exit code.
 """
 from __future__ import annotations
 
+import ast
+import importlib
 import logging
 import re
 import sys
 import warnings
+from pathlib import Path
 
 import click
+from click.utils import make_default_short_help
 
 from haqc import __version__
 from haqc.errors import HaqcError
 
 
+# Command name -> the module that defines it, in CLI order. A module is imported only when its command
+# runs or shows its own help: ``haqc --help`` imports neither onnx nor torch (it reads the commands'
+# docstrings from their source), so it answers at once.
+COMMANDS = {"inspect": "inspect", "targets": "targets", "eval": "eval", "quantize": "quantize", "compress": "compress"}
+
+
 class _Group(click.Group):
-    """Turns HaqcError into ``error: <message>`` and its exit code, never a traceback."""
+    """Loads commands on first use; turns HaqcError into ``error: <message>`` and its exit code, never a traceback."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in COMMANDS and name not in self.commands:
+            importlib.import_module(f"haqc.cli.{COMMANDS[name]}")  # registers itself on ``main``
+        return self.commands.get(name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
+        rows = [(name, self.commands[name].get_short_help_str(limit) if name in self.commands
+                 else make_default_short_help(_docstring(COMMANDS[name], name), limit)) for name in COMMANDS]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -83,9 +108,18 @@ class _Stderr(logging.StreamHandler):
         pass
 
 
-# Commands register themselves on import; keep this list in CLI order.
-from haqc.cli import inspect as _inspect  # noqa: E402,F401
-from haqc.cli import targets as _targets  # noqa: E402,F401
-from haqc.cli import eval as _eval  # noqa: E402,F401
-from haqc.cli import quantize as _quantize  # noqa: E402,F401
-from haqc.cli import compress as _compress  # noqa: E402,F401
+def _docstring(module: str, command: str) -> str:
+    """The docstring of the function that defines ``command`` in haqc/cli/<module>.py, read without importing it."""
+    tree = ast.parse((Path(__file__).parent / f"{module}.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and command in (_command_name(d, node) for d in node.decorator_list):
+            return ast.get_docstring(node) or ""
+    return ""
+
+
+def _command_name(decorator: ast.expr, func: ast.FunctionDef) -> str | None:
+    """The name ``@main.command(...)`` gives ``func`` (its argument, else the function's name); None for others."""
+    if not (isinstance(decorator, ast.Call) and getattr(decorator.func, "attr", None) == "command"):
+        return None
+    names = [a.value for a in decorator.args] + [k.value.value for k in decorator.keywords if k.arg == "name"]
+    return names[0] if names else func.name

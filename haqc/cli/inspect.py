@@ -5,12 +5,9 @@ import json
 
 import click
 
-from haqc.api import inspect as inspect_model
 from haqc.cli import main
 from haqc.errors import InputError
 from haqc.hw_targets import Target
-from haqc.hw_targets.ort_cpu import OrtTarget, RemoteOrtTarget
-from haqc.passes.load import parse_input_shape
 
 
 def input_shape_option(func):
@@ -25,6 +22,8 @@ def input_shape_option(func):
 
 
 def parse_input_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    from haqc.passes.load import parse_input_shape  # onnx: imported when a command runs, not for --help
+
     return dict(parse_input_shape(v) for v in values)
 
 
@@ -43,6 +42,8 @@ def with_provider(spec: str, provider: str | None, threads: int | None) -> str |
     """The target ``spec`` names, measured on ``provider`` with ``threads`` when given (ort-cpu only)."""
     if provider is None and threads is None:
         return spec
+    from haqc.hw_targets.ort_cpu import OrtTarget, RemoteOrtTarget  # onnxruntime: only for a measured target
+
     name, _, address = spec.partition("@")
     if name != "ort-cpu":
         raise InputError(f"--execution-provider and --threads configure the measured ort-cpu target, not {spec!r}")
@@ -61,6 +62,8 @@ def with_provider(spec: str, provider: str | None, threads: int | None) -> str |
 def inspect(model: str, input_shapes: tuple[str, ...], targets: tuple[str, ...], provider: str | None,
             threads: int | None, as_json: bool) -> None:
     """List MODEL's quantizable layers with their shapes, MACs and HAQ state (and costs on targets)."""
+    from haqc.api import inspect as inspect_model  # onnx, torch: when the command runs, not for --help
+
     summary = inspect_model(model, input_shapes=parse_input_shapes(input_shapes),
                             targets=[with_provider(t, provider, threads) for t in targets])
     if as_json:
