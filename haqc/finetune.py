@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -20,22 +21,38 @@ import torch
 from onnx import helper, numpy_helper
 from torch import Tensor, nn
 
+from haqc.data import Dataset
+from haqc.evaluation import _PASS_THROUGH as PASS_THROUGH, make_session, run_batches
 from haqc.executor import OnnxModule
 from haqc.layers import Layer
 from haqc.passes.base import copy_model
+from haqc.progress import progress_bar
 from haqc.passes.quantize_kmeans import Codebook
 from haqc.passes.quantize_linear import ActivationQuant, LinearPlan, QuantizedWeight
 
 logger = logging.getLogger(__name__)
 
-# One epoch of Adam at 1e-4 left most of a 2-bit gap; 1e-3 was best or within 0.4 points of
-# the best of 1e-4..3e-3 on six uniform policies of the example (docs/design.md).
-DEFAULT_LR = 1e-3
+# The learning rates a short range test tries (each for RANGE_TEST_STEPS steps, scored on the
+# held-out part): 1e-3 was best or within 0.4 points of the best of 1e-4..3e-3 on six uniform
+# policies of the example, but broke a trained face detector that 1e-5 improved (docs/design.md).
+LR_CANDIDATES = (1e-5, 1e-4, 1e-3)
+RANGE_TEST_STEPS = 8
 # Without an explicit epoch count, fine-tuning runs whole epochs and at least this many Adam steps:
 # one epoch of a small set is too few updates to recover 3-4-bit layers. Measured on the text-direction
 # classifier at edge 0.5x (2,000 lines, batches of 64, one policy, fp32 99.0%): 32 steps 89.8%,
 # 96 steps 96.2%, 320 steps 99.2% (docs/design.md, "Fine-tuning").
 DEFAULT_MIN_STEPS = 300
+# ...and at most this many epochs: 300 steps of 128 images were 150 epochs, over two hours.
+MAX_EPOCHS = 30
+# The wall-clock budget of one fine-tune (range test included) unless FinetuneConfig says otherwise.
+DEFAULT_SECONDS = 300.0
+# The held-out part scores the weights every EVAL_EVERY steps (or every epoch, if shorter); training
+# stops after PATIENCE scores without improvement and keeps the best scored step.
+HOLDOUT = 0.1
+MIN_HOLDOUT = 16
+MAX_HOLDOUT = 512
+EVAL_EVERY = 25
+PATIENCE = 4
 
 
 class WeightFakeQuant(nn.Module):
@@ -204,20 +221,26 @@ def build_simulation(
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    epochs: int = 1
-    lr: float = DEFAULT_LR
+    """How long and how fast to train; None picks the measured defaults (docs/design.md, "Fine-tuning")."""
+
+    epochs: int = 1  # at most this many passes over the fitted part of the data
+    lr: float | None = None  # None: the best of LR_CANDIDATES in a short range test
     batch_size: int = 64
     seed: int = 0
     device: str = "cpu"
-    temperature: float = 1.0  # distillation temperature (label-free mode)
+    temperature: float = 1.0  # distillation temperature of class-score outputs
     max_steps: int | None = None  # stop after this many optimizer steps (short per-episode tuning)
+    max_seconds: float | None = None  # wall-clock budget, range test included (None: DEFAULT_SECONDS)
+    holdout: float = HOLDOUT  # fraction of the training data held out to pick the best step
     trainable_clip: bool = False  # learn each layer's input clip too (PACT); the export uses it
 
 
 def default_epochs(samples: int, batch_size: int = FinetuneConfig.batch_size) -> int:
-    """The epochs a run fine-tunes for when none are given: whole epochs of ``samples``, at least
-    DEFAULT_MIN_STEPS optimizer steps (one epoch of a large set already has them)."""
-    return max(1, math.ceil(DEFAULT_MIN_STEPS / math.ceil(samples / batch_size)))
+    """The epochs a run may fine-tune for when none are given: whole epochs of ``samples``, at least
+    DEFAULT_MIN_STEPS optimizer steps (one epoch of a large set already has them), at most
+    MAX_EPOCHS (a small set reaches its best long before; early stopping and the time budget end
+    it sooner)."""
+    return max(1, min(MAX_EPOCHS, math.ceil(DEFAULT_MIN_STEPS / math.ceil(samples / batch_size))))
 
 
 @dataclass(frozen=True)
@@ -230,6 +253,20 @@ class Tuned:
     weight_scales: dict[str, np.ndarray]  # linear weight scale by weight name
 
 
+@dataclass(frozen=True)
+class OutputLoss:
+    """How one graph output is trained: ``kind`` "ce" (labels are its classes), "kl" (class scores,
+    distilled along ``axis``; ``probs`` when the output holds probabilities, whose log is logits up
+    to a constant, as log-probabilities are) or "mse" (a map, boxes, a regression: squared error
+    divided by the fp32 output's variance, so its scale does not matter)."""
+
+    index: int
+    kind: str
+    axis: int = -1
+    probs: bool = False
+    variance: float = 1.0
+
+
 def finetune(
     model: onnx.ModelProto,
     layers: list[Layer],
@@ -240,90 +277,216 @@ def finetune(
     teacher_logits: np.ndarray | None = None,
     weight_quant: Callable[[Layer, np.ndarray, int, int], QuantizedWeight] | None = None,
 ) -> Tuned:
-    """Train the weights under fake quantization; return the float model with them written back,
-    and the activation clips and weight scales of the last epoch.
+    """Train the weights under fake quantization; return the float model with the best step's
+    weights written back, and the activation clips and weight scales they trained under.
 
-    Labels give a cross-entropy loss; without labels the fp32 model's logits
-    (``teacher_logits``) are distilled with a KL loss. ``weight_quant`` is the
-    quantize pass's rule for a layer's weights: between epochs the scales follow
-    the trained weights as the pass would choose them.
+    ``labels`` (classes of the first output) train that output with cross-entropy; every other
+    float output, and the first one without labels, is distilled from the fp32 ``model`` with the
+    loss that fits it (``output_losses``), each weighted by its loss at the start so none
+    dominates. ``teacher_logits``: the fp32 first output when the caller has it. A held-out part
+    of ``inputs`` scores every few steps: training stops when it stops improving, or at the step
+    or time budget, and the best scored state is kept. ``weight_quant`` is the quantize pass's
+    rule for a layer's weights: between epochs the scales follow the trained weights as the
+    pass would choose them.
     """
-    if labels is None and teacher_logits is None:
-        raise ValueError("fine-tuning needs labels or teacher logits")
+    begin = time.perf_counter()
+    budget = config.max_seconds if config.max_seconds is not None else DEFAULT_SECONDS
     device = torch.device(config.device)
     module = simulation.module.to(device).train()
-    generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
-    n = len(next(iter(inputs.values())))
-    steps_per_epoch = math.ceil(n / config.batch_size)
-    params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=config.lr)
+    teachers = _teacher_outputs(model, inputs, teacher_logits)
+    n = len(next(a for a in inputs.values() if a.ndim))
+    losses = output_losses(model, teachers, n, labels is not None)
+    if not losses:
+        logger.warning("no output of the model can be trained against (none is float with samples on axis 0); "
+                       "fine-tuning skipped")
+        return _tuned(model, layers, simulation)
+    fit, held = split_holdout(n, config.holdout, config.seed)
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
+    targets = {o.index: torch.from_numpy(np.ascontiguousarray(teachers[o.index])) for o in losses if o.kind != "ce"}
+    if labels is not None:
+        targets[0] = torch.from_numpy(labels.astype(np.int64))
+    batch = _fixed_batch(model) or config.batch_size
+
+    def feed(idx: Tensor) -> dict[str, Tensor]:
+        return {k: (v[idx] if v.ndim else v).to(device) for k, v in tensors.items()}
+
+    def batch_losses(idx: Tensor) -> Tensor:
+        out = module(**feed(idx))
+        out = out if isinstance(out, tuple) else (out,)
+        return torch.stack([_output_loss(out[o.index], targets[o.index][idx].to(device), o, config.temperature)
+                             for o in losses])
+
+    def held_out() -> Tensor:
+        with torch.no_grad():
+            parts = [batch_losses(held[i : i + batch]) * len(held[i : i + batch]) for i in range(0, len(held), batch)]
+        return torch.stack(parts).sum(0) / len(held)
+
+    start_losses = held_out()
+    # Each output's loss relative to its own start; an output that starts (nearly) exact gets a
+    # floor, so its noise cannot outweigh the rest.
+    weights = 1.0 / start_losses.clamp_min(max(1e-3 * float(start_losses.max()), 1e-12))
+    steps_per_epoch = max(1, math.ceil(len(fit) / batch))
     total_steps = config.epochs * steps_per_epoch
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
-    step = 0
-    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
-    target = torch.from_numpy(labels.astype(np.int64)) if labels is not None else torch.from_numpy(teacher_logits)
-    scores = class_scores(model)
-    if labels is None:
-        target = scores(target)
-    for epoch in range(config.epochs):
-        order = torch.randperm(n, generator=generator)
-        total = 0.0
-        for start in range(0, n, config.batch_size):
-            if step >= total_steps:
-                break
-            step += 1
-            idx = order[start : start + config.batch_size]
-            out = module(**{k: v[idx].to(device) for k, v in tensors.items()})
-            out = out[0] if isinstance(out, tuple) else out
-            loss = _loss(scores(out), target[idx].to(device), labels is not None, config.temperature)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += float(loss.detach()) * len(idx)
-        if epoch + 1 < config.epochs and weight_quant is not None:  # between epochs, not after the last
-            _refresh_scales(simulation, layers, weight_quant)
-        logger.info("fine-tune epoch %d/%d: loss %.4f", epoch + 1, config.epochs, total / n)
-    module.eval()
+    generator = torch.Generator().manual_seed(config.seed)
+    initial = _snapshot(module)
+
+    def train(lr: float, steps: int, progress: bool) -> tuple[float, dict, int]:
+        """``steps`` of Adam at ``lr`` from the initial state; the best held-out score, its state and step."""
+        module.load_state_dict(initial)
+        params = [p for p in module.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=lr)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
+        every = min(steps_per_epoch, EVAL_EVERY)
+        best, best_state, best_step, stale, step = float(weights @ start_losses), initial, 0, 0, 0
+        bar = progress_bar(steps, "fine-tune", unit="step") if progress else None
+
+        def check() -> int:
+            """Score the held-out part; keep the state if it is the best yet; the checks since the last best."""
+            nonlocal best, best_state, best_step
+            score = float(weights @ held_out())
+            if score < best * (1 - 1e-4):
+                best, best_state, best_step = score, _snapshot(module), step
+                return 0
+            return stale + 1
+
+        while step < steps:
+            order = fit[torch.randperm(len(fit), generator=generator)]
+            for i in range(0, len(order), batch):
+                if step >= steps or time.perf_counter() - begin > budget:
+                    break
+                loss = weights @ batch_losses(order[i : i + batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                step += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{float(loss.detach()):.4g}", best=f"{best:.4g}", refresh=False)
+                epoch_end = step % steps_per_epoch == 0
+                if step % every == 0 or epoch_end:
+                    stale = check()
+                    if stale >= PATIENCE:
+                        steps = step  # no better held-out score for PATIENCE checks: stop
+                if epoch_end and step < steps and weight_quant is not None:
+                    _refresh_scales(simulation, layers, weight_quant)  # between epochs, as the export will
+            else:
+                continue
+            break
+        if step % every and step % steps_per_epoch:  # the steps since the last check (the budget ended them)
+            check()
+        if bar is not None:
+            bar.close()
+        return best, best_state, best_step
+
+    lr = config.lr
+    if lr is None:
+        trial = max(1, min(RANGE_TEST_STEPS, total_steps // 10))
+        results = {candidate: train(candidate, trial, False)[0] for candidate in LR_CANDIDATES}
+        lr = min(results, key=lambda c: (results[c], c))
+        logger.info("learning rate %g (held-out loss after %d steps: %s)", lr, trial,
+                    ", ".join(f"{c:g} {v:.4g}" for c, v in results.items()))
+    best, state, step = train(lr, total_steps, True)
+    module.load_state_dict(state)
+    logger.info("fine-tuned at lr %g: best held-out loss %.4g (from %.4g) at step %d, %.1f s", lr, best,
+                float(weights @ start_losses), step, time.perf_counter() - begin)
+    return _tuned(model, layers, simulation)
+
+
+def output_losses(model: onnx.ModelProto, teachers: list[np.ndarray | None], samples: int,
+                  labelled: bool) -> list[OutputLoss]:
+    """The loss of each trainable output: cross-entropy on the first output when ``labelled`` (its
+    classes); KL on class scores (what a Softmax / LogSoftmax made, as evaluation reads classes);
+    else the normalized squared error (logits without a Softmax are matched as values).
+    Outputs that are not float or do not keep ``samples`` on axis 0 are left out."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    losses = []
+    for k, (output, teacher) in enumerate(zip(model.graph.output, teachers)):
+        if teacher is None or teacher.dtype.kind != "f" or teacher.ndim == 0 or len(teacher) != samples:
+            continue
+        node = producer.get(output.name)
+        while node is not None and node.op_type in PASS_THROUGH:
+            node = producer.get(node.input[0])
+        if k == 0 and labelled:
+            losses.append(OutputLoss(k, "ce", probs=node is not None and node.op_type == "Softmax"))
+        elif node is not None and node.op_type in ("Softmax", "LogSoftmax"):
+            axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+            losses.append(OutputLoss(k, "kl", axis, probs=node.op_type == "Softmax"))
+        else:
+            variance = float(np.var(teacher, dtype=np.float64))
+            losses.append(OutputLoss(k, "mse", variance=variance if variance > 0 else 1.0))
+    return losses
+
+
+def split_holdout(samples: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Seeded (fit, held-out) sample indices: ``fraction`` of the samples, at least one batch of
+    MIN_HOLDOUT, at most MAX_HOLDOUT; a set too small to spare them fits and scores on all of it."""
+    held = min(MAX_HOLDOUT, max(MIN_HOLDOUT, round(fraction * samples)))
+    order = torch.randperm(samples, generator=torch.Generator().manual_seed(seed + 1))
+    if fraction <= 0 or samples < 2 * held:
+        return order, order
+    return order[held:], order[:held]
+
+
+def _output_loss(out: Tensor, target: Tensor, loss: OutputLoss, temperature: float) -> Tensor:
+    if loss.kind == "ce":  # cross-entropy wants logits: probabilities' log is logits up to a constant per row
+        return nn.functional.cross_entropy(torch.log(out.clamp_min(1e-12)) if loss.probs else out, target)
+    if loss.kind == "mse":
+        return nn.functional.mse_loss(out, target) / loss.variance
+    student, teacher = (_log_probs(x, loss, temperature) for x in (out, target))
+    kl = (teacher.exp() * (teacher - student)).sum(loss.axis)
+    return kl.mean() * temperature * temperature
+
+
+def _log_probs(x: Tensor, loss: OutputLoss, temperature: float) -> Tensor:
+    """Log-probabilities at ``temperature`` of class scores stored as logits, probabilities or logs."""
+    logits = torch.log(x.clamp_min(1e-12)) if loss.probs else x
+    return nn.functional.log_softmax(logits / temperature, dim=loss.axis)
+
+
+def _teacher_outputs(model: onnx.ModelProto, inputs: dict[str, np.ndarray],
+                     first: np.ndarray | None) -> list[np.ndarray | None]:
+    """Every output of the fp32 model on ``inputs`` (None where the batches do not concatenate)."""
+    batches = run_batches(make_session(model, "the fp32 model"), Dataset(inputs))
+    outputs: list[np.ndarray | None] = []
+    for k in range(len(batches[0])):
+        parts = [b[k] for b in batches]
+        outputs.append(np.concatenate(parts) if all(p.ndim for p in parts) else None)
+    if first is not None:
+        outputs[0] = first
+    return outputs
+
+
+def _fixed_batch(model: onnx.ModelProto) -> int | None:
+    """The batch a model with a fixed leading input dim must be fed (the executor's reshapes keep it)."""
+    inits = {t.name for t in model.graph.initializer}
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if value.name not in inits and dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+            return dims[0].dim_value
+    return None
+
+
+def _snapshot(module: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _tuned(model: onnx.ModelProto, layers: list[Layer], simulation: Simulation) -> Tuned:
+    """The float model with the simulation's current weights, and the clips and scales they use."""
+    module = simulation.module.eval()
     trained = module.initializer_arrays()
     for layer in layers:  # k-means layers: the trained weight is the codebook lookup
         fq = simulation.weights.get(layer.name)
         if isinstance(fq, CodebookFakeQuant):
             trained[layer.weight] = fq.codebook.detach().cpu()[fq.indices.cpu()].numpy()
-    clips = {name: float(fq.clip.detach().cpu()) for name, fq in simulation.activations.items()}
+    clips = {name: float(fq.clip.detach().cpu()) for name, fq in simulation.activations.items()
+             if isinstance(fq, ActivationFakeQuant)}
     scales = {layer.weight: fq.scale.detach().cpu().numpy().reshape(-1) for layer in layers
               if isinstance(fq := simulation.weights.get(layer.name), WeightFakeQuant)}
     return Tuned(_write_back(model, trained), clips, scales)
-
-
-# Ops that pass a class dimension through unchanged, looked through to find what made the output.
-_PASS_THROUGH = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast"}
-
-
-def class_scores(model: onnx.ModelProto) -> Callable[[Tensor], Tensor]:
-    """Turns the first output into logits (up to a constant per row), which the losses expect: a
-    model that ends in Softmax outputs probabilities (their log), in LogSoftmax log-probabilities
-    (as they are). Cross-entropy on probabilities taken as logits is a bounded loss of the wrong
-    quantity, and distilling softmax(probabilities) flattens the teacher's distribution."""
-    producer = {out: node for node in model.graph.node for out in node.output}
-    node = producer.get(model.graph.output[0].name)
-    while node is not None and node.op_type in _PASS_THROUGH:
-        node = producer.get(node.input[0])
-    if node is not None and node.op_type == "Softmax":
-        return lambda out: torch.log(out.clamp_min(1e-12))
-    return lambda out: out
-
-
-def _loss(out: Tensor, target: Tensor, supervised: bool, temperature: float) -> Tensor:
-    if supervised:
-        return nn.functional.cross_entropy(out, target)
-    t = temperature
-    return nn.functional.kl_div(
-        nn.functional.log_softmax(out / t, dim=-1), nn.functional.softmax(target / t, dim=-1), reduction="batchmean"
-    ) * (t * t)
 
 
 def _refresh_scales(simulation: Simulation, layers: list[Layer],

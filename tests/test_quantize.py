@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from haqc.evaluation import Evaluator, make_session, predictions
-from haqc.finetune import DEFAULT_MIN_STEPS, FinetuneConfig, default_epochs, finetune
+from haqc.finetune import DEFAULT_MIN_STEPS, MAX_EPOCHS, FinetuneConfig, default_epochs, finetune
 from haqc.policy import uniform_policy
 from haqc.precision import Option
 from haqc.quantizer import QuantizeOptions, Quantizer, load_run_data
@@ -117,22 +117,6 @@ def test_one_epoch_finetune_recovers_at_least_half_the_w3a3_gap(example, quantiz
     assert after - before >= (fp32 - before) / 2, (fp32, before, after)
 
 
-@pytest.mark.parametrize(("tail", "log"), [([], False), (["Softmax"], True), (["Softmax", "Identity", "Flatten"], True),
-                                           (["LogSoftmax"], False), (["Relu"], False)])
-def test_losses_see_logits_whatever_the_model_ends_in(tail, log):
-    from onnx import TensorProto, helper
-
-    from haqc.finetune import class_scores
-
-    names = ["x", *[f"t{k}" for k in range(len(tail))]]
-    nodes = [helper.make_node(op, [names[k]], [names[k + 1]]) for k, op in enumerate(tail)]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
-                              [helper.make_tensor_value_info(names[-1], TensorProto.FLOAT, [1, 2])])
-    probabilities = torch.tensor([[0.25, 0.75]])
-    got = class_scores(helper.make_model(graph))(probabilities)
-    assert torch.allclose(got, probabilities.log() if log else probabilities)
-
-
 def test_label_free_finetune_distills_from_fp32(example, quantizer, evaluator):
     train = example["train"].subset(512, seed=0)
     teacher = predictions(make_session(example["prepared"].model), train)
@@ -143,9 +127,11 @@ def test_label_free_finetune_distills_from_fp32(example, quantizer, evaluator):
 
 def test_a_default_fine_tune_runs_whole_epochs_of_at_least_the_minimum_steps(example):
     """One epoch of a small set is a few dozen steps; unless told, a run trains enough whole epochs
-    for DEFAULT_MIN_STEPS (the classifier's 2,000 lines: 10 epochs of 32 steps), one of a large set."""
+    for DEFAULT_MIN_STEPS (the classifier's 2,000 lines: 10 epochs of 32 steps), one of a large set,
+    and at most MAX_EPOCHS of a tiny one (128 images were 150 epochs)."""
     assert default_epochs(2000) == 10 and 10 * 32 >= DEFAULT_MIN_STEPS > 9 * 32
     assert default_epochs(64 * DEFAULT_MIN_STEPS) == 1 and default_epochs(10**7) == 1
+    assert default_epochs(128) == MAX_EPOCHS
     prepared, val, train = example["prepared"], example["val"], example["train"]
     assert load_run_data(prepared, val, None, train, None).epochs == default_epochs(len(train)) == 5  # 63 steps each
     assert load_run_data(prepared, val, None, train, 2).epochs == 2

@@ -1,0 +1,107 @@
+"""Fine-tuning's losses, data split and loop on small inline models that are not classifiers."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from haqc.finetune import FinetuneConfig, output_losses, split_holdout
+from haqc.evaluation import Evaluator
+from haqc.pipeline import prepare
+from haqc.policy import uniform_policy
+from haqc.precision import Option
+from haqc.quantizer import QuantizeOptions, Quantizer, finetune_export
+from haqc.data import Dataset
+
+
+def _graph(tail: list[str], shape: list[int]):
+    names = ["x", *[f"t{k}" for k in range(len(tail))]]
+    nodes = [helper.make_node(op, [names[k]], [names[k + 1]]) for k, op in enumerate(tail)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info(names[-1], TensorProto.FLOAT, shape)])
+    return helper.make_model(graph)
+
+
+@pytest.mark.parametrize(("tail", "shape", "kind", "probs"), [
+    ([], [4, 3], "mse", False),  # logits without a Softmax: matched as values (evaluation's rule for classes)
+    (["Softmax"], [4, 3], "kl", True),
+    (["Softmax", "Identity", "Flatten"], [4, 3], "kl", True),
+    (["LogSoftmax"], [4, 3], "kl", False),
+    (["Relu"], [4, 1, 6, 6], "mse", False),  # a map
+    (["Sigmoid"], [4, 1, 6, 6], "mse", False),  # a heatmap is not a distribution along its rows
+    (["Softmax"], [4, 5, 7], "kl", True),  # a sequence of class scores
+])
+def test_each_output_gets_the_loss_that_fits_it(tail, shape, kind, probs):
+    teacher = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    (loss,) = output_losses(_graph(tail, shape), [teacher], 4, labelled=False)
+    assert (loss.kind, loss.probs) == (kind, probs)
+    if kind == "mse":
+        assert loss.variance == pytest.approx(float(np.var(teacher)))
+
+
+def test_labels_train_only_the_first_output_and_odd_outputs_are_left_out():
+    model = _graph(["Softmax"], [4, 3])
+    assert [l.kind for l in output_losses(model, [np.ones((4, 3), np.float32)], 4, labelled=True)] == ["ce"]
+    assert output_losses(model, [np.ones((4, 3), np.int64)], 4, labelled=False) == []
+    assert output_losses(model, [np.ones((1, 3), np.float32)], 4, labelled=False) == []  # not per sample
+
+
+def test_the_held_out_part_is_seeded_and_apart():
+    fit, held = split_holdout(1000, 0.1, seed=3)
+    assert len(held) == 100 and len(fit) == 900 and not set(fit.tolist()) & set(held.tolist())
+    assert torch.equal(held, split_holdout(1000, 0.1, seed=3)[1])
+    fit, held = split_holdout(20, 0.1, seed=0)  # too small to spare a held-out batch: scored on all of it
+    assert torch.equal(fit, held) and len(fit) == 20
+
+
+def _detector(seed: int = 0):
+    """A tiny multi-output model: a sigmoid heatmap [N, 1, 12, 12], 'boxes' [N, 2, 12, 12] and
+    'landmarks' [N, 4, 12, 12] from two convolutions, with fixed random weights."""
+    rng = np.random.default_rng(seed)
+
+    def init(name, shape, scale):
+        return numpy_helper.from_array((rng.normal(size=shape) * scale).astype(np.float32), name)
+
+    inits = [init("w1", [8, 3, 3, 3], 0.3), init("b1", [8], 0.1), init("w2", [8, 8, 3, 3], 0.2), init("b2", [8], 0.1),
+             init("wh", [1, 8, 1, 1], 0.5), init("wb", [2, 8, 1, 1], 5.0), init("wl", [4, 8, 1, 1], 0.05)]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("Conv", ["r2", "wh"], ["h"], name="heat"),
+             helper.make_node("Sigmoid", ["h"], ["heatmap"]),
+             helper.make_node("Conv", ["r2", "wb"], ["boxes"], name="boxes"),
+             helper.make_node("Conv", ["r2", "wl"], ["landmarks"], name="landmarks")]
+    n = "N"
+    graph = helper.make_graph(nodes, "detector", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, 3, 12, 12])],
+                              [helper.make_tensor_value_info("heatmap", TensorProto.FLOAT, [n, 1, 12, 12]),
+                               helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [n, 2, 12, 12]),
+                               helper.make_tensor_value_info("landmarks", TensorProto.FLOAT, [n, 4, 12, 12])],
+                              inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_label_free_fine_tuning_of_a_detector_ends_no_worse_than_it_started():
+    """Every output is distilled, each by its error relative to fp32's variance (the boxes' scale,
+    100x the landmarks', does not drown them); the best held-out step is kept, so the outputs end
+    no further from fp32 than the quantized model's, and the label-free signal no lower."""
+    prepared = prepare(_detector())
+    rng = np.random.default_rng(1)
+    train = Dataset({"x": rng.normal(size=(160, 3, 12, 12)).astype(np.float32)})
+    val = Dataset({"x": rng.normal(size=(64, 3, 12, 12)).astype(np.float32)})
+    quantizer = Quantizer.calibrated(prepared, train, QuantizeOptions())
+    policy = uniform_policy(prepared.layers, Option(4, 6))
+    before = quantizer.export(policy)
+    after = finetune_export(quantizer, policy, train, FinetuneConfig(epochs=8, batch_size=32, seed=0))
+    reference = Evaluator(val, reference=prepared.model)
+    fp32 = reference.reference_outputs
+
+    def errors(model):
+        from haqc.evaluation import make_session, run_batches
+        out = run_batches(make_session(model), val)
+        return [float(np.mean((out[0][k] - fp32[0][k]) ** 2) / np.var(fp32[0][k])) for k in range(3)]
+
+    was, now = errors(before), errors(after)
+    assert sum(now) <= sum(was), (was, now)
+    assert reference.evaluate(after).accuracy >= reference.evaluate(before).accuracy
