@@ -77,9 +77,9 @@ class RunConfig:
                               max_seconds=self.finetune_seconds, trainable_clip=self.trainable_clip)
 
     def training_set(self, run: RunData) -> Dataset | None:
-        """What fine-tuning trains on: with a ``metric``, the labels are the metric's, not classes of
-        the first output, so the model is distilled from fp32 instead."""
-        if run.train is None or self.metric is None or run.train.labels is None:
+        """What fine-tuning trains on: with the user's own ``metric``, the labels are the metric's, not
+        classes of the first output, so the model is distilled from fp32 instead."""
+        if run.train is None or not custom_metric(self.metric) or run.train.labels is None:
             return run.train
         return dataclasses.replace(run.train, labels=None)
 
