@@ -13,6 +13,7 @@ from haqc.cli.inspect import execution_provider_option, input_shape_option, pars
 from haqc.cli.quantize import finetune_options, quantize_options, run_options
 from haqc.errors import EXIT_INTERRUPTED, InputError
 from haqc.evaluation import TOP1, TOP1_AGREEMENT
+from haqc.progress import progress_bar, set_progress
 from haqc.quantities import format_costs, in_report_units, report_key
 from haqc.report import Report
 from haqc.search import STRATEGIES, DDPGConfig
@@ -70,9 +71,11 @@ def compress_command(model, latency, energy, size, per_tensor, no_pin_first, no_
         **run_options(per_tensor, **options),
     )
     show = not quiet and not as_json
+    set_progress(None if show else False)
     bar = _Progress(config.episodes if config.strategy in ("ddpg", "random") else None, budgets) if show else None
+    plot = plot_file(output, plot_path, no_plot)
     try:
-        result = compress(model, config, output=output, report=report_path, plot=plot_file(output, plot_path, no_plot),
+        result = compress(model, config, output=output, report=report_path, plot=plot,
                           force=force, progress=bar.update if bar else None)
     except KeyboardInterrupt:
         click.echo("\ninterrupted; the search state is saved in --workdir (use --resume)" if config.workdir
@@ -85,6 +88,9 @@ def compress_command(model, latency, energy, size, per_tensor, no_pin_first, no_
         click.echo(result.to_json(), nl=False)
     elif show:
         click.echo(format_summary(result.report))
+        for what, path in (("report", report_path), ("plot", plot)):
+            if path is not None:
+                click.echo(f"  wrote {path} ({what})")
 
 
 def plot_file(output: str | None, plot: str | None, no_plot: bool) -> str | None:
@@ -130,25 +136,22 @@ def _ddpg_value(item: str, key: str, value: str, annotation: str) -> object:
 
 
 class _Progress:
-    """One status line on stderr: episode, best reward, best cost."""
+    """The search's bar on stderr (haqc.progress): episode, best reward, best cost."""
 
     def __init__(self, total: int | None, budgets: dict) -> None:
-        self.total, self.quantities, self.active = total, list(budgets), False
-        self.tty = sys.stderr.isatty()
+        self.total, self.quantities = total, list(budgets)
+        self.bar = None  # opened at the first episode, so its clock is the search's
 
     def update(self, episode: int, best_reward: float, costs: dict[str, float]) -> None:
-        of = f"/{self.total}" if self.total else ""
-        cost = "  ".join(f"{q} {format_costs(q, costs[q])[0]}" for q in self.quantities if q in costs)
-        line = f"episode {episode}{of}  best reward {best_reward:+.4f}  best {cost}"
-        if self.tty:  # redraw one line; logs (CI) get a line every 10 episodes
-            click.echo(f"\r{line}   ", nl=False, err=True)
-            self.active = True
-        elif episode % 10 == 0 or episode == self.total:
-            click.echo(line, err=True)
+        if self.bar is None:
+            self.bar = progress_bar(self.total, "search", unit="episode")
+        cost = " ".join(f"{q} {format_costs(q, costs[q])[0]}" for q in self.quantities if q in costs)
+        self.bar.set_postfix_str(f"best reward {best_reward:+.4f}, {cost}", refresh=False)
+        self.bar.update(episode - self.bar.n)
 
     def close(self) -> None:
-        if self.active:
-            click.echo("", err=True)
+        if self.bar is not None:
+            self.bar.close()
 
 
 def format_summary(report: Report) -> str:
@@ -180,6 +183,12 @@ def format_summary(report: Report) -> str:
     if report.label_free:
         what = "top-1 agreement with" if report.signal == TOP1_AGREEMENT else f"{report.signal} against"
         lines.append(f"  (label-free: accuracy is {what} the fp32 model)")
+    result = report.result
+    if result.accuracy_finetuned is not None:
+        before, after = 100 * result.accuracy_before_finetune, 100 * result.accuracy_finetuned
+        kept = ("kept" if after >= before else
+                "not kept: the un-tuned weights score higher and were written")
+        lines.append(f"  fine-tuning: {score} {before:.2f}% -> {after:.2f}%, {kept}")
     if report.output:
         lines.append(f"  wrote {report.output} ({report.format}, {report.output_mb:.4f} MB)")
     return "\n".join(lines)

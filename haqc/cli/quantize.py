@@ -9,14 +9,15 @@ from haqc.api import QuantizeConfig, RunConfig, quantize as quantize_model
 from haqc.cli import main
 from haqc.cli.inspect import input_shape_option, parse_input_shapes
 from haqc.evaluation import TOP1, TOP1_AGREEMENT
-from haqc.finetune import DEFAULT_MIN_STEPS, FinetuneConfig
+from haqc.finetune import DEFAULT_MIN_STEPS, DEFAULT_SECONDS, LR_CANDIDATES, MAX_EPOCHS, FinetuneConfig
 from haqc.passes.calibrate import CLIP_METHODS
 from haqc.precision import METHODS
 from haqc.quantizer import FORMATS
 
 DEFAULTS = RunConfig()
-EPOCHS_HELP = (f"Fine-tuning epochs (default with --train-data: whole epochs, at least {DEFAULT_MIN_STEPS} steps "
-               f"of {FinetuneConfig.batch_size}; else 0).")
+EPOCHS_HELP = (f"Fine-tuning epochs at most (default with --train-data: whole epochs, at least {DEFAULT_MIN_STEPS} "
+               f"steps of {FinetuneConfig.batch_size}, at most {MAX_EPOCHS} epochs; else 0); a held-out tenth "
+               "stops it early and keeps the best step.")
 METRIC_HELP = ("Score with func(outputs, targets) -> float; or top1 (the first output holds class scores) or "
                "sqnr-fidelity (every output against fp32). Default: top-1 with labels; without them, top-1 "
                "agreement where a Softmax ends the first output, else sqnr-fidelity.")
@@ -26,9 +27,10 @@ def finetune_options(func):
     """Options shared by every command that fine-tunes (quantize, compress); defaults from RunConfig."""
     for option in reversed(
         [
-            click.option("--train-data", type=click.Path(path_type=str), default=DEFAULTS.train_data, help="Training .npz for fine-tuning (labels: cross-entropy; none: distillation)."),
+            click.option("--train-data", type=click.Path(path_type=str), default=DEFAULTS.train_data, help="Training .npz for fine-tuning: every output distilled from fp32 (labels of the first output's classes: cross-entropy there; a --metric's labels are left to it)."),
             click.option("--finetune-epochs", type=click.IntRange(min=0), default=DEFAULTS.finetune_epochs, help=EPOCHS_HELP),
-            click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.lr, show_default=True, help="Fine-tuning learning rate (Adam, cosine schedule)."),
+            click.option("--finetune-seconds", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.finetune_seconds, help=f"Fine-tuning's time budget [default: {DEFAULT_SECONDS:g}]."),
+            click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.lr, help=f"Fine-tuning learning rate (Adam, cosine schedule) [default: the best of {', '.join(f'{c:g}' for c in LR_CANDIDATES)} in a short range test]."),
             click.option("--trainable-clip", is_flag=True, default=DEFAULTS.trainable_clip, help="Also learn each layer's activation clip while fine-tuning (PACT)."),
             click.option("--device", default=DEFAULTS.device, show_default=True, help="Torch device for fine-tuning, e.g. cuda."),
         ]
