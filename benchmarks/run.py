@@ -1,4 +1,4 @@
-"""haqc benchmarks (issues 6, 15): quality, peer, speed, scale, parallel. Not part of the test suite.
+"""haqc benchmarks (issues 6, 15, 23): quality, peer, speed, scale, parallel, measured, formats. Not part of the test suite.
 
     python benchmarks/run.py [--quick] [--only quality,peer,speed,scale,parallel] [--deadline-min M] [--fresh]
     python benchmarks/run.py --render          # only rewrite RESULTS.md from benchmarks/results/*.json
@@ -17,6 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
+import formats
 import measured
 import parallel
 import peer
@@ -25,7 +26,8 @@ import scale
 import speed
 from common import HERE, ROOT, Check, log, machine, read_json, results_dir, versions
 
-PARTS = {"quality": quality, "peer": peer, "speed": speed, "scale": scale, "parallel": parallel, "measured": measured}
+PARTS = {"quality": quality, "peer": peer, "speed": speed, "scale": scale, "parallel": parallel, "measured": measured,
+         "formats": formats}
 NOT_MEASURED = "_not measured in this run._\n"
 
 

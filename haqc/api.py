@@ -28,9 +28,9 @@ from haqc.passes.load import InputShapes, check_input_shapes, read_model, valida
 from haqc.pipeline import (build_report, check_budgets, correct_by_measurement, cost_table, export_and_finetune,
                            inspect_summary, measure_models, prepare, search_policy)
 from haqc.policy import load_policy, uniform_policy
-from haqc.precision import Method, parse_option, reference_option
+from haqc.precision import Method, parse_option
 from haqc.quantizer import (CandidateScorer, DataSource, QuantizeOptions, QuantizeResult, Quantizer, Scores,
-                            RunData, calibrate_model, finetune_export, keep_better, load_run_data)
+                            RunData, calibrate_model, finetune_export, needs_calibration, keep_better, load_run_data)
 from haqc.report import Report
 from haqc.search import STRATEGIES, DDPGConfig, SearchResult
 from haqc.search.strategies import Progress
@@ -50,7 +50,6 @@ class RunConfig:
     calib_data: DataSource | None = None  # default: data
     train_data: DataSource | None = None
     metric: str | Metric | None = None  # "module:function" or a callable(outputs, targets) -> float
-    method: Method = QuantizeOptions.method
     clip_method: str = QuantizeOptions.clip_method
     per_channel: bool = QuantizeOptions.per_channel
     format: str = QuantizeOptions.format  # qdq, packed or qonnx (haqc.quantizer.FORMATS)
@@ -68,7 +67,7 @@ class RunConfig:
 
     def quantize_options(self, target: Target) -> QuantizeOptions:
         """How policies become ONNX, with the numeric constraints of ``target``'s kernels."""
-        return QuantizeOptions(method=self.method, clip_method=self.clip_method, per_channel=self.per_channel,
+        return QuantizeOptions(clip_method=self.clip_method, per_channel=self.per_channel,
                                seed=self.seed, format=self.format, capabilities=target.capabilities())
 
     def finetune(self, epochs: int, max_steps: int | None = None) -> FinetuneConfig:
@@ -101,6 +100,9 @@ class CompressConfig(RunConfig):
 
     target: str | Target = "edge"  # a name (haqc targets), a .toml file, or a Target instance
     budgets: Mapping[str, str] = field(default_factory=dict)
+    # The options the search picks from: the target's (linear: its integer grid or declared formats),
+    # or k-means codebooks of its weight widths (kmeans: HAQ's model-size setting).
+    method: Method = "linear"
     strategy: str = "ddpg"
     episodes: int = 60
     pin_first: bool = True
@@ -191,7 +193,8 @@ def quantize(model: ModelSource, config: QuantizeConfig | None = None, *, output
                         classes=not custom_metric(config.metric))
     target = config.target if isinstance(config.target, Target) else load_target(config.target)
     options = config.quantize_options(target)
-    quantizer = Quantizer(prepared, calibrate_model(prepared, run.calib, options), options)
+    quantizer = Quantizer(prepared, calibrate_model(prepared, run.calib, options, needs_calibration(policy.values())),
+                          options)
     quantized = quantizer.export(policy)
     evaluator = Evaluator(run.val, reference=prepared.model, metric=config.metric) if run.val is not None else None
     scores: dict[str, Scores] = {}
@@ -214,7 +217,7 @@ def quantize(model: ModelSource, config: QuantizeConfig | None = None, *, output
         save_model(quantized, out_path)
         size = out_path.stat().st_size / 1e6
     return QuantizeResult(quantized, _source_name(model), None if out_path is None else str(out_path),
-                          config.method, policy, kept=kept, size_mb=size, format=options.format,
+                          policy, kept=kept, size_mb=size, format=options.format,
                           capabilities=options.capabilities, **scores)
 
 
@@ -237,7 +240,8 @@ def compress(model: ModelSource, config: CompressConfig | None = None, *, output
     run = load_run_data(prepared, config.data, config.calib_data, config.train_data, config.finetune_epochs,
                         classes=not custom_metric(config.metric))
     options = config.quantize_options(target)
-    quantizer = Quantizer(prepared, calibrate_model(prepared, run.calib, options), options)
+    offered = (o for row in table.options for o in row)
+    quantizer = Quantizer(prepared, calibrate_model(prepared, run.calib, options, needs_calibration(offered)), options)
     evaluator = Evaluator(run.val, reference=prepared.model, metric=config.metric)
     fp32 = evaluator.evaluate(prepared.model, "the fp32 model")
 
@@ -251,7 +255,7 @@ def compress(model: ModelSource, config: CompressConfig | None = None, *, output
                            workdir=config.workdir, resume=config.resume, progress=progress,
                            workers=config.workers, ray_address=config.ray_address,
                            setup=score.setup() if config.workdir is not None else None)
-    w8a8_model = quantizer.export(uniform_policy(prepared.layers, reference_option(config.method)))
+    w8a8_model = quantizer.export(dict(zip(table.layer_names, table.reference(config.method))))
     result = correct_by_measurement(prepared, target, table, limits, result, quantizer, w8a8_model, score,
                                     pin_first=config.pin_first, pin_last=config.pin_last)
     w8a8_score = evaluator.evaluate(w8a8_model, "the w8a8 model").accuracy

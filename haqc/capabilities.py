@@ -1,7 +1,7 @@
 """Target capabilities: what a target runs and how its integers are formed, as data.
 
 HAQ's premise is that the hardware decides. A target therefore declares, per kind of
-layer (conv, depthwise, fc, matmul), the precision options it runs (cheapest first; None
+layer (conv, depthwise, fc, matmul, embedding), the precision options it runs (cheapest first; None
 leaves the target's default grid) and the numeric constraints of its kernels, the way
 torch.ao's backend configs do. The quantize passes read the constraints (today: whether
 8-bit weights under 8-bit inputs must stay within +-64), the search reads the options, and
@@ -59,6 +59,7 @@ class Capabilities:
     depthwise: OpCapability = OpCapability()
     fc: OpCapability = OpCapability()
     matmul: OpCapability = OpCapability()
+    embedding: OpCapability = OpCapability()  # lookups of a constant table: weight-only options
     source: str = "full-range integers (32-bit accumulators)"
 
     @classmethod

@@ -16,7 +16,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from haqc.precision import Option
+from haqc.precision import Method, Option, reference_option
 from haqc.quantities import QUANTITIES
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,8 @@ class CostTable:
     (n_layers, max options), NaN past a layer's options. A quantity a target
     cannot estimate (energy, on most) is absent. ``transitions`` add what a pair of
     connected layers costs together beyond their own costs (a measured target's
-    boundary conversions). ``combine`` turns a policy's
+    boundary conversions). ``kinds`` are the layers' kinds (``Layer.kind``: an
+    embedding lookup is neither pinned nor given an input format). ``combine`` turns a policy's
     per-layer latencies or energies into the model's (the target's; sizes
     always sum).
     """
@@ -73,8 +74,10 @@ class CostTable:
         declared: Sequence[int] | None = None,
         combine: Combine = sum_costs,
         transitions: Sequence[Transition] = (),
+        kinds: Sequence[str] | None = None,
     ) -> None:
         self.layer_names = tuple(layer_names)
+        self.kinds = tuple(kinds) if kinds is not None else ("conv",) * len(self.layer_names)
         self.options = tuple(tuple(o) for o in options)
         self.declared = tuple(declared) if declared is not None else tuple(len(o) for o in self.options)
         self.combine = combine
@@ -142,6 +145,10 @@ class CostTable:
             if quantity in t.values:
                 out[t.consumer] += t.values[quantity][columns[t.producer], columns[t.consumer]]
         return out
+
+    def reference(self, method: Method) -> list[Option]:
+        """Each layer's all-8-bit option (relative budgets are fractions of its cost)."""
+        return [reference_option(method, kind) for kind in self.kinds]
 
     def policy_cost(self, options: Sequence[Option]) -> dict[str, float]:
         """The model's cost of one option per layer, per quantity."""

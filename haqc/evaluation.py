@@ -23,6 +23,7 @@ import onnxruntime as ort
 
 from haqc.data import Dataset, InputSpec, fixed_batch
 from haqc.errors import InputError, first_line
+from haqc.ops import PASS_THROUGH
 from haqc.runner.facts import INT8_RANGE_KEY, cpu_flags, int_dot
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,6 @@ FIDELITY_DB = 40.0
 # accuracy with labels, agreement without), FIDELITY scores every output against the reference.
 BUILTIN_METRICS = (TOP1, FIDELITY)
 # Ops that pass class scores on unchanged in layout (a Softmax then a Flatten still ends in classes).
-_PASS_THROUGH = ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast")
 
 # ORT's input type names ("tensor(float)") -> numpy dtype names where they differ.
 _ORT_DTYPES = {"float": "float32", "double": "float64", "string": "object"}
@@ -245,7 +245,7 @@ def class_scores(model: onnx.ModelProto) -> bool:
     face-probability head are 2-D too."""
     producers = {out: node for node in model.graph.node for out in node.output}
     name = model.graph.output[0].name if model.graph.output else ""
-    while (node := producers.get(name)) is not None and node.op_type in _PASS_THROUGH:
+    while (node := producers.get(name)) is not None and node.op_type in PASS_THROUGH:
         name = node.input[0]
     return node is not None and node.op_type in ("Softmax", "LogSoftmax")
 

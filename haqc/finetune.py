@@ -22,13 +22,15 @@ from onnx import helper, numpy_helper
 from torch import Tensor, nn
 
 from haqc.data import Dataset
-from haqc.evaluation import _PASS_THROUGH as PASS_THROUGH, make_session, run_batches
+from haqc.evaluation import make_session, run_batches
+from haqc.ops import LAYER_OPS, PASS_THROUGH
 from haqc.executor import OnnxModule
 from haqc.layers import Layer
 from haqc.passes.base import copy_model
 from haqc.progress import progress_bar
 from haqc.passes.quantize_kmeans import Codebook
-from haqc.passes.quantize_linear import ActivationQuant, LinearPlan, QuantizedWeight
+from haqc.passes.plan import ActivationQuant, DynamicQuant, ExportPlan, HalfFloat, QuantizedWeight
+from haqc.passes.quantize_kmeans import Codebook
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +133,50 @@ class BiasFakeQuant(nn.Module):
         return b + (q - b).detach()
 
 
+class BlockFakeQuant(nn.Module):
+    """Blocked asymmetric weights (MatMulNBits): the plan's scale and zero point per block of the
+    reduction axis, fixed while training (the export re-plans them from the trained weights); STE."""
+
+    def __init__(self, weight: QuantizedWeight) -> None:
+        super().__init__()
+        self.block, self.axis = weight.block, weight.reduction_axis
+        self.register_buffer("scale", torch.from_numpy(np.asarray(weight.scale, np.float32)))
+        self.register_buffer("zero", torch.from_numpy(np.asarray(weight.zero_point, np.float32)))
+        self.top = float(weight.levels)
+
+    def _expand(self, t: Tensor, length: int) -> Tensor:
+        return t.repeat_interleave(self.block, dim=self.axis).narrow(self.axis, 0, length)
+
+    def forward(self, w: Tensor) -> Tensor:
+        length = w.shape[self.axis]
+        scale, zero = self._expand(self.scale, length), self._expand(self.zero, length)
+        q = (torch.clamp(torch.round(w / scale) + zero, 0.0, self.top) - zero) * scale
+        return w + (q - w).detach()
+
+
+class DynamicFakeQuant(nn.Module):
+    """An input quantized at run time (DynamicQuantizeLinear): uint8 over the batch's own
+    [min(x, 0), max(x, 0)], round half to even; STE."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        lo, hi = torch.clamp(x.detach().min(), max=0.0), torch.clamp(x.detach().max(), min=0.0)
+        scale = torch.where(hi > lo, (hi - lo) / 255.0, torch.ones_like(hi))
+        zero = torch.clamp(torch.round(-lo / scale), 0.0, 255.0)
+        q = (torch.clamp(torch.round(x / scale) + zero, 0.0, 255.0) - zero) * scale
+        return x + (q - x).detach()
+
+
+class HalfFakeQuant(nn.Module):
+    """A tensor rounded to fp16 or bf16 and back (a 16-bit float layer's weights, input and output); STE."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.dtype = torch.float16 if kind == "fp16" else torch.bfloat16
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + (x.to(self.dtype).to(x.dtype) - x).detach()
+
+
 class CodebookFakeQuant(nn.Module):
     """k-means weights: fixed assignments; each centroid learns from its members' gradients."""
 
@@ -143,13 +189,22 @@ class CodebookFakeQuant(nn.Module):
         return self.codebook[self.indices]
 
 
+def _weight_fake_quant(weight: QuantizedWeight | Codebook | HalfFloat, ndim: int) -> nn.Module:
+    """The torch module applying one planned weight."""
+    if isinstance(weight, Codebook):
+        return CodebookFakeQuant(weight.codebook, weight.indices)
+    if isinstance(weight, HalfFloat):
+        return HalfFakeQuant(weight.kind)
+    return BlockFakeQuant(weight) if weight.block is not None else WeightFakeQuant(weight, ndim)
+
+
 @dataclass(frozen=True)
 class Simulation:
     """The executor module plus the fake-quant modules, by layer name."""
 
     module: OnnxModule
     weights: dict[str, nn.Module]
-    activations: dict[str, ActivationFakeQuant]
+    activations: dict[str, nn.Module]
     input_names: list[str]
 
 
@@ -165,10 +220,12 @@ def isolate_layer_inputs(model: onnx.ModelProto, layers: list[Layer]) -> tuple[o
     private: dict[str, str] = {}
     nodes = []
     for node in out.graph.node:
-        if node.name in names:
+        facts = LAYER_OPS.get(node.op_type)
+        if node.name in names and not facts.indexed:  # an embedding's input is indices: never quantized
             copy = f"{node.name}/input"
-            nodes.append(helper.make_node("Identity", [node.input[0]], [copy], name=f"{node.name}/isolate"))
-            node.input[0] = copy
+            nodes.append(helper.make_node("Identity", [node.input[facts.activation]], [copy],
+                                          name=f"{node.name}/isolate"))
+            node.input[facts.activation] = copy
             private[node.name] = copy
         nodes.append(node)
     del out.graph.node[:]
@@ -179,40 +236,46 @@ def isolate_layer_inputs(model: onnx.ModelProto, layers: list[Layer]) -> tuple[o
 def build_simulation(
     model: onnx.ModelProto,
     layers: list[Layer],
-    plan: LinearPlan | dict[str, Codebook],
+    plan: ExportPlan,
     *,
     trainable_clip: bool = False,
 ) -> Simulation:
-    """The canonical float model as a torch module applying ``plan``'s quantization (a linear pass's
-    plan, or a k-means pass's codebooks by layer)."""
+    """The canonical float model as a torch module applying ``plan``'s numbers, layer by layer,
+    whatever exporter planned them (integer QDQ, blocks, codebooks, dynamic inputs, 16-bit floats)."""
     isolated, private = isolate_layer_inputs(model, layers)
     inits = {t.name: t for t in isolated.graph.initializer}
     weight_q: dict[str, nn.Module] = {}
-    act_q: dict[str, ActivationFakeQuant] = {}
+    act_q: dict[str, nn.Module] = {}
     transforms: dict[str, nn.Module] = {}
-    requant: dict[str, ActivationFakeQuant] = {}
+    outputs: dict[str, nn.Module] = {}
     nodes = {n.name: n for n in isolated.graph.node}
-    if isinstance(plan, LinearPlan):
-        for layer in layers:
-            quant = plan.layers[layer.name]
-            if quant.weight is not None:
-                weight_q[layer.name] = WeightFakeQuant(quant.weight, len(inits[layer.weight].dims))
-                transforms[layer.weight] = weight_q[layer.name]
-            if quant.activation is not None:
-                act_q[layer.name] = ActivationFakeQuant(quant.activation, trainable_clip)
-            if quant.bias_scale is not None:  # both quantized: the export stores the bias in int32 steps
-                transforms[nodes[layer.name].input[2]] = BiasFakeQuant(weight_q[layer.name], act_q[layer.name])
-        # the 8-bit outputs of integer layers, as the export requantizes them
-        requant = {tensor: ActivationFakeQuant(quant) for tensor, quant in plan.requantized.items()}
-    else:
-        for layer in layers:
-            if layer.name in plan:
-                weight_q[layer.name] = CodebookFakeQuant(plan[layer.name].codebook, plan[layer.name].indices)
-                transforms[layer.weight] = weight_q[layer.name]
+    for layer in layers:
+        quant = plan.layers.get(layer.name)
+        if quant is None:
+            continue
+        node = nodes[layer.name]
+        if quant.weight is not None:
+            weight_q[layer.name] = _weight_fake_quant(quant.weight, len(inits[layer.weight].dims))
+            transforms[layer.weight] = weight_q[layer.name]
+        if isinstance(quant.activation, ActivationQuant):
+            act_q[layer.name] = ActivationFakeQuant(quant.activation, trainable_clip)
+        elif isinstance(quant.activation, DynamicQuant):
+            act_q[layer.name] = DynamicFakeQuant()
+        elif isinstance(quant.activation, HalfFloat) and layer.kind != "embedding":
+            act_q[layer.name] = HalfFakeQuant(quant.activation.kind)
+            for name in node.input[2:]:  # the bias is stored in the 16-bit format too
+                if name in inits:
+                    transforms[name] = HalfFakeQuant(quant.activation.kind)
+        if quant.bias_scale is not None:  # both quantized: the export stores the bias in int32 steps
+            transforms[node.input[2]] = BiasFakeQuant(weight_q[layer.name], act_q[layer.name])
+        if quant.output is not None:
+            outputs[node.output[0]] = HalfFakeQuant(quant.output.kind)
+    # the 8-bit outputs of integer layers, as the export requantizes them
+    requant = {tensor: ActivationFakeQuant(quant) for tensor, quant in plan.requantized.items()}
     module = OnnxModule(
         isolated,
         weight_transforms=transforms,
-        activation_transforms={**requant, **{private[n]: m for n, m in act_q.items()}},
+        activation_transforms={**requant, **outputs, **{private[n]: m for n, m in act_q.items()}},
     )
     inputs = [i.name for i in isolated.graph.input if i.name not in inits]
     return Simulation(module, weight_q, act_q, inputs)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-LayerKind = Literal["conv", "depthwise", "fc", "matmul"]
+LayerKind = Literal["conv", "depthwise", "fc", "matmul", "embedding"]
 
 # Names of Layer.state columns, in the order HAQ documents (the env appends the
 # per-step weight/activation flag and previous action).
@@ -36,7 +36,7 @@ class Layer:
 
     index: int
     name: str  # the ONNX node name (unique after canonicalization)
-    op: str  # Conv, ConvTranspose, Gemm, MatMul
+    op: str  # Conv, ConvTranspose, Gemm, MatMul, Gather (an embedding: ``input`` is its indices)
     kind: LayerKind
     c_in: int
     c_out: int

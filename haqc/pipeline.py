@@ -24,7 +24,7 @@ from haqc.evaluation import EvalResult, Evaluator
 from haqc.finetune import FinetuneConfig
 from haqc.hw_targets import MeasuredTarget, Target, cost_summary, load_target, parse_budget
 from haqc.policy import Policy
-from haqc.precision import FP32, Method, reference_option
+from haqc.precision import FP32, Method
 from haqc.quantizer import DataSource, Quantizer, finetune_export, keep_better
 from haqc.report import LayerRow, Report, Result, Scored, SearchSummary, mark_frontier
 from haqc.search import DDPGConfig, SearchProblem, SearchResult, SearchSpace, check_budget, search
@@ -167,7 +167,7 @@ def check_budgets(table: CostTable, budgets: Mapping[str, str], method: Method, 
     if method == "kmeans" and set(budgets) - {"size"}:
         raise InputError("k-means quantization keeps activations in float, so it takes only a size budget")
     parsed = {q: parse_budget(text, q) for q, text in budgets.items()}
-    reference = table.policy_cost([reference_option(method)] * table.n_layers)
+    reference = table.policy_cost(table.reference(method))
     values = {q: b.resolve(reference.get(q)) for q, b in parsed.items()}
     check_budget(table, values, SearchSpace.build(table, pin_first, pin_last))
     return Limits(dict(budgets), values)
@@ -308,7 +308,7 @@ def build_report(*, source: str, target: Target, spec: str, table: CostTable, li
         budgets=dict(limits.given),
         limits=dict(limits.values),
         fp32=Scored(fp32.accuracy, table.policy_cost([FP32] * n), fp32_measured),
-        w8a8=Scored(w8a8_score, table.policy_cost([reference_option(method)] * n), w8a8_measured),
+        w8a8=Scored(w8a8_score, table.policy_cost(table.reference(method)), w8a8_measured),
         result=Result(exported.accuracy, table.cost(columns), result_measured,
                       accuracy_before_finetune=exported.searched,
                       accuracy_finetuned=exported.finetuned, meets_budget=meets),

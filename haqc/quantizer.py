@@ -12,7 +12,7 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Mapping, Union, get_args
+from typing import TYPE_CHECKING, Iterable, Literal, Mapping, Union, get_args
 
 import numpy as np
 import onnx
@@ -26,11 +26,11 @@ from haqc.finetune import FinetuneConfig, Tuned, build_simulation, default_epoch
 from haqc.layers import Layer
 from haqc.passes.base import Pass
 from haqc.passes.calibrate import Calibration, ClipMethod, calibrate
-from haqc.passes.quantize_kmeans import KMeansQuantize
-from haqc.passes.quantize_linear import LinearQuantize, QuantizedWeight
+from haqc.passes.exporters import Export, ExportContext
+from haqc.passes.quantize_linear import LinearQuantize, QuantizedWeight, handles as linear_handles
 from haqc.passes.qonnx import ToQONNX
 from haqc.policy import Policy, policy_to_json
-from haqc.precision import METHODS, Method
+from haqc.precision import Option
 
 if TYPE_CHECKING:  # the pipeline builds Prepared and imports this module
     from haqc.pipeline import Prepared
@@ -49,10 +49,9 @@ DataSource = Union[str, os.PathLike, Mapping[str, np.ndarray]]
 
 @dataclass(frozen=True)
 class QuantizeOptions:
-    """How policies are turned into ONNX: the method, the activation clips, the weight granularity,
+    """How policies are turned into ONNX: the activation clips, the weight granularity, the container,
     and the target's capabilities (which integer range its kernels compute exactly)."""
 
-    method: Method = "linear"
     clip_method: ClipMethod = DEFAULT_CLIP_METHOD
     per_channel: bool = True
     calib_batch_size: int = 256
@@ -61,22 +60,23 @@ class QuantizeOptions:
     capabilities: Capabilities = Capabilities()
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise InputError(f"unknown `method` {self.method!r}; choose one of: {', '.join(METHODS)}")
         if self.format not in FORMATS:
             raise InputError(f"unknown `format` {self.format!r}; choose one of: {', '.join(FORMATS)}")
-        if self.format == "qonnx" and self.method != "linear":
-            raise InputError("the qonnx format holds linear quantization; k-means codebooks are written as "
-                             "`format` qdq")
 
 
-def calibrate_model(prepared: Prepared, calib: Dataset | None, options: QuantizeOptions) -> Calibration | None:
-    """One pass of ``calib`` through ONNX Runtime: the activation statistics linear quantization
-    needs (None for k-means, which leaves activations float)."""
-    if options.method != "linear":
+def needs_calibration(options: Iterable[Option]) -> bool:
+    """Whether any of ``options`` quantizes an activation with a calibrated range."""
+    return any(o.calibrated_input for o in options)
+
+
+def calibrate_model(prepared: Prepared, calib: Dataset | None, options: QuantizeOptions,
+                    needed: bool = True) -> Calibration | None:
+    """One pass of ``calib`` through ONNX Runtime: the activation statistics static integer
+    activations need (None when ``needed`` is False: no option calibrates anything)."""
+    if not needed:
         return None
     if calib is None:
-        raise InputError("linear quantization needs calibration data; pass `calib_data` (an .npz or arrays)")
+        raise InputError("quantizing activations needs calibration data; pass `calib_data` (an .npz or arrays)")
     fixed = fixed_batch(input_specs(prepared.model))
     batch = fixed or options.calib_batch_size
     # A fixed-batch model cannot take the last, partial batch: calibrate on full ones.
@@ -88,32 +88,29 @@ class Quantizer:
     """Policy -> quantized ONNX model for one prepared model, with every reusable piece cached."""
 
     def __init__(self, prepared: Prepared, calibration: Calibration | None, options: QuantizeOptions) -> None:
-        if options.method == "linear" and calibration is None:
-            raise InputError("linear quantization needs calibration data; pass `calib_data` (an .npz or arrays)")
         self.prepared = prepared
         self.options = options
         self.calibration = calibration
-        self._weights: dict = {}  # quantized weights of the prepared model, per (weight, bits, axis)
-        self._codebooks: dict = {}  # k-means codebooks, per (weight, bits, contents)
+        self._caches: dict[str, dict] = {}  # each exporter's, for the prepared model's weights
 
     @classmethod
     def calibrated(cls, prepared: Prepared, calib: Dataset | None, options: QuantizeOptions) -> Quantizer:
-        """Calibrate on ``calib``, then build the quantizer."""
-        return cls(prepared, calibrate_model(prepared, calib, options), options)
+        """Calibrate on ``calib`` (when given), then build the quantizer."""
+        return cls(prepared, calibrate_model(prepared, calib, options, needed=calib is not None), options)
 
     @property
     def layers(self) -> list[Layer]:
         return self.prepared.layers
 
-    def quantize_pass(self, policy: Policy, tuned: Tuned | None = None, packed: bool = True) -> Pass:
-        """The pass that writes ``policy`` (for the prepared model, or for a fine-tuned one)."""
-        if self.options.method == "kmeans":
-            return KMeansQuantize(self.layers, policy, seed=self.options.seed, cache=self._codebooks)
-        common = dict(per_channel=self.options.per_channel, packed=packed, capabilities=self.options.capabilities)
-        if tuned is None:
-            return LinearQuantize(self.layers, self.calibration, policy, cache=self._weights, **common)
-        return LinearQuantize(self.layers, self.calibration, policy, weight_scales=tuned.weight_scales,
-                              input_clips=tuned.clips, **common)
+    def quantize_pass(self, policy: Policy, tuned: Tuned | None = None, packed: bool = True) -> Export:
+        """The pass that writes ``policy`` (for the prepared model, or for a fine-tuned one, whose
+        weights are new: no cache, and the scales and clips it trained under)."""
+        context = ExportContext(self.layers, self.calibration, per_channel=self.options.per_channel, packed=packed,
+                                capabilities=self.options.capabilities, seed=self.options.seed, caches=self._caches)
+        if tuned is not None:
+            context = dataclasses.replace(context, caches={}, weight_scales=tuned.weight_scales,
+                                          input_clips=tuned.clips)
+        return Export(context, policy)
 
     def export(self, policy: Policy, tuned: Tuned | None = None, packed: bool | None = None) -> onnx.ModelProto:
         """The quantized model for ``policy`` (of the prepared model, or of a fine-tuned one), one
@@ -125,7 +122,13 @@ class Quantizer:
 
     def written(self, model: onnx.ModelProto, policy: Policy) -> onnx.ModelProto:
         """``model`` (an ``export``) in the output format: QONNX Quant nodes for ``qonnx``, else as is."""
-        return ToQONNX(policy)(model) if self.options.format == "qonnx" else model
+        if self.options.format != "qonnx":
+            return model
+        other = next((o for o in policy.values() if o.quantized and not linear_handles(o)), None)
+        if other is not None:
+            raise InputError(f"the qonnx format holds integer QDQ layers, not {other.name}; write it with "
+                             "`format` qdq or packed")
+        return ToQONNX(policy)(model)
 
     def finetune(
         self,
@@ -148,7 +151,7 @@ class Quantizer:
         return build_simulation(self.prepared.model, self.layers, plan, trainable_clip=trainable_clip)
 
     def _weight_rule(self, layer: Layer, array: np.ndarray, bits: int, levels: int) -> QuantizedWeight:
-        """How the linear pass quantizes weights it has not seen (fine-tuned ones), uncached."""
+        """How the integer QDQ exporter quantizes weights it has not seen (fine-tuned ones), uncached."""
         return LinearQuantize(self.layers, self.calibration, {}, per_channel=self.options.per_channel,
                               capabilities=self.options.capabilities).weight_quant(layer, array, bits, levels)
 
@@ -280,7 +283,6 @@ class QuantizeResult:
     model: onnx.ModelProto = field(repr=False)
     source: str
     output: str | None
-    method: str
     policy: Policy
     fp32: Scores | None = None
     quantized: Scores | None = None
@@ -291,12 +293,17 @@ class QuantizeResult:
     capabilities: Capabilities = Capabilities()  # the target's, which shaped the integers
 
     @property
+    def formats(self) -> list[str]:
+        """The options the policy uses, by name (``w8a8``; ``kmeans3, w4a8, fp32`` for a mixed one)."""
+        return sorted({option.name for option in self.policy.values()})
+
+    @property
     def layers(self) -> int:
         """How many layers the policy quantizes."""
         return sum(1 for option in self.policy.values() if option.quantized)
 
     def to_dict(self) -> dict:
-        out: dict = {"model": self.source, "output": self.output, "method": self.method, "layers": self.layers}
+        out: dict = {"model": self.source, "output": self.output, "formats": self.formats, "layers": self.layers}
         for key in ("fp32", "quantized", "finetuned"):
             if (scores := getattr(self, key)) is not None:
                 out[key] = dict(vars(scores))

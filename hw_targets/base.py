@@ -27,7 +27,8 @@ from haqc.capabilities import Capabilities
 from haqc.costs import CostTable, LayerCost, padded
 from haqc.errors import InputError
 from haqc.layers import Layer
-from haqc.precision import FP32, SEARCH_BITS, Method, Option, grid, reference_option, weight_only
+from haqc.precision import (FP32, SEARCH_BITS, FloatFormat, IntFormat, KMeansFormat, Method, Option, codebooks, grid,
+                            reference_option, weight_only)
 
 if TYPE_CHECKING:  # targets that only model costs never load ONNX; measured ones receive its models
     import onnx
@@ -40,6 +41,7 @@ FLOAT_MARKERS: tuple[Any, ...] = (None, 32)
 FLOAT_EXEC_BITS = 16
 # ... and is stored as float32, as haqc writes it to the ONNX file.
 FLOAT_STORAGE_BYTES = 4
+HALF_STORAGE_BYTES = 2  # fp16 / bf16 weights
 # Per-output-channel quantization scale stored next to quantized weights (one float32).
 SCALE_BYTES_PER_CHANNEL = 4
 # Widest integer width a cost model is asked about (FLOAT_EXEC_BITS included).
@@ -54,6 +56,30 @@ def quantized_weight_bytes(params: Any, c_out: Any, w_bits: Any) -> Any:
 def weight_bytes(layer: Layer, w_bits: int) -> float:
     """Stored size of ``layer``'s weights at ``w_bits``: the convention every target reports."""
     return float(quantized_weight_bytes(layer.params, layer.c_out, w_bits))
+
+
+def option_weight_bytes(layer: Layer, option: Option) -> float:
+    """What ``option`` stores for ``layer``'s weights: float32 or 16-bit floats; b-bit integers with a
+    float32 scale per output channel; per block of k, a float32 scale and a b-bit zero point; k-means
+    indices with a codebook of 2^b float32 centroids. A measured target reports these; a cost model
+    may report its device's own storage."""
+    w = option.weight
+    if w is None:
+        return float(layer.params * FLOAT_STORAGE_BYTES)
+    if isinstance(w, FloatFormat):
+        return float(layer.params * HALF_STORAGE_BYTES)
+    if isinstance(w, IntFormat) and w.block:
+        blocks = -(-layer.reduction // w.block) * layer.c_out
+        return layer.params * w.bits / 8.0 + blocks * (SCALE_BYTES_PER_CHANNEL + w.bits / 8.0)
+    if isinstance(w, KMeansFormat):
+        return layer.params * w.bits / 8.0 + 2**w.bits * FLOAT_STORAGE_BYTES
+    return weight_bytes(layer, w.bits)
+
+
+def stored_bytes(layer: Layer, option: Option, bytes_as_costed: float) -> float:
+    """What ``option`` stores for ``layer``'s weights: 16-bit floats take 2 bytes a weight (a target
+    costs a float layer as float32 storage), everything else as the target costed it."""
+    return option_weight_bytes(layer, option) if isinstance(option.weight, FloatFormat) else bytes_as_costed
 
 
 def is_float(bits: int | None) -> bool:
@@ -101,13 +127,15 @@ class Target(abc.ABC):
     def options(self, layer: Layer, method: Method = "linear") -> tuple[Option, ...]:
         """The options the search may give ``layer``, cheapest first (the last is the most precise,
         which pinned layers get). Default: the options ``capabilities`` declares for the layer's
-        kind, else every (w, a) of ``w_bits`` x ``a_bits`` within 2..8 (linear), or the weight
-        widths alone (kmeans: activations stay float)."""
+        kind, else every (w, a) of ``w_bits`` x ``a_bits`` within 2..8 (linear), or k-means
+        codebooks of the weight widths (kmeans: activations stay float)."""
         declared = self.capabilities().of(layer).options
         if declared is not None and method == "linear":
             return declared
         w = _search_levels(self.w_bits, "weight")
-        return grid(w, _search_levels(self.a_bits, "activation")) if method == "linear" else weight_only(w)
+        if layer.kind == "embedding" and method == "linear":  # its input is indices: weights only
+            return weight_only(w)
+        return grid(w, _search_levels(self.a_bits, "activation")) if method == "linear" else codebooks(w)
 
     def cost_table(self, layers: Sequence[Layer], method: Method = "linear") -> CostTable:
         """Every layer at each of its options, plus fp32 and the all-8-bit option for the report."""
@@ -118,9 +146,11 @@ class Target(abc.ABC):
             if not options:
                 raise InputError(f"target {self.name!r} offers layer {layer.name!r} no precision option")
             declared.append(len(options))
-            rows.append(options + tuple(o for o in (FP32, reference_option(method)) if o not in options))
+            reference = reference_option(method, layer.kind)
+            rows.append(options + tuple(o for o in (FP32, reference) if o not in options))
         values = self.option_costs(layers, rows)
-        return CostTable([l.name for l in layers], rows, values, declared=declared, combine=self.combine)
+        return CostTable([l.name for l in layers], rows, values, declared=declared, combine=self.combine,
+                         kinds=[l.kind for l in layers])
 
     def option_costs(self, layers: Sequence[Layer], options: Sequence[Sequence[Option]]) -> dict[str, np.ndarray | None]:
         """``{"latency", "energy", "size"}`` arrays (n_layers, max options), NaN-padded; energy None
@@ -130,7 +160,8 @@ class Target(abc.ABC):
         return {
             "latency": padded([[c.latency_s for c in row] for row in costs]),
             "energy": None if None in energies else padded([[c.energy_j for c in row] for row in costs]),
-            "size": padded([[c.weight_bytes for c in row] for row in costs]),
+            "size": padded([[stored_bytes(layer, o, c.weight_bytes) for o, c in zip(opts, row)]
+                            for layer, opts, row in zip(layers, options, costs)]),
         }
 
     def combine(self, per_layer: np.ndarray) -> float:
@@ -160,6 +191,9 @@ class Subgraphs(Protocol):
 
     def whole(self, option: Option, batch: int) -> onnx.ModelProto:
         """The whole model with every layer at ``option``."""
+
+    def input_feed(self, layer: Layer, batch: int) -> dict[str, np.ndarray]:
+        """Seeded data for ``layer``'s input in ``layer``'s standalone models (floats, or indices)."""
 
     def feeds(self, batch: int) -> dict[str, np.ndarray]:
         """Inputs for ``whole``."""
@@ -365,11 +399,13 @@ class ParametricTarget(Target):
         w = np.full((len(layers), width), float(FLOAT_EXEC_BITS))
         a = w.copy()
         float_weights = np.zeros(w.shape, dtype=bool)
+        half = np.zeros(w.shape, dtype=bool)
         for i, opts in enumerate(options):
             for j, o in enumerate(opts):
                 w[i, j] = FLOAT_EXEC_BITS if o.w_bits is None else o.w_bits
                 a[i, j] = FLOAT_EXEC_BITS if o.a_bits is None else o.a_bits
                 float_weights[i, j] = o.w_bits is None
+                half[i, j] = isinstance(o.weight, FloatFormat)
         g = LayerArrays.of(layers).expand()
         parts = self.breakdown_arrays(g, w, a)
         valid = np.array([[j < len(opts) for j in range(width)] for opts in options])
@@ -378,6 +414,7 @@ class ParametricTarget(Target):
             return np.where(valid, np.broadcast_to(value, w.shape), np.nan)
 
         size = np.where(float_weights, g.params * FLOAT_STORAGE_BYTES, np.broadcast_to(parts["weight_bytes"], w.shape))
+        size = np.where(half, g.params * HALF_STORAGE_BYTES, size)
         energy = parts["energy_j"]
         return {"latency": table(parts["latency_s"]), "energy": None if energy is None else table(energy),
                 "size": table(size)}

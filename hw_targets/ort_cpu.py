@@ -1,10 +1,13 @@
 """``ort-cpu``: ONNX Runtime on the machine haqc runs on, measured rather than modelled.
 
 HAQ's point is feedback from the hardware itself. This target's options are what ONNX
-Runtime's CPU execution provider has fast kernels for: a layer runs in float, or as an
-8-bit integer kernel (QLinearConv / QGemm / QLinearMatMul, fused from the QDQ haqc writes).
-Narrower widths run those same 8-bit kernels in ONNX Runtime, so they would cost accuracy
-for no time; they are not offered.
+Runtime's execution provider has fast kernels for, declared per kind of layer as its
+capabilities (``OFFERED``): on the CPU, a convolution runs in float or as an 8-bit integer
+kernel (QLinearConv, fused from the QDQ haqc writes); a MatMul / Gemm also as a blocked
+weight-only kernel (MatMulNBits, 4 or 8 bits) or with its input quantized at run time
+(DynamicQuantizeMatMul); an embedding table stored in 4 or 8 bits. Narrower widths of the
+integer kernels run those same 8-bit kernels, so they would cost accuracy for no time; they
+are not offered. GPU providers add 16-bit float layers.
 
 Each layer is timed alone at each option (its real input shape, the Quantize /
 Dequantize the export puts at its boundaries; median of interleaved runs after warm-up).
@@ -32,10 +35,12 @@ import onnx
 from haqc.capabilities import Capabilities, OpCapability
 from haqc.costs import CostTable, Transition
 from haqc.errors import InputError
-from haqc.hw_targets.base import FLOAT_STORAGE_BYTES, MeasuredTarget, Subgraphs, weight_bytes
+from haqc.capabilities import KINDS
+from haqc.costs import padded
+from haqc.hw_targets.base import MeasuredTarget, Subgraphs, option_weight_bytes
 from haqc.io import atomic_write_text
 from haqc.layers import Layer
-from haqc.precision import FP32, Method, Option
+from haqc.precision import FP16, FP32, IntFormat, Method, Option, reference_option
 from haqc.runner import timing
 from haqc.runner.client import RunnerClient
 from haqc.runner.facts import device_facts
@@ -43,8 +48,19 @@ from haqc.runner.facts import device_facts
 logger = logging.getLogger(__name__)
 
 INT8 = Option(8, 8)
+INT8_DYNAMIC = Option(IntFormat(8), IntFormat(8, dynamic=True))
+W4_BLOCK32, W8_BLOCK32 = Option(IntFormat(4, block=32)), Option(IntFormat(8, block=32))
+# What each provider runs fast, per kind of layer, least precise first (the most precise is what a pinned
+# layer gets). Only these are timed and offered.
+_CPU_MATMUL = (W4_BLOCK32, INT8, INT8_DYNAMIC, W8_BLOCK32, FP32)
+_CPU = {"conv": (INT8, FP32), "depthwise": (INT8, FP32), "fc": _CPU_MATMUL, "matmul": _CPU_MATMUL,
+        "embedding": (Option(4, None), Option(8, None), FP32)}
+_GPU_MATMUL = (W4_BLOCK32, INT8, FP16, FP32)
+_GPU = {"conv": (INT8, FP16, FP32), "depthwise": (INT8, FP16, FP32), "fc": _GPU_MATMUL, "matmul": _GPU_MATMUL,
+        "embedding": (Option(8, None), FP16, FP32)}
+OFFERED = {"CPU": _CPU, "CUDA": _GPU, "Tensorrt": _GPU}
 # Bumped when what is measured changes, so old cache entries are not read as new ones.
-_MEASUREMENT_VERSION = 6
+_MEASUREMENT_VERSION = 7
 _FLOOR_S = 1e-7  # a layer timed at or below a bare session call still costs something
 
 
@@ -90,42 +106,45 @@ class OrtTarget(MeasuredTarget):
         int16 on x86 without VNNI (reduced 8-bit range there); VNNI, ARM's dot product and GPU int8
         kernels accumulate in int32 and take the full range."""
         reduced = self.provider == "CPU" and self.facts["int_dot"] == "avx2"
-        return Capabilities.uniform(OpCapability(reduced_range=reduced),
-                                    f"ONNX Runtime {self.facts['onnxruntime']} {self.provider} on {self.facts['cpu']}, "
-                                    f"integer dot product: {self.facts['int_dot']}")
+        offered = OFFERED.get(self.provider, _CPU)
+        return Capabilities(**{kind: OpCapability(offered[kind], reduced) for kind in KINDS},
+                            source=f"ONNX Runtime {self.facts['onnxruntime']} {self.provider} on {self.facts['cpu']}, "
+                                   f"integer dot product: {self.facts['int_dot']}")
 
     def measured_table(self, layers: Sequence[Layer], subgraphs: Subgraphs, method: Method = "linear") -> CostTable:
-        """Every layer timed at w8a8 and fp32, alone; chained integer layers save the conversion
-        between them (a transition). w8a8 is not offered where it is no faster than fp32 even with
-        every saving it could have (it could never help a latency budget). ``combine`` is the sum
-        fitted to whole-model timings."""
+        """Every layer timed alone at each option its kind is offered (``capabilities``); chained
+        integer layers save the conversion between them (a transition). w8a8 is not offered where it
+        is no faster than fp32 even with every saving it could have (it could never help a latency
+        budget). ``combine`` is the sum fitted to whole-model timings."""
         if method != "linear":
             raise InputError(f"target {self.name!r} times integer kernels; k-means codebooks run as float weights "
                              "in ONNX Runtime, so use a size budget on another target (e.g. edge) for them")
-        measured = [self._layer_times(layer, subgraphs) for layer in layers]
-        times = [{INT8: m[0], FP32: m[1]} for m in measured]
+        offered = [self.options(layer) for layer in layers]
+        times, conversions = zip(*(self._layer_times(layer, subgraphs, opts) for layer, opts in zip(layers, offered)))
         chains = subgraphs.chains()
         # What a layer can save in integer chains: its input's conversion, and its consumers'.
         chained = np.zeros(len(layers))
         for j, i in chains:
-            chained[i] += measured[i][2]
-            chained[j] += measured[i][2]
+            chained[i] += conversions[i]
+            chained[j] += conversions[i]
         rows, declared = [], []
-        for t, saving in zip(times, chained):
-            offered = (INT8, FP32) if t[INT8] - saving < t[FP32] else (FP32,)
-            declared.append(len(offered))
-            rows.append(offered + tuple(o for o in (FP32, INT8) if o not in offered))
-        latency = np.array([[t[o] for o in row] for t, row in zip(times, rows)])
-        size = np.array([[weight_bytes(l, 8) if o == INT8 else float(l.params * FLOAT_STORAGE_BYTES) for o in row]
-                         for l, row in zip(layers, rows)])
+        for layer, opts, t, saving in zip(layers, offered, times, chained):
+            kept = tuple(o for o in opts if o != INT8 or t[INT8] - saving < t[FP32])
+            declared.append(len(kept))
+            extras = dict.fromkeys((FP32, reference_option("linear", layer.kind)))
+            rows.append(kept + tuple(o for o in extras if o not in kept))
+        latency = padded([[t[o] for o in row] for t, row in zip(times, rows)])
+        size = padded([[option_weight_bytes(l, o) for o in row] for l, row in zip(layers, rows)])
         transitions = []
         for j, i in chains:  # two chained integer layers skip the conversion between them
-            saved = np.zeros((len(rows[j]), len(rows[i])))
-            saved[rows[j].index(INT8), rows[i].index(INT8)] = -min(measured[i][2], times[i][INT8], times[j][INT8])
-            transitions.append(Transition(j, i, {"latency": saved}))
+            if INT8 in rows[j] and INT8 in rows[i]:
+                saved = np.zeros((len(rows[j]), len(rows[i])))
+                saved[rows[j].index(INT8), rows[i].index(INT8)] = -min(conversions[i], times[i][INT8], times[j][INT8])
+                transitions.append(Transition(j, i, {"latency": saved}))
         table = CostTable([l.name for l in layers], rows, {"latency": latency, "size": size}, declared=declared,
-                          transitions=transitions)
-        ends = [float(np.sum(table.per_layer("latency", table.indices([o] * len(layers))))) for o in (FP32, INT8)]
+                          transitions=transitions, kinds=[l.kind for l in layers])
+        ends = [float(np.sum(table.per_layer("latency", table.indices(policy))))
+                for policy in ([FP32] * len(layers), table.reference("linear"))]
         scale, rest = self._whole_model_fit(subgraphs, *ends)
         table.combine = lambda per_layer: scale * float(np.sum(per_layer)) + rest  # the fit needs the sums first
         return table
@@ -134,23 +153,22 @@ class OrtTarget(MeasuredTarget):
         """Seconds per run of each model on this machine (haqc.runner.timing: the runner's way too)."""
         return timing.time_models([m.SerializeToString() for m in models], feeds, self.provider, self.threads)
 
-    def _layer_times(self, layer: Layer, subgraphs: Subgraphs) -> list[float]:
-        """Seconds per batch of ``layer`` alone at w8a8 and fp32, and of a Quantize -> Dequantize of
-        its input (cached by geometry)."""
-        key = self._key("layer", subgraphs.geometry(layer, self.batch))
+    def _layer_times(self, layer: Layer, subgraphs: Subgraphs,
+                     options: Sequence[Option]) -> tuple[dict[Option, float], float]:
+        """Seconds per batch of ``layer`` alone at each of ``options``, and of a Quantize -> Dequantize
+        of its input (cached by geometry and options)."""
+        key = self._key("layer", json.dumps([subgraphs.geometry(layer, self.batch), [o.name for o in options]]))
         cached = self._read(key)
-        if cached is not None and len(cached) == 3:
-            return cached
-        models = [*(subgraphs.layer(layer, o, self.batch) for o in (INT8, FP32)), subgraphs.conversion(layer, self.batch)]
-        x = models[1].graph.input[0]
-        shape = [d.dim_value for d in x.type.tensor_type.shape.dim]
-        feeds = {x.name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-        *layer_times, call = self.time_models([*models, _identity(x.name, shape)], feeds)
-        # A session call costs the same with or without the layer: only the layer's own time adds up.
-        measured = [max(t - call, _FLOOR_S) for t in layer_times]
-        self._write(key, measured, f"layer {layer.name} ({layer.op}, input {list(layer.input_shape)}): w8a8, fp32, "
-                                   "input conversion")
-        return measured
+        if cached is None or len(cached) != len(options) + 1:
+            models = [*(subgraphs.layer(layer, o, self.batch) for o in options), subgraphs.conversion(layer, self.batch)]
+            feeds = subgraphs.input_feed(layer, self.batch)
+            (name, x), = feeds.items()
+            *layer_times, call = self.time_models([*models, _identity(name, x)], feeds)
+            # A session call costs the same with or without the layer: only the layer's own time adds up.
+            cached = [max(t - call, _FLOOR_S) for t in layer_times]
+            self._write(key, cached, f"layer {layer.name} ({layer.op}, input {list(layer.input_shape)}): "
+                                     f"{', '.join(o.name for o in options)}, input conversion")
+        return dict(zip(options, cached)), cached[-1]
 
     def _whole_model_fit(self, subgraphs: Subgraphs, fp32_sum: float, int8_sum: float) -> tuple[float, float]:
         """``(scale, rest)`` with ``scale * sum + rest`` equal to the whole model's measured fp32 and
@@ -161,7 +179,7 @@ class OrtTarget(MeasuredTarget):
         if whole is None:
             feeds = subgraphs.feeds(self.batch)
             whole = self.time_models([subgraphs.whole(FP32, self.batch), subgraphs.whole(INT8, self.batch)], feeds)
-            self._write(key, whole, "whole model at fp32 and w8a8")
+            self._write(key, whole, "whole model at fp32 and w8a8 (embeddings w8)")
         if abs(fp32_sum - int8_sum) > 0.05 * fp32_sum:
             scale = (whole[0] - whole[1]) / (fp32_sum - int8_sum)
             if scale > 0:
@@ -213,10 +231,10 @@ class RemoteOrtTarget(OrtTarget):
                                        self.threads or 0)  # None in the facts: ONNX Runtime's default, 0 on the wire
 
 
-def _identity(name: str, shape: list[int]) -> onnx.ModelProto:
-    """A model that only copies its input: the cost of a session call on that input."""
-    x = onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape)
-    y = onnx.helper.make_tensor_value_info("copy", onnx.TensorProto.FLOAT, shape)
+def _identity(name: str, x: np.ndarray) -> onnx.ModelProto:
+    """A model that only copies its input ``x``: the cost of a session call on that input."""
+    dtype = onnx.helper.np_dtype_to_tensor_dtype(x.dtype)
+    x, y = (onnx.helper.make_tensor_value_info(n, dtype, list(x.shape)) for n in (name, "copy"))
     graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", [name], ["copy"])], "call", [x], [y])
     return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
 

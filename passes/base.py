@@ -15,6 +15,7 @@ import onnx.numpy_helper
 import onnxruntime as ort
 
 from haqc.layers import Layer
+from haqc.ops import FUSED_ACTIVATIONS
 
 R = TypeVar("R")
 
@@ -95,12 +96,6 @@ def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-# Elementwise activations an integer kernel applies before it writes its output: ONNX Runtime
-# drops a Relu or Clip between a quantized Conv / Gemm and the QuantizeLinear of its output
-# when the quantized range lies inside the activation's.
-FUSED_ACTIVATIONS = ("Relu", "Clip")
-
-
 def tensor_readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     """Tensor name -> the nodes that read it (each once)."""
     readers: dict[str, list[onnx.NodeProto]] = {}
@@ -172,6 +167,17 @@ class GraphBuilder:
         """A node with one fresh output; the node is named like it unless ``name`` gives another base."""
         out = self.fresh(base)
         return onnx.helper.make_node(op, inputs, [out], name=self.fresh(name) if name else out, **attrs)
+
+
+def with_nodes(model: onnx.ModelProto, out: onnx.ModelProto, nodes: list[onnx.NodeProto],
+               build: GraphBuilder) -> onnx.ModelProto:
+    """``out`` (``without_initializers(model)``, rewritten) holding ``nodes`` and the initializers they
+    read: ``model``'s that are still used, and the builder's new ones."""
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    used = {i for n in nodes for i in n.input}
+    out.graph.initializer.extend([t for t in model.graph.initializer if t.name in used] + build.initializers)
+    return out
 
 
 def quiet_session_options() -> ort.SessionOptions:

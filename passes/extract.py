@@ -22,11 +22,13 @@ import onnx
 
 from haqc.errors import InputError
 from haqc.layers import Layer
+from haqc.ops import LAYER_OPS
 from haqc.passes.base import Pass, tensor_producers
 
 logger = logging.getLogger(__name__)
 
-QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# Ops with MACs that can be layers; a Gather of a constant 2-D table is one too (an embedding).
+QUANTIZABLE_OPS = tuple(op for op, facts in LAYER_OPS.items() if not facts.indexed)
 
 
 # Ops that do real work but stay float in every export, and why (what inspect lists).
@@ -40,7 +42,7 @@ FLOAT_REASONS = {
     "LayerNormalization": "normalization stays float",
     "Softmax": "softmax stays float",
     "Gelu": "activation stays float",
-    "Gather": "embedding lookup stays float",
+    "Gather": "embedding lookup of a table that is not 2-D along axis 0 stays float",
     "Einsum": "einsum is not a layer haqc quantizes",
     "Attention": "fused attention stays float",
 }
@@ -81,6 +83,9 @@ class ExtractLayers(Pass[Extraction]):
         skipped: list[str] = []
         kept_float: list[FloatNode] = []
         for node in model.graph.node:
+            if _is_embedding(node, inits):
+                layers.append(_make_embedding(len(layers), node, tuple(inits[node.input[0]].dims), shapes))
+                continue
             if node.op_type not in QUANTIZABLE_OPS:
                 # A Gather of a constant table is an embedding; one of a shape is bookkeeping, not compute.
                 if node.op_type in FLOAT_REASONS and (node.op_type != "Gather" or node.input[0] in inits):
@@ -146,6 +151,27 @@ def normalized_state(layers: list[Layer]) -> np.ndarray:
     lo, hi = raw.min(axis=0), raw.max(axis=0)
     span = np.where(hi > lo, hi - lo, 1.0)
     return np.where(hi > lo, (raw - lo) / span, raw).astype(np.float32)
+
+
+def _is_embedding(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> bool:
+    """A Gather of rows of a constant 2-D float table: an embedding, quantized per row (weight-only)."""
+    if node.op_type != "Gather" or node.input[0] not in inits or _attr(node, "axis", 0) != 0:
+        return False
+    table = inits[node.input[0]]
+    return len(table.dims) == 2 and table.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+
+
+def _make_embedding(index: int, node: onnx.NodeProto, table: tuple[int, ...],
+                    shapes: dict[str, tuple[int, ...]]) -> Layer:
+    """An embedding as a layer: no MACs; each looked-up index reads one row of ``c_out`` weights."""
+    facts = LAYER_OPS["Gather"]
+    indices = _shape(node.input[facts.activation], shapes, node)
+    rows = math.prod(indices[1:]) if len(indices) > 1 else 1
+    return Layer(index=index, name=node.name, op="Gather", kind="embedding", c_in=int(table[0]), c_out=int(table[1]),
+                 kernel=(1, 1), stride=(1, 1), groups=1, feature_size=1, out_feature_size=1, rows=int(rows),
+                 reduction=1, params=int(table[0] * table[1]), macs=0, input_elems=int(rows),
+                 output_elems=int(rows * table[1]), weight=node.input[facts.weight], weight_axis=0,
+                 input=node.input[facts.activation], input_shape=tuple(int(d) for d in indices))
 
 
 def _make_layer(index: int, node: onnx.NodeProto, w: tuple[int, ...], shapes: dict[str, tuple[int, ...]]) -> Layer:

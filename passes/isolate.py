@@ -21,16 +21,16 @@ from onnx import helper, numpy_helper
 
 from haqc.data import input_specs
 from haqc.layers import Layer
+from haqc.ops import FOLDED_IN_CHAINS, LAYER_OPS
+from haqc.policy import uniform_policy
 from haqc.passes.base import tensor_producers, tensor_readers
 from haqc.passes.calibrate import calibrate
 from haqc.passes.load import InputShapes
-from haqc.passes.quantize_linear import LinearQuantize
+from haqc.passes.exporters import Export, ExportContext
 from haqc.precision import Option
 
 logger = logging.getLogger(__name__)
 
-# Ops between two layers that ONNX Runtime's QDQ fusion runs inside the integer chain.
-_FOLDED = ("Relu", "Clip", "Flatten", "Reshape", "Squeeze", "Unsqueeze")
 
 
 class LayerSubgraphs:
@@ -65,32 +65,45 @@ class LayerSubgraphs:
             "op": node.op_type,
             "attributes": sorted(str(helper.get_attribute_value(a)) + a.name for a in node.attribute),
             "input": list(self._batched(layer.input_shape, batch)),
-            "operands": [list(self._inits[i].dims) if i in self._inits else None for i in node.input[1:]],
+            "operands": [list(self._inits[i].dims) if i in self._inits else None for i in node.input
+                         if i != layer.input],
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
     def layer(self, layer: Layer, option: Option, batch: int = 1) -> onnx.ModelProto:
-        """``layer`` alone at ``option``: its node, weight and bias, a float input of its analysed
-        shape (leading dim times ``batch``) and a float output, with what the export inserts."""
+        """``layer`` alone at ``option``: its node, weight and bias, an input of its analysed shape
+        (leading dim times ``batch``) and a float output, with what the export writes for it."""
         node = onnx.NodeProto()
         node.CopyFrom(self._nodes[layer.name])
-        operands = [self._inits[i] for i in node.input[1:] if i]
+        operands = [self._inits[i] for i in node.input if i and i != layer.input]
         shape = self._batched(layer.input_shape, batch)
         # The output goes through an Identity (which ONNX Runtime removes) so that the export's
         # requantization of it is read: a graph output would keep the float kernel.
         copy = helper.make_node("Identity", [node.output[0]], [f"{layer.name}/alone/y"])
+        indexed = LAYER_OPS[node.op_type].indexed
         graph = helper.make_graph(
             [node, copy], f"{layer.name}/alone",
-            [helper.make_tensor_value_info(layer.input, onnx.TensorProto.FLOAT, shape)],
+            [helper.make_tensor_value_info(layer.input, onnx.TensorProto.INT64 if indexed else onnx.TensorProto.FLOAT,
+                                           shape)],
             [helper.make_tensor_value_info(copy.output[0], onnx.TensorProto.FLOAT, None)],
             operands,
         )
         alone = helper.make_model(graph, opset_imports=list(self.model.opset_import), ir_version=self.model.ir_version)
         if not option.quantized:
             return alone
-        feeds = {layer.input: np.random.default_rng(self.seed).standard_normal(shape).astype(np.float32)}
-        calibration = calibrate(alone, [layer], [feeds])
-        return LinearQuantize([layer], calibration, {layer.name: option}, packed=False)(alone)
+        calibration = None
+        if option.calibrated_input:
+            feeds = {layer.input: np.random.default_rng(self.seed).standard_normal(shape).astype(np.float32)}
+            calibration = calibrate(alone, [layer], [feeds])
+        return Export(ExportContext([layer], calibration, packed=False), {layer.name: option})(alone)
+
+    def input_feed(self, layer: Layer, batch: int = 1) -> dict[str, np.ndarray]:
+        """Seeded data for ``layer``'s standalone model: normal floats, or valid indices of an embedding."""
+        shape = self._batched(layer.input_shape, batch)
+        rng = np.random.default_rng(self.seed)
+        if LAYER_OPS[layer.op].indexed:
+            return {layer.input: rng.integers(0, layer.c_in, shape).astype(np.int64)}
+        return {layer.input: rng.standard_normal(shape).astype(np.float32)}
 
     def conversion(self, layer: Layer, batch: int = 1) -> onnx.ModelProto:
         """A QuantizeLinear -> DequantizeLinear of ``layer``'s input alone: the conversion two chained
@@ -120,7 +133,7 @@ class LayerSubgraphs:
                 if node.name in layer_of:
                     out.append((layer_of[node.name], layer.index))
                     break
-                if node.op_type not in _FOLDED:
+                if node.op_type not in FOLDED_IN_CHAINS:
                     break
                 tensor = node.input[0]
         return out
@@ -130,9 +143,9 @@ class LayerSubgraphs:
         ``feeds``."""
         if not option.quantized:
             return self.model
-        calibration = calibrate(self.model, self.layers, [self.feeds(batch)])
-        policy = {layer.name: option for layer in self.layers}
-        return LinearQuantize(self.layers, calibration, policy, packed=False)(self.model)
+        policy = uniform_policy(self.layers, option)
+        calibration = calibrate(self.model, self.layers, [self.feeds(batch)]) if option.calibrated_input else None
+        return Export(ExportContext(self.layers, calibration, packed=False), policy)(self.model)
 
     def feeds(self, batch: int = 1) -> dict[str, np.ndarray]:
         """Seeded inputs for the whole model at the analysed shapes: normal floats, zero integers

@@ -26,7 +26,9 @@ from haqc.errors import InputError
 from haqc.layers import Layer
 from haqc.passes.base import GraphBuilder, Pass, opset_version, without_initializers
 from haqc.policy import Policy
-from haqc.precision import MAX_BITS, MIN_BITS
+from haqc.passes.exporters import ExportContext, Exporter, register
+from haqc.passes.plan import ExportPlan, LayerQuant
+from haqc.precision import MAX_BITS, MIN_BITS, KMeansFormat, Option
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +92,8 @@ def unpack_indices(packed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 class KMeansQuantize(Pass[onnx.ModelProto]):
-    """Replace each policy layer's weight by packed indices + codebook; ``None`` w_bits stay float.
-
-    Activation bits are ignored (the model-size setting quantizes weights only).
+    """Replace each layer whose option is a k-means codebook by packed indices + codebook; the
+    rest stay as they are (other exporters write them).
     ``cache`` (the caller's, shared across policies) holds codebooks and packed
     indices per (weight, bits, weight contents), so the search fits each
     (layer, bits) once and an episode only concatenates bytes.
@@ -122,18 +123,19 @@ class KMeansQuantize(Pass[onnx.ModelProto]):
             if inits[weight].data_type not in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE):
                 raise InputError(f"layer {layer!r} has non-float weights; k-means quantizes float weights only")
 
-    def plan(self, model: onnx.ModelProto) -> dict[str, Codebook]:
+    def plan(self, model: onnx.ModelProto) -> ExportPlan:
         """Each quantized layer's codebook and packed indices (what the export stores; fine-tuning trains
         the centroids with these assignments)."""
         self.requires(model)
         inits = {t.name: t for t in model.graph.initializer}
         chosen = self._weight_bits()
-        return {layer.name: self._packed(layer.weight, numpy_helper.to_array(inits[layer.weight]), *chosen[layer.weight])
-                for layer in self.layers if layer.weight in chosen}
+        return ExportPlan({layer.name: LayerQuant(self._packed(layer.weight, numpy_helper.to_array(inits[layer.weight]),
+                                                               *chosen[layer.weight]))
+                           for layer in self.layers if layer.weight in chosen})
 
     def call(self, model: onnx.ModelProto) -> onnx.ModelProto:
         groups: dict[int, list[Codebook]] = {}
-        for packed in {p.weight: p for p in self.plan(model).values()}.values():
+        for packed in {q.weight.weight: q.weight for q in self.plan(model).layers.values()}.values():
             groups.setdefault(packed.bits, []).append(packed)
         out = without_initializers(model)  # a full copy would hold the replaced float weights once more
         quantized = {packed.weight for group in groups.values() for packed in group}
@@ -148,7 +150,7 @@ class KMeansQuantize(Pass[onnx.ModelProto]):
         chosen: dict[str, tuple[int, str]] = {}
         for layer in self.layers:
             entry = self.policy.get(layer.name)
-            if entry is None or entry.w_bits is None:
+            if entry is None or not claims(entry):
                 continue
             bits, first = chosen.setdefault(layer.weight, (entry.w_bits, layer.name))
             if bits != entry.w_bits:
@@ -326,3 +328,15 @@ def _lloyd_sorted(xs: np.ndarray, centroids: np.ndarray) -> np.ndarray:
         keep = sizes > 0
         centroids = (np.diff(prefix[bounds]) / np.maximum(sizes, 1))[keep]
     return centroids
+
+
+def claims(option: Option) -> bool:
+    """k-means codebook weights (activations float)."""
+    return isinstance(option.weight, KMeansFormat)
+
+
+def _build(context: ExportContext, policy: Policy) -> KMeansQuantize:
+    return KMeansQuantize(context.layers, policy, seed=context.seed, cache=context.cache("kmeans"))
+
+
+register(Exporter("kmeans", claims, _build))

@@ -30,11 +30,15 @@ from onnx import TensorProto, numpy_helper
 from haqc.capabilities import Capabilities, OpCapability
 from haqc.errors import InputError
 from haqc.layers import Layer
-from haqc.passes.base import GraphBuilder, Pass, layer_outputs, tensor_producers, tensor_readers, without_initializers
+from haqc.ops import LAYER_OPS, RESHAPES
+from haqc.passes.base import (GraphBuilder, Pass, layer_outputs, tensor_producers, tensor_readers, with_nodes,
+                              without_initializers)
 from haqc.passes.calibrate import Calibration
+from haqc.passes.exporters import ExportContext, Exporter, register
+from haqc.passes.plan import ActivationQuant, ExportPlan, LayerQuant, QuantizedWeight
 from haqc.policy import Policy
 from haqc.runner.facts import INT8_RANGE_KEY
-from haqc.precision import FP32
+from haqc.precision import FP32, IntFormat, Option
 
 logger = logging.getLogger(__name__)
 
@@ -43,15 +47,6 @@ LINEAR_MIN_BITS = 2
 # loses nothing measurable (the reference uses max for b >= 5 too).
 _CLIP_SEARCH_BELOW = 5
 _CLIP_RATIOS = np.linspace(0.3, 1.0, 15)
-
-
-@dataclass(frozen=True)
-class QuantizedWeight:
-    q: np.ndarray  # int8 values in -levels .. levels
-    scale: np.ndarray  # float32, one per output channel (or a scalar)
-    bits: int  # the width of the container the export stores them in
-    axis: int | None  # None: per tensor
-    levels: int  # the largest magnitude of the integers (``OpCapability.weight_levels``)
 
 
 def quantize_weight(w: np.ndarray, bits: int, axis: int | None, scale: np.ndarray | None = None,
@@ -122,45 +117,6 @@ def dequantize(qw: QuantizedWeight) -> np.ndarray:
     return (qw.q.astype(np.float32) * scale).astype(np.float32)
 
 
-@dataclass(frozen=True)
-class ActivationQuant:
-    """How one activation is quantized: b-bit codes 0 .. 2^b - 1 around an integer zero point z,
-    in steps s = clip / (2^b - 1 - z), so the range is [-z s, clip]. z is 0 for a non-negative
-    tensor and 2^(b-1) for a symmetric signed one (the two's-complement range int8 kernels use);
-    a tensor whose negative side is short gets just the codes it needs below zero (hard-swish
-    outputs [-0.375, 6.7] at 8 bits: z = 14, half the symmetric range's step). What the QDQ
-    holds and what the fine-tuning simulation applies."""
-
-    bits: int
-    clip: float
-    zero_point: int
-
-    @property
-    def levels(self) -> int:
-        """Steps above zero: 2^b - 1 - z."""
-        return 2**self.bits - 1 - self.zero_point
-
-    @property
-    def scale(self) -> float:
-        """The step, rounded to float32 as ONNX stores it."""
-        return float(np.float32(self.clip / self.levels))
-
-    @property
-    def codes(self) -> tuple[int, int]:
-        """The integer range relative to zero: [-z, 2^b - 1 - z]."""
-        return -self.zero_point, self.levels
-
-    @property
-    def signed(self) -> bool:
-        return self.zero_point > 0
-
-    @property
-    def bounds(self) -> tuple[float, float]:
-        """The float range the dequantized values span (float32, as computed from the stored scale)."""
-        lo, hi = self.codes
-        return float(np.float32(self.scale * lo)), float(np.float32(self.scale * hi))
-
-
 def activation_quant(calibration: Calibration, tensor: str, bits: int, clip: float | None = None) -> ActivationQuant:
     """The calibrated quantization of ``tensor`` at ``bits``; ``clip`` replaces the calibrated clip
     (one fine-tuning learned; the zero point stays the calibrated one)."""
@@ -169,8 +125,6 @@ def activation_quant(calibration: Calibration, tensor: str, bits: int, clip: flo
 
 
 REQUANT_BITS = 8
-# Ops that only move values: a QDQ before them gives the same numbers as one after.
-_RESHAPES = ("Flatten", "Reshape", "Squeeze", "Unsqueeze")
 
 
 def input_sources(model: onnx.ModelProto, layers: list[Layer]) -> dict[str, str]:
@@ -187,7 +141,7 @@ def input_sources(model: onnx.ModelProto, layers: list[Layer]) -> dict[str, str]
     sources = {}
     for layer in layers:
         tensor = layer.input
-        while (node := producer.get(tensor)) is not None and node.op_type in _RESHAPES and node.input[0] in producer \
+        while (node := producer.get(tensor)) is not None and node.op_type in RESHAPES and node.input[0] in producer \
                 and len(readers.get(tensor, [])) == 1 and len(readers.get(node.input[0], [])) == 1:
             tensor = node.input[0]
         sources[layer.name] = tensor
@@ -217,25 +171,14 @@ def _integer(policy: Policy, layer: str) -> bool:
     return policy.get(layer, FP32).integer
 
 
-@dataclass(frozen=True)
-class LayerQuant:
-    """What the export computes for one layer: its integer weights, input quantization and bias step."""
-
-    weight: QuantizedWeight | None = None
-    activation: ActivationQuant | None = None
-    bias_scale: np.ndarray | None = None  # int32 bias step per output channel (integer layers with a bias)
-
-
-@dataclass(frozen=True)
-class LinearPlan:
-    """The quantization parameters of one policy on one model: what ``LinearQuantize`` emits and
-    what fine-tuning simulates. ``requantized`` maps the 8-bit outputs of integer layers."""
-
-    layers: dict[str, LayerQuant]
-    requantized: dict[str, ActivationQuant]
-
-
 WeightCache = dict[tuple[str, int, int, "int | None"], QuantizedWeight]
+
+
+def handles(option: Option) -> bool:
+    """Integer QDQ: per-channel (or per-tensor) integer weights and/or a calibrated integer input."""
+    w, a = option.weight, option.activation
+    return (w is None or (isinstance(w, IntFormat) and w.block is None)) \
+        and (a is None or (isinstance(a, IntFormat) and not a.dynamic))
 
 
 class LinearQuantize(Pass[onnx.ModelProto]):
@@ -256,6 +199,9 @@ class LinearQuantize(Pass[onnx.ModelProto]):
                  input_clips: dict[str, float] | None = None, cache: WeightCache | None = None,
                  capabilities: Capabilities = Capabilities()) -> None:
         for name, option in policy.items():
+            if not handles(option):
+                raise InputError(f"layer {name!r}: {option.name} is not an integer QDQ format; export mixed formats "
+                                 "with haqc.passes.exporters.Export")
             for b in (option.w_bits, option.a_bits):
                 if b is not None and b < LINEAR_MIN_BITS:
                     raise InputError(f"layer {name!r}: linear quantization needs >= {LINEAR_MIN_BITS} bits, got {b}")
@@ -287,7 +233,7 @@ class LinearQuantize(Pass[onnx.ModelProto]):
         if missing:
             raise InputError(f"layer {missing[0]!r} has no constant weight; canonicalize the model first")
 
-    def plan(self, model: onnx.ModelProto) -> LinearPlan:
+    def plan(self, model: onnx.ModelProto) -> ExportPlan:
         """Every quantization parameter the export of ``model`` uses (an analysis; ``model`` is unchanged)."""
         self.requires(model)
         inits = {t.name: t for t in model.graph.initializer}
@@ -307,7 +253,7 @@ class LinearQuantize(Pass[onnx.ModelProto]):
             layers[layer.name] = LayerQuant(qw, qa, step)
         requantized = {t: activation_quant(self.calibration, t, REQUANT_BITS)
                        for t in requantized_outputs(model, self.layers, self.policy)}
-        return LinearPlan(layers, requantized)
+        return ExportPlan(layers, requantized)
 
     def call(self, model: onnx.ModelProto) -> onnx.ModelProto:
         plan = self.plan(model)
@@ -328,11 +274,13 @@ class LinearQuantize(Pass[onnx.ModelProto]):
             node = nodes_by_name[layer.name]
             emitted = before.setdefault(layer.name, [])
             if quant.weight is not None:
-                node.input[1] = _dequantize_weight(build, layer, quant.weight, emitted, self.packed)
+                dequantized = _dequantize_weight(build, layer, quant.weight, emitted, self.packed)
+                node.input[list(node.input).index(layer.weight)] = dequantized
             if quant.activation is not None:
                 # On this edge only: other readers of the input (a residual Add) see floats.
                 qa, prefix, source = quant.activation, f"{layer.name}/a{quant.activation.bits}", sources[layer.name]
-                node.input[0] = _fake_quant(build, qa, prefix, emitted, layer.input, activations)
+                node.input[list(node.input).index(layer.input)] = _fake_quant(build, qa, prefix, emitted, layer.input,
+                                                                              activations)
                 if source != layer.input:  # the same QDQ before the reshapes too (it is idempotent)
                     qdq = after.setdefault(source, [])
                     renamed[source] = _fake_quant(build, qa, f"{prefix}/source", qdq, source, activations)
@@ -352,10 +300,7 @@ class LinearQuantize(Pass[onnx.ModelProto]):
                 nodes.append(n)
             for tensor in node.output:
                 nodes.extend(after.get(tensor, ()))
-        used = {i for n in nodes for i in n.input}
-        graph.initializer.extend([t for t in model.graph.initializer if t.name in used] + build.initializers)
-        del graph.node[:]
-        graph.node.extend(nodes)
+        with_nodes(model, out, nodes, build)
         _mark_int8_range(out, plan)
         return out
 
@@ -363,7 +308,7 @@ class LinearQuantize(Pass[onnx.ModelProto]):
 _PAIR_SUM_SAFE = OpCapability(reduced_range=True)
 
 
-def _mark_int8_range(model: onnx.ModelProto, plan: LinearPlan) -> None:
+def _mark_int8_range(model: onnx.ModelProto, plan: ExportPlan) -> None:
     """Say in the model's metadata when an integer layer's weights pass what a pair-summing int16
     kernel computes exactly: such a model is right only on 32-bit accumulators (VNNI, ARM, the FPGAs),
     and a host without them evaluates it unfused (``haqc.evaluation.make_session``)."""
@@ -507,3 +452,14 @@ def _dequantize_weight(build: GraphBuilder, layer: Layer, qw: QuantizedWeight, n
     dq = build.node("DequantizeLinear", [q, scale, zero_point], f"{prefix}/dq", name=name, **attrs)
     nodes.append(dq)
     return dq.output[0]
+
+
+def _build(context: ExportContext, policy: Policy) -> LinearQuantize:
+    if context.calibration is None and any(o.a_bits is not None for o in policy.values()):
+        raise InputError("the policy quantizes activations, which needs calibration data; pass `calib_data`")
+    return LinearQuantize(context.layers, context.calibration, policy, per_channel=context.per_channel,
+                          packed=context.packed, weight_scales=context.weight_scales, input_clips=context.input_clips,
+                          cache=context.cache("qdq"), capabilities=context.capabilities)
+
+
+register(Exporter("qdq", handles, _build))

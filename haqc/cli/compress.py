@@ -13,6 +13,7 @@ from haqc.cli.inspect import execution_provider_option, input_shape_option, pars
 from haqc.cli.quantize import finetune_options, quantize_options, run_options
 from haqc.errors import EXIT_INTERRUPTED, InputError
 from haqc.evaluation import TOP1, TOP1_AGREEMENT
+from haqc.precision import METHODS
 from haqc.progress import progress_bar, set_progress
 from haqc.quantities import format_costs, in_report_units, report_key
 from haqc.report import Report
@@ -29,6 +30,8 @@ DEFAULTS = CompressConfig()
 @click.option("--energy", help="Energy budget: 5mJ, 0.2J, or 0.5x / 50%.")
 @click.option("--size", help="Weight-size budget: 2MB, 500KB, 1.5MiB, or 0.25x / 25%.")
 @click.option("--data", type=click.Path(path_type=str), default=DEFAULTS.data, help="Validation .npz (inputs + optional labels).")
+@click.option("--method", type=click.Choice(METHODS), default=DEFAULTS.method, show_default=True,
+              help="The options searched: linear, the target's integer formats; kmeans, weight codebooks (the size setting).")
 @quantize_options
 @finetune_options
 @click.option("--strategy", type=click.Choice(list(STRATEGIES)), default=DEFAULTS.strategy, show_default=True,

@@ -75,11 +75,11 @@ def inspect(model: str, input_shapes: tuple[str, ...], targets: tuple[str, ...],
                                                   for op, e in summary["kept_float"].items()))
     for name, totals in summary.get("targets", {}).items():
         click.echo(_cost_table(name, summary["layers"], totals))
+        click.echo(f"{name} forms integers as: {summary['capabilities'][name]['summary']}")
 
 
 def _table(summary: dict) -> str:
     head = ("#", "layer", "kind", "c_in", "c_out", "kernel", "stride", "groups", "feature", "params", "MACs")
-        click.echo(f"{name} forms integers as: {summary['capabilities'][name]['summary']}")
     rows = [
         (
             str(i),

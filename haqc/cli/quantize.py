@@ -11,7 +11,6 @@ from haqc.cli.inspect import input_shape_option, parse_input_shapes
 from haqc.evaluation import TOP1, TOP1_AGREEMENT
 from haqc.finetune import DEFAULT_MIN_STEPS, DEFAULT_SECONDS, LR_CANDIDATES, MAX_EPOCHS, FinetuneConfig
 from haqc.passes.calibrate import CLIP_METHODS
-from haqc.precision import METHODS
 from haqc.quantizer import FORMATS
 
 DEFAULTS = RunConfig()
@@ -43,7 +42,6 @@ def quantize_options(func):
     """Options shared by every command that quantizes (quantize, compress); defaults from RunConfig."""
     for option in reversed(
         [
-            click.option("--method", type=click.Choice(METHODS), default=DEFAULTS.method, show_default=True, help="linear: QDQ with calibrated clips; kmeans: codebooks (model-size setting)."),
             click.option("--calib-data", type=click.Path(path_type=str), default=DEFAULTS.calib_data, help="Calibration .npz (default: --data)."),
             click.option("--clip-method", type=click.Choice(CLIP_METHODS), default=DEFAULTS.clip_method, show_default=True, help="How activation clips are chosen."),
             click.option("--per-tensor", is_flag=True, default=not DEFAULTS.per_channel, help="Quantize weights per tensor instead of per output channel."),
@@ -85,7 +83,7 @@ def quantize(model, output, force, as_json, input_shapes, per_tensor, **options)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
         return
-    click.echo(f"wrote {result.output} ({result.size_mb:.3f} MB; {result.layers} layers quantized, {result.method})")
+    click.echo(f"wrote {result.output} ({result.size_mb:.3f} MB; {result.layers} layers quantized: {', '.join(result.formats)})")
     click.echo(f"  integers for {result.capabilities.describe()}")
     for key in ("fp32", "quantized", "finetuned"):
         if (scores := getattr(result, key)) is not None:

@@ -158,13 +158,15 @@ class SearchSpace:
 
     @classmethod
     def build(cls, table: CostTable, pin_first: bool = True, pin_last: bool = True) -> SearchSpace:
-        """The declared options of each layer of ``table``; HAQ pins the first and last layer."""
+        """The declared options of each layer of ``table``; HAQ pins the first and last compute layer
+        (an embedding lookup before or after them is not the layer the pin protects)."""
         layers = tuple(LayerChoices.of(opts[:n]) for opts, n in zip(table.options, table.declared))
         pinned = [False] * len(layers)
+        compute = [i for i, kind in enumerate(table.kinds) if kind != "embedding"] or list(range(len(layers)))
         if pin_first:
-            pinned[0] = True
+            pinned[compute[0]] = True
         if pin_last:
-            pinned[-1] = True
+            pinned[compute[-1]] = True
         return cls(layers, tuple(pinned))
 
     @property

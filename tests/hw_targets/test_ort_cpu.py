@@ -30,12 +30,15 @@ def test_every_layer_is_timed_and_the_model_total_is_fitted_to_whole_model_timin
     target = OrtTarget(batch=8)
     table = cost_table(prepared, target, "linear")
     assert table.quantities == ("latency", "size")  # no energy model: absent, not 0
-    for row, declared, values in zip(table.options, table.declared, table.values["latency"]):
-        assert set(row) == {FP32, INT8}
+    kinds = set()
+    for layer, row, declared, values in zip(prepared.layers, table.options, table.declared, table.values["latency"]):
+        assert set(row) == set(target.capabilities().of(layer).options)  # each format its kind is offered, timed
+        kinds.add(layer.kind)
         assert row[declared - 1] == FP32  # the most precise last, as pinned layers get it
-        if declared == 1:  # w8a8 is dropped only where it is slower than fp32 (even alone)
-            assert row[0] == FP32 and values[1] >= values[0]
+        if INT8 not in row[:declared]:  # w8a8 is dropped only where it is slower than fp32 (even alone)
+            assert values[row.index(INT8)] >= values[row.index(FP32)]
         assert np.all(values[: len(row)] > 0)
+    assert {"conv", "depthwise", "fc"} <= kinds  # the example's Gemm head is timed at its MatMul formats too
     whole = [json.loads(p.read_text()) for p in (fresh_cache / "measurements").glob("*.json")]
     fits = [w["seconds"] for w in whole if w["what"].startswith("whole model")]
     geometries = {LayerSubgraphs(prepared.model, prepared.layers).geometry(l, 8) for l in prepared.layers}

@@ -24,9 +24,14 @@ from haqc.passes.quantize_kmeans import (
 )
 from haqc.pipeline import prepare
 from haqc.policy import uniform_policy
-from haqc.precision import Option
+from haqc.precision import KMeansFormat, Option
 
 RNG = np.random.default_rng(0)
+
+
+def _k(bits: int) -> Option:
+    """A k-means codebook of 2^bits centroids."""
+    return Option(KMeansFormat(bits))
 
 
 def _init(name: str, shape: tuple[int, ...], scale: float = 1.0) -> onnx.TensorProto:
@@ -74,7 +79,7 @@ def _inits(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("bits", range(1, 9))
 def test_every_width_matches_codebook_reference(bits):
     model, layers = _conv_model()
-    q = KMeansQuantize(layers, {"conv": Option(bits, None)})(model)
+    q = KMeansQuantize(layers, {"conv": _k(bits)})(model)
     onnx.checker.check_model(q, full_check=True)
     w, b = _inits(model)["w"], _inits(model)["b"]
     codebook, indices = fit_codebook(w, bits, seed=0)
@@ -90,7 +95,7 @@ def test_every_width_matches_codebook_reference(bits):
 @pytest.mark.parametrize("bits", range(1, 9))
 def test_packed_initializers_cost_exactly_b_bits(bits):
     model, layers = _two_layer_model()
-    q = KMeansQuantize(layers, uniform_policy(layers, Option(bits, 8)))(model)
+    q = KMeansQuantize(layers, uniform_policy(layers, _k(bits)))(model)
     counts = [layer.params for layer in layers]  # 156 + 130 weights, each layer padded to a byte per plane
     packed = [t for t in q.graph.initializer if t.data_type == TensorProto.UINT8 and t.name.endswith(".codes")]
     assert len(packed) == 1
@@ -116,7 +121,7 @@ def _dequantized(model: onnx.ModelProto, layers, bits: int) -> onnx.ModelProto:
 
 def test_mixed_widths_and_float_layers_untouched():
     model, layers = _two_layer_model()
-    policy = {"conv": Option(3, 8), "fc": Option(None, 8)}
+    policy = {"conv": _k(3), "fc": Option(None, 8)}
     q = KMeansQuantize(layers, policy)(model)
     onnx.checker.check_model(q, full_check=True)
     before, after = _inits(model), _inits(q)
@@ -125,7 +130,7 @@ def test_mixed_widths_and_float_layers_untouched():
     codes = [t for t in q.graph.initializer if t.name.endswith(".codes")]
     assert [tuple(t.dims) for t in codes] == [(3, math.ceil(156 / 8), 1)]
     # Mixed widths: one packed tensor per width.
-    q2 = KMeansQuantize(layers, {"conv": Option(2, None), "fc": Option(5, None)})(model)
+    q2 = KMeansQuantize(layers, {"conv": _k(2), "fc": _k(5)})(model)
     assert sorted(tuple(t.dims) for t in q2.graph.initializer if t.name.endswith(".codes")) == [
         (2, 20, 1), (5, 17, 1)]
     x = RNG.standard_normal((1, 3, 2, 2)).astype(np.float32)
@@ -141,7 +146,7 @@ def test_empty_policy_leaves_weights_float():
 def test_deterministic_and_input_unchanged():
     model, layers = _two_layer_model()
     before = model.SerializeToString()
-    policy = {"conv": Option(2, None), "fc": Option(4, None)}
+    policy = {"conv": _k(2), "fc": _k(4)}
     first = KMeansQuantize(layers, policy, seed=3)(model).SerializeToString()
     assert model.SerializeToString() == before
     assert KMeansQuantize(layers, policy, seed=3)(model).SerializeToString() == first
@@ -202,8 +207,8 @@ def test_codebooks_are_cached_per_weight_bits_and_contents(monkeypatch):
     real = qk.fit_codebook
     monkeypatch.setattr(qk, "fit_codebook", lambda w, b, s: calls.append(b) or real(w, b, s))
     cache = {}
-    KMeansQuantize(layers, uniform_policy(layers, Option(3, None)), cache=cache)(model)
-    quantize = KMeansQuantize(layers, {"conv": Option(3, None), "fc": Option(2, None)}, cache=cache)
+    KMeansQuantize(layers, uniform_policy(layers, _k(3)), cache=cache)(model)
+    quantize = KMeansQuantize(layers, {"conv": _k(3), "fc": _k(2)}, cache=cache)
     quantize(model)
     assert calls == [3, 3, 2]
     changed = onnx.ModelProto()
@@ -217,20 +222,20 @@ def test_codebooks_are_cached_per_weight_bits_and_contents(monkeypatch):
 def test_bad_inputs_raise_input_error():
     model, layers = _two_layer_model()
     with pytest.raises(InputError, match="unknown layer"):
-        KMeansQuantize(layers, {"nope": Option(2, None)})(model)
+        KMeansQuantize(layers, {"nope": _k(2)})(model)
     old, old_layers = _canonical(
         [helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], [_init("w", (2, 1, 1, 1))], [1, 1, 2, 2], opset=17)
     old.opset_import[0].version = 17
     with pytest.raises(InputError, match="opset 18"):
-        KMeansQuantize(old_layers, {"conv": Option(2, None)})(old)
+        KMeansQuantize(old_layers, {"conv": _k(2)})(old)
     shared = [
         helper.make_node("MatMul", ["x", "w"], ["a"], name="m1"),
         helper.make_node("MatMul", ["a", "w"], ["y"], name="m2"),
     ]
     shared_model, shared_layers = _canonical(shared, [_init("w", (4, 4))], [1, 4])
     with pytest.raises(InputError, match="share weight"):
-        KMeansQuantize(shared_layers, {"m1": Option(2, None), "m2": Option(3, None)})(shared_model)
-    q = KMeansQuantize(shared_layers, {"m1": Option(2, None), "m2": Option(2, None)})(shared_model)
+        KMeansQuantize(shared_layers, {"m1": _k(2), "m2": _k(3)})(shared_model)
+    q = KMeansQuantize(shared_layers, {"m1": _k(2), "m2": _k(2)})(shared_model)
     x = RNG.standard_normal((1, 4)).astype(np.float32)
     assert run_ort(q, {"x": x})[0].shape == (1, 4)
 
@@ -254,7 +259,7 @@ def _sizes(tmp_path, model, layers, bits: int) -> tuple[int, int, int]:
     """(fp32 file, k-means file, ideal: b bits per weight + codebooks + everything else as in fp32)."""
     fp32, q = tmp_path / "fp32.onnx", tmp_path / f"k{bits}.onnx"
     onnx.save(model, fp32)
-    quantized = KMeansQuantize(layers, uniform_policy(layers, Option(bits, None)))(model)
+    quantized = KMeansQuantize(layers, uniform_policy(layers, _k(bits)))(model)
     onnx.save(quantized, q)
     weights = {layer.weight for layer in layers}
     codebooks = sum(4 * len(fit_codebook(w, bits, 0)[0]) for n, w in _inits(model).items() if n in weights)
@@ -293,7 +298,7 @@ def test_file_size_example(tmp_path):
 @pytest.mark.skipif(not EXAMPLE.exists(), reason="the bundled example is not built")
 def test_example_8_bit_agrees_with_fp32():
     prepared = prepare(EXAMPLE)
-    q = KMeansQuantize(prepared.layers, uniform_policy(prepared.layers, Option(8, None)))(prepared.model)
+    q = KMeansQuantize(prepared.layers, uniform_policy(prepared.layers, _k(8)))(prepared.model)
     onnx.checker.check_model(q, full_check=True)
     x = np.load(EXAMPLE.parent / "val.npz")["input"][:200]
     ref, out = run_ort(prepared.model, {"input": x})[0], run_ort(q, {"input": x})[0]

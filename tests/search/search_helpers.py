@@ -12,7 +12,7 @@ import numpy as np
 from haqc.costs import CostTable, sum_costs
 from haqc.layers import STATE_FEATURES
 from haqc.policy import Policy
-from haqc.precision import Option, grid, weight_only
+from haqc.precision import Option, codebooks, grid, reference_option
 from haqc.search import SearchProblem, SearchSpace
 
 BITS = np.arange(2, 9)
@@ -21,11 +21,11 @@ BITS = np.arange(2, 9)
 def grid_table(tables: dict[str, np.ndarray], w_bits=tuple(BITS), a_bits=tuple(BITS), combine=sum_costs,
                kmeans: bool = False) -> CostTable:
     """A cost table from (n_layers, 7, 7) arrays indexed [layer, w - 2, a - 2]: the grid of ``w_bits`` x
-    ``a_bits`` (kmeans: weight-only options, costed at 8-bit activations)."""
+    ``a_bits`` (kmeans: codebook options, costed at 8-bit activations)."""
     tables = {q: t for q, t in tables.items() if t is not None}
     n = next(iter(tables.values())).shape[0]
     if kmeans:
-        options = weight_only(w_bits)
+        options = codebooks(w_bits)
         values = {q: np.asarray(t)[:, [w - 2 for w in sorted(w_bits)], 6] for q, t in tables.items()}
     else:
         options = grid(w_bits, a_bits)
@@ -36,7 +36,7 @@ def grid_table(tables: dict[str, np.ndarray], w_bits=tuple(BITS), a_bits=tuple(B
 
 def w8a8(table: CostTable) -> dict[str, float]:
     """The all-8-bit cost (the reference of relative budgets)."""
-    option = Option(8, 8) if table.options[0][0].a_bits is not None else Option(8, None)
+    option = reference_option("linear" if table.options[0][0].a_bits is not None else "kmeans")
     return table.policy_cost([option] * table.n_layers)
 
 

@@ -12,7 +12,7 @@ from haqc.costs import CostTable
 from haqc.errors import InputError
 from haqc.hw_targets import LayerCost, Target
 from haqc.layers import Layer
-from haqc.precision import FP32, Option, weight_only
+from haqc.precision import FP32, Option, codebooks
 from haqc.search import LayerChoices, SearchSpace, action_to_bits
 from haqc.search.space import lower, snap
 
@@ -74,7 +74,7 @@ def test_default_options_keep_the_search_range():
     target = _Widths()
     options = target.options(LAYER)
     assert [o.name for o in options] == ["w2a4", "w2a8", "w4a4", "w4a8", "w8a4", "w8a8"]
-    assert target.options(LAYER, "kmeans") == weight_only((2, 4, 8))
+    assert target.options(LAYER, "kmeans") == codebooks((2, 4, 8))
     target.w_bits = (1, 16)
     with pytest.raises(InputError, match="no weight bitwidth in 2..8"):
         target.options(LAYER)
@@ -96,7 +96,7 @@ def test_kmeans_space_is_one_weight_step_per_layer():
     table = additive_costs(3, kmeans=True)
     space = SearchSpace.build(table)
     assert not space.two_step and space.by_width
-    assert space.describe_cheapest() == "w2-weight-only everywhere except pinned layers"
+    assert space.describe_cheapest() == "kmeans2 everywhere except pinned layers"
     assert [space.layers[1].pick(a) for a in (0.0, 0.5, 1.0)] == [0, 3, 6]  # HAQ's bins over 2..8
 
 
