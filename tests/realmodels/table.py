@@ -32,7 +32,7 @@ from haqc.evaluation import sqnr_db  # noqa: E402
 from realmodels.corpus import MODELS, CorpusModel, obtain  # noqa: E402
 
 SAMPLES = 16
-COLUMNS = ("model", "source", "what it is, notable constructs", "opset", "inspect: layers", "stays float (why)",
+COLUMNS = ("model", "source", "opset", "inspect: layers", "stays float (why)",
            "w8a8 SNR dB (haqc)", "w8a8 SNR dB (ORT quantize_static)", "w4a8 SNR dB (haqc)",
            "compress edge (budget), 3 episodes: met, signal (w8a8)", "seconds")
 
@@ -122,7 +122,7 @@ def measure(name: str, tmp: Path) -> dict:
     feeds = model.feeds(proto, SAMPLES, seed=2)
     np.savez(val, **feeds)
     shapes = [f"--input-shape={k}={'x'.join(map(str, v))}" for k, v in model.shapes.items()]
-    row = {"model": name, "source": model.source, "kind": model.kind, "opset": _opset(proto), "seconds": 0.0}
+    row = {"model": name, "source": model.source, "opset": _opset(proto), "seconds": 0.0}
 
     def inspect():
         took, out = _run("inspect", path, *shapes, "--json")
@@ -177,11 +177,13 @@ def main(names: list[str]) -> None:
             try:
                 r = measure(name, Path(tmp))
             except Exception as err:  # noqa: BLE001 -- the model itself could not be obtained or fed
-                print(f"| {name} | {MODELS[name].source} | fails: {str(err).splitlines()[0][:120]} |" + " |" * 8)
+                print(f"| {name} | {MODELS[name].source} | fails: {str(err).splitlines()[0][:120]} |" + " |" * 7)
                 continue
-            cells = [r["model"], r["source"], r["kind"], r["opset"], r["inspect"], r["float"], r["w8a8"],
+            cells = [r["model"], r["source"], r["opset"], r["inspect"], r["float"], r["w8a8"],
                      r["ort_w8a8"], r["w4a8"], r["compress"], f"{r['seconds']:.1f}"]
-            print("| " + " | ".join(_cell(c) for c in cells) + " |", flush=True)
+            texts = [_cell(c).replace(f"{tmp}/", "") for c in cells]
+            texts = [t if not t.startswith("fails") or t not in texts[:i] else "fails: the same" for i, t in enumerate(texts)]
+            print("| " + " | ".join(texts) + " |", flush=True)
 
 
 if __name__ == "__main__":
