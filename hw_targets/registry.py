@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
@@ -23,7 +24,7 @@ from haqc.layers import Layer
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "haqc.hw_targets"
-_BUILTIN_DIST = "haqc"
+_BUILTIN_DIST = "haqc-onnx"  # setup.cfg's [metadata] name: entry points of this distribution are built-ins
 
 # A tiny fc layer used to ask a target whether it estimates energy.
 _PROBE = Layer(
@@ -136,7 +137,7 @@ def _info(name: str, source: str, target: Target) -> TargetInfo:
 
 
 def _is_builtin(ep: EntryPoint) -> bool:
-    return ep.dist is not None and ep.dist.name.lower() == _BUILTIN_DIST
+    return ep.dist is not None and re.sub(r"[-_.]+", "-", ep.dist.name).lower() == _BUILTIN_DIST
 
 
 def _source(ep: EntryPoint) -> str:
