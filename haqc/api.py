@@ -25,8 +25,8 @@ from haqc.finetune import FinetuneConfig
 from haqc.hw_targets import Target, load_target
 from haqc.io import atomic_write_text, check_output_path, check_plot_path, save_model
 from haqc.passes.load import InputShapes, check_input_shapes, read_model, validate_model
-from haqc.pipeline import (build_report, check_budgets, correct_by_measurement, cost_table, export_and_finetune,
-                           inspect_summary, measure_models, prepare, search_policy)
+from haqc.pipeline import (budget_miss, build_report, check_budgets, correct_by_measurement, cost_table,
+                           export_and_finetune, inspect_summary, measure_models, prepare, search_policy)
 from haqc.policy import load_policy, uniform_policy
 from haqc.precision import Method, parse_option
 from haqc.quantizer import (CandidateScorer, DataSource, QuantizeOptions, QuantizeResult, Quantizer, Scores,
@@ -255,13 +255,18 @@ def compress(model: ModelSource, config: CompressConfig | None = None, *, output
                            workdir=config.workdir, resume=config.resume, progress=progress,
                            workers=config.workers, ray_address=config.ray_address,
                            setup=score.setup() if config.workdir is not None else None)
-    w8a8_model = quantizer.export(dict(zip(table.layer_names, table.reference(config.method))))
-    result = correct_by_measurement(prepared, target, table, limits, result, quantizer, w8a8_model, score,
-                                    pin_first=config.pin_first, pin_last=config.pin_last)
+    reference = dict(zip(table.layer_names, table.reference(config.method)))
+    w8a8_model = quantizer.export(reference)
+    measured = measure_models(prepared, target, [prepared.model, w8a8_model])  # None: a modelled target
+    if measured is not None:  # each timed once: one fp32, one all-8-bit figure, one latency limit
+        limits = limits.measured(measured[1])
+        result, result_s = correct_by_measurement(prepared, target, table, limits, result, quantizer, reference,
+                                                  measured[1], score, pin_first=config.pin_first,
+                                                  pin_last=config.pin_last)
+        measured = [*measured, result_s]
     w8a8_score = evaluator.evaluate(w8a8_model, "the w8a8 model").accuracy
     exported = export_and_finetune(quantizer, result.policy, result.accuracy, evaluator, train,
                                    config.finetune(run.epochs) if run.epochs else None)
-    measured = measure_models(prepared, target, [prepared.model, w8a8_model, exported.model])
     built = build_report(source=_source_name(model), target=target, spec=target.name if config.target is target else config.target,
                          table=table, limits=limits,
                          prepared=prepared, fp32=fp32, w8a8_score=w8a8_score, method=config.method, result=result,
@@ -277,6 +282,10 @@ def compress(model: ModelSource, config: CompressConfig | None = None, *, output
         from haqc.plot import write_plot  # matplotlib: imported only when a plot is asked for
 
         write_plot(built, str(plot))
+    written = [str(p) for p in (output, report, plot) if p is not None]
+    missed = budget_miss(built, table, written, pin_first=config.pin_first, pin_last=config.pin_last)
+    if missed is not None:
+        raise missed
     if config.max_accuracy_drop is not None and built.accuracy_drop > config.max_accuracy_drop:
         raise AccuracyDropError(
             f"accuracy dropped {built.accuracy_drop:.2f} points (fp32 {100 * built.fp32.accuracy:.2f}% -> "

@@ -14,6 +14,7 @@ EXIT_BUDGET_UNREACHABLE = 3
 EXIT_ACCURACY_DROP = 4
 EXIT_WORKER_FAILED = 5
 EXIT_RUNNER_FAILED = 6
+EXIT_BUDGET_MISSED = 7
 EXIT_INTERRUPTED = 130
 
 
@@ -45,6 +46,13 @@ class WorkerError(HaqcError):
     """A parallel evaluation worker died or failed, or the pool could not start: exit code 5."""
 
     exit_code = EXIT_WORKER_FAILED
+
+
+class BudgetMissedError(HaqcError):
+    """The result misses its budget as measured (a latency the cost table's estimate met, which the
+    device did not), with no faster policy left: exit code 7, the model, report and plot written."""
+
+    exit_code = EXIT_BUDGET_MISSED
 
 
 class RunnerError(HaqcError):

@@ -19,16 +19,17 @@ import onnx
 
 from haqc.costs import CostTable
 from haqc.data import Dataset, input_specs, sample_shapes
-from haqc.errors import BudgetUnreachableError, InputError
+from haqc.errors import BudgetMissedError, BudgetUnreachableError, InputError
 from haqc.evaluation import EvalResult, Evaluator
 from haqc.finetune import FinetuneConfig
 from haqc.hw_targets import MeasuredTarget, Target, cost_summary, load_target, parse_budget
 from haqc.policy import Policy
 from haqc.precision import FP32, Method
+from haqc.quantities import format_costs
 from haqc.quantizer import DataSource, Quantizer, finetune_export, keep_better
 from haqc.report import LayerRow, Report, Result, Scored, SearchSummary, mark_frontier
 from haqc.search import DDPGConfig, SearchProblem, SearchResult, SearchSpace, check_budget, search
-from haqc.search.budget import enforce_budget, violations
+from haqc.search.budget import enforce_budget, unpin_remedy, violations
 from haqc.search.parallel import Evaluations
 from haqc.search.store import Stored, store_path
 from haqc.search.strategies import Progress
@@ -147,17 +148,30 @@ def cost_table(prepared: Prepared, target: Target, method: Method) -> CostTable:
 
 @dataclass(frozen=True)
 class Limits:
-    """The budgets as given, and resolved to SI limits against the all-8-bit cost on the target."""
+    """The budgets as given, resolved to SI limits: ``values`` against the all-8-bit cost in the cost
+    table (what the search checks estimates against); on a measured target with a latency budget,
+    ``measured_latency`` against the all-8-bit model timed once: the one latency figure that
+    measurements are checked against and that the report and messages show."""
 
     given: dict[str, str]  # quantity -> budget string ("0.5x", "20ms")
     values: dict[str, float]  # quantity -> seconds / joules / bytes
+    measured_latency: float | None = None
 
-    def measured_latency(self, w8a8_s: float) -> float:
-        """The latency limit a measurement is checked against: a relative budget resolved against
-        the w8a8 model timed beside it (the machine's drift since the cost table cancels), an
-        absolute one as it stands."""
+    def measured(self, w8a8_s: float) -> Limits:
+        """The latency budget resolved once against the all-8-bit model's measured ``w8a8_s`` (a
+        relative budget; the machine's drift since the cost table cancels), an absolute one as given."""
+        if "latency" not in self.given:
+            return self
         budget = parse_budget(self.given["latency"], "latency")
-        return budget.resolve(w8a8_s) if budget.relative else self.values["latency"]
+        return dataclasses.replace(self, measured_latency=budget.resolve(w8a8_s) if budget.relative
+                                   else self.values["latency"])
+
+    @property
+    def shown(self) -> dict[str, float]:
+        """Each quantity's limit as checked and reported: the measured latency limit where there is one."""
+        if self.measured_latency is None:
+            return dict(self.values)
+        return {**self.values, "latency": self.measured_latency}
 
 
 def check_budgets(table: CostTable, budgets: Mapping[str, str], method: Method, *, pin_first: bool = True,
@@ -240,37 +254,46 @@ MEASURED_CORRECTIONS = 3
 
 
 def correct_by_measurement(prepared: Prepared, target: Target, table: CostTable, limits: Limits,
-                           result: SearchResult, quantizer: Quantizer, w8a8: onnx.ModelProto,
-                           score: Callable[[Policy], float], *, pin_first: bool, pin_last: bool) -> SearchResult:
-    """Stage 5b, on a measured target with a latency budget: time the searched policy's model beside
-    ``w8a8`` (the all-8-bit export); while it misses the budget, tighten the limit by how far the
-    estimate fell short and lower the policy HAQ's way until its estimate fits that (then score it).
-    The cost table itself cannot see every effect of a mixed policy (docs/cost_models.md); the
-    runtime can."""
-    if not isinstance(target, MeasuredTarget) or "latency" not in limits.values or not result.meets_budget:
-        return result
+                           result: SearchResult, quantizer: Quantizer, reference: Policy, w8a8_s: float,
+                           score: Callable[[Policy], float], *, pin_first: bool,
+                           pin_last: bool) -> tuple[SearchResult, float]:
+    """Stage 5b, on a measured target: time the searched policy's model (seconds, returned with the
+    result). While it misses ``limits.measured_latency``, tighten the search's limit by how far the
+    estimate fell short and lower the policy HAQ's way until its estimate fits that (then score it):
+    the cost table cannot see every effect of a mixed policy (docs/cost_models.md); the runtime can.
+    Under a latency budget, a result measured slower than the all-8-bit ``reference`` (``w8a8_s``)
+    is never kept: that model is faster and meets whatever budget the result meets."""
+    names = [l.name for l in prepared.layers]
     space = SearchSpace.build(table, pin_first, pin_last)
-    columns = table.indices([result.policy[l.name] for l in prepared.layers])
+    columns = table.indices([result.policy[n] for n in names])
+    measured, = measure_models(prepared, target, [quantizer.export(result.policy)])
+    limit = limits.measured_latency
     tightened = dict(limits.values)
-    for _ in range(MEASURED_CORRECTIONS):
-        w8a8_s, policy_s = measure_models(prepared, target, [w8a8, quantizer.export(result.policy, packed=False)])
-        limit = limits.measured_latency(w8a8_s)
-        if not violations({"latency": policy_s}, {"latency": limit}):
+    for _ in range(MEASURED_CORRECTIONS if limit is not None else 0):
+        if not violations({"latency": measured}, {"latency": limit}):
             break
         # Measured over its limit, estimated under its own: the estimate's shortfall, as a factor.
-        shortfall = (policy_s / limit) * (limits.values["latency"] / table.cost(columns)["latency"])
+        shortfall = (measured / limit) * (limits.values["latency"] / table.cost(columns)["latency"])
         tightened["latency"] = limits.values["latency"] / shortfall
         try:
             columns = enforce_budget(table, tightened, space, columns)
         except BudgetUnreachableError:
-            logger.warning("the measured latency %.4g ms misses the budget %.4g ms and no cheaper policy is left",
-                           1e3 * policy_s, 1e3 * limit)
+            logger.info("measured %.4g ms against a budget of %.4g ms, and no cheaper policy is left",
+                        1e3 * measured, 1e3 * limit)
             break
-        policy = dict(zip([l.name for l in prepared.layers], space.options(columns)))
+        policy = dict(zip(names, space.options(columns)))
         logger.info("measured %.4g ms against a budget of %.4g ms: policy lowered to an estimate of %.4g ms",
-                    1e3 * policy_s, 1e3 * limit, 1e3 * table.cost(columns)["latency"])
+                    1e3 * measured, 1e3 * limit, 1e3 * table.cost(columns)["latency"])
         result = dataclasses.replace(result, policy=policy, accuracy=score(policy), costs=table.cost(columns))
-    return result
+        measured, = measure_models(prepared, target, [quantizer.export(result.policy)])
+    reference_costs = table.policy_cost([reference[n] for n in names])
+    others = {q: v for q, v in limits.values.items() if q != "latency"}
+    if limit is not None and measured > w8a8_s and not violations(reference_costs, others):
+        logger.warning("the searched policy measured %.4g ms, slower than the all-8-bit model's %.4g ms: the result "
+                       "is the all-8-bit policy", 1e3 * measured, 1e3 * w8a8_s)
+        result = dataclasses.replace(result, policy=dict(reference), accuracy=score(reference), costs=reference_costs)
+        measured = w8a8_s
+    return result, measured
 
 
 def measure_models(prepared: Prepared, target: Target, models: Sequence[onnx.ModelProto]) -> list[float] | None:
@@ -287,31 +310,26 @@ def build_report(*, source: str, target: Target, spec: str, table: CostTable, li
                  seed: int, finetune_epochs: int, seconds: float, workers: int = 1,
                  measured: Sequence[float] | None = None, output_format: str = "qdq") -> Report:
     """Stage 8: the report, every estimated cost read off ``table``; ``measured``: the fp32, w8a8
-    and result models' latencies on a measured target, which the result must meet too."""
+    and result models' latencies on a measured target, which the result's verdict reads instead of
+    its estimated latency."""
     layers = prepared.layers
     n = len(layers)
     policy = result.policy
     options = [policy[l.name] for l in layers]
     columns = table.indices(options)
     fp32_measured, w8a8_measured, result_measured = measured if measured is not None else (None, None, None)
-    meets = result.meets_budget
-    if meets and result_measured is not None and "latency" in limits.values:
-        limit = limits.measured_latency(w8a8_measured)
-        meets = not violations({"latency": result_measured}, {"latency": limit})
-        if not meets:
-            logger.warning("the result's measured latency %.4g ms misses the budget %.4g ms (%s) that its estimate "
-                           "met", 1e3 * result_measured, 1e3 * limit, limits.given["latency"])
+    costs = table.cost(columns)
     return Report(
         model=source,
         target={"name": getattr(target, "name", spec), "spec": spec, "batch": target.batch,
                 "capabilities": target.capabilities().to_dict()},
         budgets=dict(limits.given),
-        limits=dict(limits.values),
+        limits=limits.shown,
         fp32=Scored(fp32.accuracy, table.policy_cost([FP32] * n), fp32_measured),
         w8a8=Scored(w8a8_score, table.policy_cost(table.reference(method)), w8a8_measured),
-        result=Result(exported.accuracy, table.cost(columns), result_measured,
-                      accuracy_before_finetune=exported.searched,
-                      accuracy_finetuned=exported.finetuned, meets_budget=meets),
+        result=Result(exported.accuracy, costs, result_measured, accuracy_before_finetune=exported.searched,
+                      accuracy_finetuned=exported.finetuned,
+                      meets_budget=not violations(checked_costs(costs, result_measured), limits.shown)),
         policy=policy,
         layers=[LayerRow(l.name, l.kind, o.w_bits, o.a_bits, table.layer_cost(i, int(c)))
                 for i, (l, o, c) in enumerate(zip(layers, options, columns))],
@@ -325,3 +343,30 @@ def build_report(*, source: str, target: Target, spec: str, table: CostTable, li
         seconds=seconds,
         format=output_format,
     )
+
+
+def checked_costs(costs: Mapping[str, float], measured_latency: float | None) -> dict[str, float]:
+    """What a result's budget verdict reads: its estimated costs, its measured latency where timed."""
+    return {**costs, **({"latency": measured_latency} if measured_latency is not None else {})}
+
+
+def budget_miss(report: Report, table: CostTable, written: Sequence[str], *, pin_first: bool,
+                pin_last: bool) -> BudgetMissedError | None:
+    """Stage 9: the error (exit 7) for a result that misses its budget as measured, raised once the
+    ``written`` files are (so the miss can be looked at); unpinning advised only where it would lower
+    the cost enough."""
+    result = report.result
+    checked = checked_costs(result.costs, result.measured_latency_s)
+    missed = violations(checked, report.limits)
+    if not missed:
+        return None
+    parts = []
+    for q in missed:
+        cost, limit = format_costs(q, checked[q], report.limits[q])
+        timed = "measured " if q == "latency" and result.measured_latency_s is not None else ""
+        parts.append(f"the result's {timed}{q} {cost} misses the budget {limit} ({report.budgets[q]})")
+    # The limits in the cost table's terms: scaled by how far the result's estimate is from what it measured.
+    estimated = {q: report.limits[q] * result.costs[q] / checked[q] for q in report.limits}
+    remedy = unpin_remedy(table, estimated, SearchSpace.build(table, pin_first, pin_last))
+    files = f"; wrote {', '.join(written)}" if written else ""
+    return BudgetMissedError(f"{'; '.join(parts)}{files}; {remedy}")

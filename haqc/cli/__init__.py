@@ -54,7 +54,7 @@ class _Group(click.Group):
 
 
 # API parameters a command spells as several flags.
-_SPELLED = {"budgets": "--latency, --energy or --size"}
+_SPELLED = {"budgets": "--latency, --energy or --size", "pin_first": "--no-pin-first", "pin_last": "--no-pin-last"}
 
 
 def as_flags(message: str, command: click.Command | None) -> str:

@@ -180,7 +180,8 @@ def format_summary(report: Report) -> str:
         energy = "-" if units[report_key("energy")] is None else f"{units[report_key('energy')]:.4f}"
         lines.append(f"  {key:<8} {100 * row.accuracy:>7.2f}% {units[report_key('latency')]:>11.4f} {energy:>10} "
                      f"{units[report_key('size')]:>9.4f}" + (f" {units['measured_latency_ms']:>12.4f}" if measured else ""))
-    budget = ", ".join(f"{q} <= {c['limit']} ({c['budget']})" for q, c in report.constraints.items())
+    budget = ", ".join(f"{q} <= {c['limit']} ({c['budget']}{', measured' * (measured and q == 'latency')})"
+                       for q, c in report.constraints.items())
     verdict = "meets" if report.result.meets_budget else "MISSES"
     lines.append(f"  result {verdict} the budget: {budget}")
     if report.label_free:

@@ -34,7 +34,7 @@ def check_budget(table: CostTable, limits: Mapping[str, float], space: SearchSpa
     """Raise BudgetUnreachableError if even the cheapest policy misses a limit; call it before searching."""
     cheapest = table.cost(space.cheapest())
     if violations(cheapest, limits):
-        raise BudgetUnreachableError(_unreachable_message(cheapest, limits, space))
+        raise BudgetUnreachableError(unreachable_message(table, cheapest, limits, space))
 
 
 def enforce_budget(table: CostTable, limits: Mapping[str, float], space: SearchSpace,
@@ -51,14 +51,24 @@ def enforce_budget(table: CostTable, limits: Mapping[str, float], space: SearchS
                 if not violations(table.cost(chosen), limits):
                     return chosen
         if not lowered:  # every unpinned layer is at its cheapest: the cheapest policy, still over
-            raise BudgetUnreachableError(_unreachable_message(table.cost(chosen), limits, space))
+            raise BudgetUnreachableError(unreachable_message(table, table.cost(chosen), limits, space))
     return chosen
 
 
-def _unreachable_message(cheapest: Mapping[str, float], limits: Mapping[str, float], space: SearchSpace) -> str:
+def unreachable_message(table: CostTable, cheapest: Mapping[str, float], limits: Mapping[str, float],
+                        space: SearchSpace) -> str:
+    """Why no policy meets ``limits``, and what would help: unpinning is advised only where the
+    cheapest policy with no pinned layer meets every limit."""
     parts = []
     for quantity in violations(cheapest, limits):
         limit, cost = format_costs(quantity, limits[quantity], cheapest[quantity])
         parts.append(f"{quantity} budget {limit} is unreachable: the cheapest policy costs {cost}")
-    remedy = "relax the budget or unpin the first/last layer" if any(space.pinned) else "relax the budget"
-    return f"{'; '.join(parts)} ({space.describe_cheapest()}); {remedy}"
+    return f"{'; '.join(parts)} ({space.describe_cheapest()}); {unpin_remedy(table, limits, space)}"
+
+
+def unpin_remedy(table: CostTable, limits: Mapping[str, float], space: SearchSpace) -> str:
+    """"relax the budget", with "or unpin ..." where unpinning the pinned layers would meet ``limits``."""
+    unpinned = SearchSpace(space.layers, (False,) * space.n_layers)
+    if not any(space.pinned) or violations(table.cost(unpinned.cheapest()), limits):
+        return "relax the budget"
+    return "relax the budget or unpin the first/last layer (`pin_first`, `pin_last`)"

@@ -83,11 +83,15 @@ def test_registered_and_clear_about_what_it_cannot_do(prepared):
 
 
 class _Scripted(OrtTarget):
-    """A measured target whose timings are scripted: [w8a8, policy] seconds per call."""
+    """A measured target whose timings are scripted, call by call (seconds per model timed), and
+    whose cost table is the edge target's (the estimates the search works with)."""
 
     def __init__(self, timings):
         super().__init__()
         self.timings, self.calls = list(timings), 0
+
+    def measured_table(self, layers, subgraphs, method="linear"):
+        return load_target("edge").cost_table(layers, method)
 
     def time_models(self, models, feeds):
         self.calls += 1
@@ -100,7 +104,7 @@ def test_a_policy_that_measures_over_the_budget_is_lowered_until_it_fits(example
 
     prepared = example["prepared"]
     table = load_target("edge").cost_table(prepared.layers)
-    limits = check_budgets(table, {"latency": "0.7x"}, "linear")
+    limits = check_budgets(table, {"latency": "0.7x"}, "linear").measured(1.0)
     scored = []
 
     def score(policy):
@@ -110,17 +114,72 @@ def test_a_policy_that_measures_over_the_budget_is_lowered_until_it_fits(example
     searched = search_policy(prepared, table, limits, score, 1.0, strategy="uniform", episodes=1, seed=0,
                              pin_first=True, pin_last=True, reward_lambda=0.1, ddpg=None, workdir=None, resume=False)
     quantizer = Quantizer.calibrated(prepared, example["calib"], QuantizeOptions())
-    w8a8 = quantizer.export({l.name: INT8 for l in prepared.layers})
+    reference = {l.name: INT8 for l in prepared.layers}
     # First measured at 0.9x w8a8 (over 0.7x): lowered; then at 0.65x: kept.
-    target = _Scripted([[1.0, 0.9], [1.0, 0.65]])
-    corrected = correct_by_measurement(prepared, target, table, limits, searched, quantizer, w8a8, score,
-                                       pin_first=True, pin_last=True)
-    assert target.calls == 2 and corrected.policy != searched.policy and scored[-1] == corrected.policy
+    target = _Scripted([[0.9], [0.65]])
+    corrected, seconds = correct_by_measurement(prepared, target, table, limits, searched, quantizer, reference, 1.0,
+                                                score, pin_first=True, pin_last=True)
+    assert target.calls == 2 and seconds == 0.65
+    assert corrected.policy != searched.policy and scored[-1] == corrected.policy
     before, after = (table.policy_cost([r.policy[l.name] for l in prepared.layers])["latency"]
                      for r in (searched, corrected))
     assert after <= before * 0.7 / 0.9 * (1 + 1e-9)  # measured 0.9x for a 0.7x budget: estimate tightened so
     # Within the budget as measured: nothing changes and nothing is scored again.
     n = len(scored)
-    kept = correct_by_measurement(prepared, _Scripted([[1.0, 0.6]]), table, limits, searched, quantizer, w8a8, score,
-                                  pin_first=True, pin_last=True)
-    assert kept is searched and len(scored) == n
+    kept, seconds = correct_by_measurement(prepared, _Scripted([[0.6]]), table, limits, searched, quantizer,
+                                           reference, 1.0, score, pin_first=True, pin_last=True)
+    assert kept is searched and seconds == 0.6 and len(scored) == n
+
+
+def _compress(tmp_path, timings, budget):
+    """compress on the example under a scripted measured target, writing model, report and plot."""
+    import haqc
+
+    out = tmp_path / "m.onnx"
+    target = _Scripted(timings)
+    data = str(EXAMPLE.parent / "val.npz")
+    run = lambda: haqc.compress(str(EXAMPLE), target=target, budgets={"latency": budget}, data=data,  # noqa: E731
+                                strategy="uniform", output=out, report=tmp_path / "r.json", plot=tmp_path / "p.html")
+    return run, out, target
+
+
+def test_a_measured_budget_is_one_figure_the_check_the_report_and_the_summary_use(tmp_path):
+    from haqc.cli.compress import format_summary
+    from haqc.quantities import format_costs
+
+    # Timed: fp32 and w8a8 once (6.4 and 3.2 ms), then the result (2.5 ms).
+    run, _, target = _compress(tmp_path, [[6.4e-3, 3.2e-3], [2.5e-3]], "0.9x")
+    report = run().report
+    assert target.calls == 2 and report.result.meets_budget
+    assert report.limits["latency"] == pytest.approx(0.9 * 3.2e-3)  # against the all-8-bit model as measured
+    assert report.constraints["latency"]["limit"] == "2.88 ms"
+    assert (report.fp32.measured_latency_s, report.w8a8.measured_latency_s, report.result.measured_latency_s) == (
+        6.4e-3, 3.2e-3, 2.5e-3)
+    summary = format_summary(report)
+    assert "latency <= 2.88 ms (0.9x, measured)" in summary
+    estimated = format_costs("latency", 0.9 * report.w8a8.costs["latency"])[0]  # the cost table's figure
+    assert estimated != "2.88 ms" and estimated not in summary
+
+
+def test_a_measured_miss_exits_7_with_the_files_written(tmp_path):
+    from haqc.errors import EXIT_BUDGET_MISSED, BudgetMissedError
+
+    # Every policy measures 3.0 ms against a 1.6 ms limit (0.5x of 3.2): lowered three times, still over.
+    run, out, _ = _compress(tmp_path, [[6.4e-3, 3.2e-3]] + [[3.0e-3]] * 4, "0.5x")
+    with pytest.raises(BudgetMissedError) as err:
+        run()
+    assert err.value.exit_code == EXIT_BUDGET_MISSED == 7
+    assert str(err.value).startswith("the result's measured latency 3 ms misses the budget 1.6 ms (0.5x); wrote ")
+    assert all(p.exists() for p in (out, tmp_path / "r.json", tmp_path / "p.html"))
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["result"]["meets_budget"] is False and report["constraints"]["latency"]["limit"] == "1.6 ms"
+
+
+def test_a_result_measured_slower_than_all_8_bit_is_not_chosen_under_a_budget_above_it(tmp_path, caplog):
+    # 1.5x of 3.2 ms: the searched policy's 4.0 ms meets it, but the all-8-bit model is faster.
+    run, _, _ = _compress(tmp_path, [[6.4e-3, 3.2e-3], [4.0e-3]], "1.5x")
+    with caplog.at_level("WARNING"):
+        report = run().report
+    assert report.result.measured_latency_s == report.w8a8.measured_latency_s == 3.2e-3
+    assert report.result.meets_budget and all(o == INT8 for o in report.policy.values())
+    assert "slower than the all-8-bit model's 3.2 ms" in caplog.text

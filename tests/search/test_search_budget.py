@@ -109,10 +109,18 @@ def test_unreachable_budget_names_the_cheapest_cost():
         check_budget(table, {"latency": 0.030}, SearchSpace.build(table))
     assert str(err.value) == (
         "latency budget 30 ms is unreachable: the cheapest policy costs 36 ms "
-        "(w2a2 everywhere except pinned layers); relax the budget or unpin the first/last layer"
+        "(w2a2 everywhere except pinned layers); relax the budget or unpin the first/last layer (`pin_first`, "
+        "`pin_last`)"
     )
     assert err.value.exit_code == EXIT_BUDGET_UNREACHABLE
     check_budget(table, {"latency": 0.036}, SearchSpace.build(table))  # exactly reachable
+
+
+def test_unpinning_is_advised_only_where_it_meets_the_budget():
+    table = additive_costs(N, scale=1e-3)  # w2a2 everywhere, nothing pinned: 12 ms
+    with pytest.raises(BudgetUnreachableError) as err:
+        check_budget(table, {"latency": 0.011}, SearchSpace.build(table))
+    assert str(err.value).endswith("(w2a2 everywhere except pinned layers); relax the budget")
 
 
 def test_unreachable_lists_every_violated_quantity():
