@@ -96,7 +96,8 @@ LAYER_FIELDS = ("name", "op", "kind", "c_in", "c_out", "kernel", "stride", "grou
 
 def inspect_summary(prepared: Prepared, targets: Sequence[str | Target] = ()) -> dict:
     """The ``haqc inspect --json`` object: per-layer shapes, MACs, normalized HAQ state, and the
-    cost on each of ``targets`` (names or TOML files) at w8a8 / w4a4 / w2a2."""
+    cost on each of ``targets`` (names or TOML files) at w8a8 / w4a4 / w2a2, or a measured target's
+    every option (haqc.hw_targets.summary.cost_summary)."""
     layers = prepared.layers
     rows = []
     for layer, state in zip(layers, prepared.extraction.state_matrix):
@@ -117,6 +118,7 @@ def inspect_summary(prepared: Prepared, targets: Sequence[str | Target] = ()) ->
             target = spec if isinstance(spec, Target) else load_target(spec)
             costs = cost_summary(cost_table(prepared, target, "linear"))
             summary["targets"][target.name] = costs["total"]
+            summary.setdefault("offered", {})[target.name] = costs["offered"]
             summary.setdefault("capabilities", {})[target.name] = target.capabilities().to_dict()
             for row, per_layer in zip(rows, costs["per_layer"]):
                 row.setdefault("targets", {})[target.name] = per_layer

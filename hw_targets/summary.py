@@ -19,23 +19,26 @@ DEFAULT_SETTINGS: tuple[Option, ...] = (Option(8, 8), Option(4, 4), Option(2, 2)
 
 
 def cost_summary(table: CostTable, settings: Sequence[Option] = DEFAULT_SETTINGS) -> dict:
-    """``{"per_layer": [{"w8a8": {...}, ...} per layer], "total": {"w8a8": {...}, ...}}``.
+    """``{"per_layer": [{"w8a8": {...}, ...} per layer], "total": {"w8a8": {...}, ...},
+    "offered": [["w8a8", ...] per layer]}``.
 
     Each entry is ``{"latency_ms", "energy_mj" (None if unknown), "size_mb"}``;
-    totals combine layers the target's way. Settings some layer does not offer
-    are left out; when none is left, the options every layer offers are shown.
+    totals combine layers the target's way. Where every layer offers each of
+    ``settings`` (a 2..8-bit grid), those; else every option each layer has a
+    cost for (a measured target's formats per kind of layer), so none is hidden,
+    with totals for the options every layer has. ``offered``: the options the
+    search may choose (ort-cpu drops w8a8 where it timed no faster than fp32).
     """
-    shown = [o for o in settings if _everywhere(table, o)] or [
-        o for o in table.options[0][: table.declared[0]] if _everywhere(table, o)]
-    per_layer: list[dict] = [{} for _ in range(table.n_layers)]
-    total: dict[str, dict] = {}
-    for option in shown:
-        columns = table.indices([option] * table.n_layers)
-        for i, entry in enumerate(per_layer):
-            entry[option.name] = as_units(table.layer_cost(i, int(columns[i])))
-        total[option.name] = as_units(table.cost(columns))
-    return {"per_layer": per_layer, "total": total}
+    uniform = [o for o in settings if _everywhere(table, o, declared=True)]
+    rows = [uniform] * table.n_layers if uniform else [list(options) for options in table.options]
+    per_layer = [{o.name: as_units(table.layer_cost(i, table.index(i, o))) for o in row}
+                 for i, row in enumerate(rows)]
+    totals = uniform or [o for o in rows[0] if _everywhere(table, o, declared=False)]
+    total = {o.name: as_units(table.cost(table.indices([o] * table.n_layers))) for o in totals}
+    offered = [[o.name for o in options[:declared]] for options, declared in zip(table.options, table.declared)]
+    return {"per_layer": per_layer, "total": total, "offered": offered}
 
 
-def _everywhere(table: CostTable, option: Option) -> bool:
-    return all(option in opts[:declared] for opts, declared in zip(table.options, table.declared))
+def _everywhere(table: CostTable, option: Option, declared: bool) -> bool:
+    """Whether every layer has ``option`` (among its ``declared`` ones, else among all it is costed at)."""
+    return all(option in (opts[:n] if declared else opts) for opts, n in zip(table.options, table.declared))

@@ -56,7 +56,8 @@ def with_provider(spec: str, provider: str | None, threads: int | None) -> str |
 @click.argument("model", type=click.Path(path_type=str))
 @input_shape_option
 @click.option("--target", "targets", multiple=True, metavar="NAME_OR_FILE",
-              help="Add costs at w8a8/w4a4/w2a2 on this target (repeatable; see haqc targets).")
+              help="Add costs on this target: at w8a8/w4a4/w2a2, or at every option a measured target times "
+                   "(repeatable; see haqc targets).")
 @execution_provider_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def inspect(model: str, input_shapes: tuple[str, ...], targets: tuple[str, ...], provider: str | None,
@@ -74,7 +75,7 @@ def inspect(model: str, input_shapes: tuple[str, ...], targets: tuple[str, ...],
         click.echo("kept in float: " + "; ".join(f"{e['count']} {op} ({e['reason']})"
                                                   for op, e in summary["kept_float"].items()))
     for name, totals in summary.get("targets", {}).items():
-        click.echo(_cost_table(name, summary["layers"], totals))
+        click.echo(_cost_table(name, summary["layers"], totals, summary["offered"][name]))
         click.echo(f"{name} forms integers as: {summary['capabilities'][name]['summary']}")
 
 
@@ -105,16 +106,21 @@ def _table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _cost_table(target: str, layers: list[dict], totals: dict) -> str:
-    """Per-layer latency (ms) at each setting, then the totals with energy and size."""
-    settings = list(totals)
+def _cost_table(target: str, layers: list[dict], totals: dict, offered: list[list[str]]) -> str:
+    """Per-layer latency (ms) at each option a layer is costed at ("-": not one of its options; "*":
+    costed but not offered to the search), then the totals with energy and size."""
+    settings = sorted(dict.fromkeys(name for r in layers for name in r["targets"][target]), key=lambda s: s == "fp32")
     lines = [f"\n{target}: latency ms per layer at {', '.join(settings)}"]
     width = max(len(r["name"]) for r in layers)
-    for i, r in enumerate(layers):
+    lines.append(f"{'':<3} {'':<{width}}  " + "  ".join(f"{s:>11}" for s in settings))
+    for i, (r, choices) in enumerate(zip(layers, offered)):
         costs = r["targets"][target]
-        lines.append(f"{i:<3} {r['name']:<{width}}  " + "  ".join(f"{costs[s]['latency_ms']:>10.4f}" for s in settings))
-    for s in settings:
-        t = totals[s]
+        cells = (f"{costs[s]['latency_ms']:>10.4f}{' ' if s in choices else '*'}" if s in costs else f"{'-':>10} "
+                 for s in settings)
+        lines.append(f"{i:<3} {r['name']:<{width}}  " + "  ".join(cells))
+    if any(s not in choices for r, choices in zip(layers, offered) for s in r["targets"][target]):
+        lines.append("* timed but not offered to the search: no faster than fp32 there")
+    for s, t in totals.items():
         energy = "n/a" if t["energy_mj"] is None else f"{t['energy_mj']:.4f} mJ"
         lines.append(f"total {s}: latency {t['latency_ms']:.4f} ms, energy {energy}, size {t['size_mb']:.4f} MB")
     return "\n".join(lines)

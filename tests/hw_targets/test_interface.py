@@ -86,7 +86,7 @@ def test_policy_cost_is_the_fancy_index_sum_of_the_table():
 def test_cost_summary_shape_and_units():
     layers = mnist_mbv2()
     summary = cost_summary(TARGETS["bitfusion"].cost_table(layers))
-    assert set(summary) == {"per_layer", "total"}
+    assert set(summary) == {"per_layer", "total", "offered"}
     assert len(summary["per_layer"]) == len(layers)
     for key in ("w8a8", "w4a4", "w2a2"):
         entry = summary["total"][key]
@@ -100,6 +100,23 @@ def test_cost_summary_shape_and_units():
     edge = cost_summary(TARGETS["edge"].cost_table(layers), settings=(Option(8, 8),))
     assert list(edge["total"]) == ["w8a8"]
     assert edge["total"]["w8a8"]["energy_mj"] is None
+
+
+def test_cost_summary_shows_every_option_a_measured_target_costs():
+    """ort-cpu's layers have options by kind (a conv: w8a8, fp32; a MatMul: five) and drop w8a8
+    where it timed no faster: every costed option is shown, with what the search may choose."""
+    from haqc.costs import CostTable
+    from haqc.precision import FP32, IntFormat
+
+    w8a8, w4b = Option(8, 8), Option(IntFormat(4, block=32))
+    ms = lambda *v: [x * 1e-3 for x in v]  # noqa: E731
+    table = CostTable(["conv", "fc"], [(FP32, w8a8), (w4b, w8a8, FP32)],
+                      {"latency": np.array([ms(2.0, 3.0, 0), ms(0.5, 0.7, 1.0)])}, declared=[1, 3], kinds=["conv", "fc"])
+    summary = cost_summary(table)
+    assert [list(p) for p in summary["per_layer"]] == [["fp32", "w8a8"], ["w4-block32", "w8a8", "fp32"]]
+    assert summary["per_layer"][0]["w8a8"]["latency_ms"] == pytest.approx(3.0)
+    assert summary["offered"] == [["fp32"], ["w4-block32", "w8a8", "fp32"]]
+    assert set(summary["total"]) == {"fp32", "w8a8"} and summary["total"]["w8a8"]["latency_ms"] == pytest.approx(3.7)
 
 
 class _Pipelined(Target):
