@@ -12,7 +12,7 @@ Scores come back in submission order. Each worker reserves ``threads`` CPUs
 and runs ONNX Runtime on that many (default: the cluster's CPUs divided among
 the workers), so evaluations never oversubscribe a node. Leaving the pool
 kills its workers, and shuts Ray down when the pool started it. Ray is an
-optional extra (``pip install 'haqc[ray]'``); docs/parallel.md.
+optional extra (in the clone: ``pip install -c constraints.txt '.[ray]'``); docs/parallel.md.
 """
 from __future__ import annotations
 
@@ -141,5 +141,6 @@ def require_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise InputError("parallel `workers` and `ray_address` need Ray: pip install 'haqc[ray]'") from None
+        raise InputError("parallel `workers` and `ray_address` need Ray: install haqc's ray extra, in its clone "
+                         "pip install -c constraints.txt '.[ray]' (docs/parallel.md)") from None
     return ray

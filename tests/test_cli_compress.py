@@ -151,7 +151,7 @@ def test_bad_options_exit_2(args, pattern):
 def test_workers_without_ray_say_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
     result = _compress("--latency", "0.5x", "--workers", "2")
-    assert result.exit_code == 2 and "--workers" in _error_line(result) and "haqc[ray]" in _error_line(result)
+    assert result.exit_code == 2 and "--workers" in _error_line(result) and '.[ray]' in _error_line(result)
 
 
 def test_output_rules(tmp_path):

@@ -46,7 +46,7 @@ DEFAULTS = CompressConfig()
 @click.option("--ddpg", "ddpg_overrides", multiple=True, metavar="KEY=VALUE|haq",
               help="Override a DDPG hyperparameter, e.g. --ddpg actor_lr=3e-4; 'haq' first: HAQ's published agent (docs/search.md).")
 @click.option("--workers", type=click.IntRange(min=1), default=DEFAULTS.workers, show_default=True,
-              help="Evaluate up to N candidates at once in Ray workers (pip install 'haqc[ray]'; docs/parallel.md).")
+              help="Evaluate up to N candidates at once in Ray workers (haqc's ray extra; docs/parallel.md).")
 @click.option("--ray-address", default=DEFAULTS.ray_address, metavar="ADDRESS",
               help="Run the workers on this Ray cluster (auto, or host:port) instead of on this machine.")
 @click.option("--workdir", type=click.Path(path_type=str), default=DEFAULTS.workdir,
