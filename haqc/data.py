@@ -11,39 +11,18 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Union
+from typing import Iterator, Mapping
 
 import numpy as np
-import onnx
-from onnx import helper
 
 from haqc.errors import InputError, first_line
-from haqc.passes.load import graph_inputs
+from haqc.prepared import Dim, InputSpec
 
 logger = logging.getLogger(__name__)
-
-Dim = Union[int, str, None]
-# (input name, shape with an int per fixed dim and a str/None per dynamic one, numpy dtype)
-InputSpec = tuple[str, tuple[Dim, ...], np.dtype]
 
 LABELS = "labels"
 # Names a single-input model's array may also go by, so one file fits models with differently named inputs.
 SINGLE_INPUT_ALIASES = ("x", "inputs")
-
-
-def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
-    """The model's real inputs (graph inputs that are not initializers) as (name, shape, dtype)."""
-    specs = []
-    for value in graph_inputs(model):
-        if not value.type.HasField("tensor_type"):
-            raise InputError(f"model input {value.name!r} is not a tensor; haqc feeds tensor inputs only")
-        tensor = value.type.tensor_type
-        shape = tuple(
-            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
-            for d in tensor.shape.dim
-        )
-        specs.append((value.name, shape, np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type))))
-    return specs
 
 
 def sample_shapes(source: str | os.PathLike | Mapping[str, np.ndarray] | None, input_specs: list[InputSpec]

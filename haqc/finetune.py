@@ -28,7 +28,6 @@ from haqc.executor import OnnxModule
 from haqc.layers import Layer
 from haqc.passes.base import copy_model
 from haqc.progress import progress_bar
-from haqc.passes.quantize_kmeans import Codebook
 from haqc.passes.plan import ActivationQuant, DynamicQuant, ExportPlan, HalfFloat, QuantizedWeight
 from haqc.passes.quantize_kmeans import Codebook
 

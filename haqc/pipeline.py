@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from typing import Callable, Mapping, Sequence
 import onnx
 
 from haqc.costs import CostTable
-from haqc.data import Dataset, input_specs, sample_shapes
+from haqc.data import Dataset, sample_shapes
 from haqc.errors import BudgetMissedError, BudgetUnreachableError, InputError
 from haqc.evaluation import EvalResult, Evaluator
 from haqc.finetune import FinetuneConfig
@@ -36,35 +36,12 @@ from haqc.search.strategies import Progress
 from haqc.workers import RayPool
 from haqc.passes.base import opset_version
 from haqc.passes.canonicalize import InferShapes, ProbeShapes, canonicalize
-from haqc.passes.extract import Extraction, extract_layers
+from haqc.passes.extract import extract_layers
 from haqc.passes.isolate import LayerSubgraphs
-from haqc.passes.load import InputShapes, check_input_shapes, graph_inputs, read_model, validate_model, with_input_shapes
+from haqc.passes.load import check_input_shapes, read_model, validate_model, with_input_shapes
+from haqc.prepared import InputShapes, Prepared, input_specs
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A canonical model and its layer analysis; the starting point of every command.
-
-    ``model`` keeps the original interface (dynamic dims stay dynamic): it is what
-    is calibrated, quantized, exported and evaluated, with the data's own shapes.
-    ``extraction`` analysed the same graph (same node names) at ``input_shapes``.
-    """
-
-    path: Path
-    model: onnx.ModelProto
-    extraction: Extraction
-    input_shapes: InputShapes = field(default_factory=dict)
-    source_opset: int | None = None  # the opset of the model as given (``model`` is at the canonical one)
-
-    @property
-    def layers(self):
-        return self.extraction.layers
-
-    @property
-    def input_names(self) -> list[str]:
-        return [i.name for i in graph_inputs(self.model)]
 
 
 def prepare(path_or_model: str | os.PathLike | onnx.ModelProto, input_shapes: InputShapes | None = None,

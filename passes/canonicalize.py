@@ -24,7 +24,7 @@ from onnx import helper, version_converter
 from haqc.errors import InputError, first_line
 from haqc.passes.base import (Pass, bytes_with_outputs, copy_model, initializers_as_inputs, opset_version,
                               quiet_session_options)
-from haqc.passes.load import graph_inputs
+from haqc.prepared import graph_inputs
 
 logger = logging.getLogger(__name__)
 

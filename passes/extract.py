@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from dataclasses import dataclass, field
 
 import networkx as nx
 import numpy as np
@@ -22,6 +21,7 @@ import onnx
 
 from haqc.errors import InputError
 from haqc.layers import Layer
+from haqc.prepared import Extraction, FloatNode
 from haqc.ops import LAYER_OPS
 from haqc.passes.base import Pass, tensor_producers
 
@@ -51,26 +51,6 @@ FLOAT_REASONS = {
 ALREADY_QUANTIZED = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "QAttention",
                      "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantizeLSTM", "MatMulNBits")
 FLOAT_REASONS.update({op: "already quantized: kept as it is" for op in ALREADY_QUANTIZED})
-
-
-@dataclass(frozen=True)
-class FloatNode:
-    """A main-graph node haqc leaves in float, and why."""
-
-    name: str
-    op: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class Extraction:
-    """The layers, their min-max normalized HAQ state matrix, the model's dataflow graph, and
-    the compute that stays float."""
-
-    layers: list[Layer]
-    state_matrix: np.ndarray  # (n_layers, len(STATE_FEATURES)), float32
-    graph: nx.DiGraph  # nodes: ONNX node names (attr op, layer index or None); edges: tensors
-    kept_float: list[FloatNode] = field(default_factory=list)
 
 
 class ExtractLayers(Pass[Extraction]):

@@ -19,13 +19,12 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from haqc.data import input_specs
+from haqc.prepared import InputShapes, input_specs
 from haqc.layers import Layer
 from haqc.ops import FOLDED_IN_CHAINS, LAYER_OPS
 from haqc.policy import uniform_policy
 from haqc.passes.base import tensor_producers, tensor_readers
 from haqc.passes.calibrate import calibrate
-from haqc.passes.load import InputShapes
 from haqc.passes.exporters import Export, ExportContext
 from haqc.precision import Option
 

@@ -17,10 +17,9 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from haqc.errors import InputError, first_line
+from haqc.prepared import InputShapes, graph_inputs
 
 logger = logging.getLogger(__name__)
-
-InputShapes = dict[str, tuple[int, ...]]
 
 _SHAPE_RE = re.compile(r"^([^=]+)=(\d+(?:x\d+)*)$")
 
@@ -34,12 +33,6 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
             "integers, e.g. input=1x3x224x224"
         )
     return match.group(1), tuple(int(d) for d in match.group(2).split("x"))
-
-
-def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    """The real inputs: graph inputs that are not initializers (IR < 4 lists both)."""
-    inits = {t.name for t in model.graph.initializer}
-    return [i for i in model.graph.input if i.name not in inits]
 
 
 def load_model(path: str | os.PathLike, input_shapes: InputShapes | None = None) -> onnx.ModelProto:

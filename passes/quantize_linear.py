@@ -21,7 +21,6 @@ applies exactly those, so the simulation and the export agree.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -30,7 +29,7 @@ from onnx import TensorProto, numpy_helper
 from haqc.capabilities import Capabilities, OpCapability
 from haqc.errors import InputError
 from haqc.layers import Layer
-from haqc.ops import LAYER_OPS, RESHAPES
+from haqc.ops import RESHAPES
 from haqc.passes.base import (GraphBuilder, Pass, layer_outputs, tensor_producers, tensor_readers, with_nodes,
                               without_initializers)
 from haqc.passes.calibrate import Calibration

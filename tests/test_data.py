@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from haqc.data import Dataset, input_specs, load_dataset
+from haqc.data import Dataset, load_dataset
+from haqc.prepared import input_specs
 from haqc.errors import InputError
 
 F32 = np.dtype(np.float32)

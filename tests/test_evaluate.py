@@ -7,7 +7,8 @@ import pytest
 from conftest import EXAMPLE, run_ort
 from onnx import TensorProto, helper, numpy_helper
 
-from haqc.data import Dataset, input_specs, load_dataset
+from haqc.data import Dataset, load_dataset
+from haqc.prepared import input_specs
 from haqc.errors import InputError
 from haqc.evaluation import (
     BATCH_ELEMENTS,

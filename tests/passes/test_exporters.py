@@ -151,7 +151,6 @@ def test_dynamic_int8_weights_take_the_targets_range():
     from tests.passes.test_quantize_linear import REDUCED
 
     model, layers = _mixed_model()
-    x = RNG.standard_normal((2, 3, 8, 8)).astype(np.float32)
     policy = {"fc1": parse_option("int8-dynamic")}
     for capabilities, levels in ((Capabilities(), 127), (REDUCED, 64)):
         plan = Export(ExportContext(layers, capabilities=capabilities), policy).plan(model)

@@ -12,7 +12,7 @@ import numpy as np
 from haqc.costs import CostTable, sum_costs
 from haqc.layers import STATE_FEATURES
 from haqc.policy import Policy
-from haqc.precision import Option, codebooks, grid, reference_option
+from haqc.precision import codebooks, grid, reference_option
 from haqc.search import SearchProblem, SearchSpace
 
 BITS = np.arange(2, 9)
