@@ -18,12 +18,14 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_API = ("CompressConfig", "CompressResult", "QuantizeConfig", "RunConfig", "compress", "evaluate", "inspect",
-        "quantize")
-__all__ = ["__version__", *_API]
+_CONFIGS = ("CompressConfig", "QuantizeConfig", "RunConfig")  # haqc.settings: light
+_API = ("CompressResult", "compress", "evaluate", "inspect", "quantize")  # haqc.api: onnx, torch
+__all__ = ["__version__", *_CONFIGS, *_API]
 
 
 def __getattr__(name: str) -> Any:
+    if name in _CONFIGS:
+        return getattr(importlib.import_module("haqc.settings"), name)
     if name in _API:
         return getattr(importlib.import_module("haqc.api"), name)
     raise AttributeError(f"module 'haqc' has no attribute {name!r}")

@@ -2,9 +2,9 @@
 
 Each takes a model as a path or an ``onnx.ModelProto`` and data as an .npz
 path or a dict of numpy arrays, and returns a typed result. Every default
-lives in the config dataclasses here (the CLI's options are built from
-them). Errors name the API's parameters in backticks (`calib_data`); the CLI
-says its flags instead.
+lives in the config dataclasses of haqc.settings (the CLI builds its options
+from them without importing this module's onnx and torch). Errors name the
+API's parameters in backticks (`calib_data`); the CLI says its flags instead.
 """
 from __future__ import annotations
 
@@ -19,103 +19,27 @@ from typing import Any, Mapping, Sequence, TypeVar, Union
 import onnx
 
 from haqc.errors import AccuracyDropError, InputError, library_errors
-from haqc.data import Dataset, load_dataset
-from haqc.evaluation import EvalResult, Evaluator, Metric, custom_metric, num_classes
-from haqc.finetune import FinetuneConfig
+from haqc.data import input_specs, load_dataset
+from haqc.evaluation import EvalResult, Evaluator, num_classes
 from haqc.hw_targets import Target, load_target
 from haqc.io import atomic_write_text, check_output_path, check_plot_path, save_model
-from haqc.passes.load import check_input_shapes, read_model, validate_model
-from haqc.prepared import InputShapes, input_specs
+from haqc.passes.load import InputShapes, check_input_shapes, read_model, validate_model
 from haqc.pipeline import (budget_miss, build_report, check_budgets, correct_by_measurement, cost_table,
                            export_and_finetune, inspect_summary, measure_models, prepare, search_policy)
 from haqc.policy import load_policy, uniform_policy
-from haqc.precision import Method, parse_option
-from haqc.quantizer import (CandidateScorer, DataSource, QuantizeOptions, QuantizeResult, Quantizer, Scores,
-                            RunData, calibrate_model, finetune_export, needs_calibration, keep_better, load_run_data)
+from haqc.precision import parse_option
+from haqc.quantizer import (CandidateScorer, QuantizeResult, Quantizer, Scores, calibrate_model, finetune_export,
+                            needs_calibration, keep_better, load_run_data)
 from haqc.report import Report
-from haqc.search import STRATEGIES, DDPGConfig, SearchResult
+from haqc.search import STRATEGIES, SearchResult
 from haqc.search.strategies import Progress
+from haqc.settings import CompressConfig, DataSource, Metric, QuantizeConfig, custom_metric
 from haqc.workers import require_ray
 
 logger = logging.getLogger(__name__)
 
 ModelSource = Union[str, os.PathLike, onnx.ModelProto]
 C = TypeVar("C")
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """What quantize and compress share: data, quantization, fine-tuning. Defaults are the CLI's."""
-
-    data: DataSource | None = None  # validation: inputs + optional "labels"
-    calib_data: DataSource | None = None  # default: data
-    train_data: DataSource | None = None
-    metric: str | Metric | None = None  # "module:function" or a callable(outputs, targets) -> float
-    clip_method: str = QuantizeOptions.clip_method
-    per_channel: bool = QuantizeOptions.per_channel
-    format: str = QuantizeOptions.format  # qdq, packed or qonnx (haqc.quantizer.FORMATS)
-    seed: int = 0
-    finetune_epochs: int | None = None  # default: finetune.default_epochs of train_data, else 0
-    finetune_seconds: float | None = FinetuneConfig.max_seconds  # default: finetune.DEFAULT_SECONDS
-    lr: float | None = FinetuneConfig.lr  # default: a short range test picks it (finetune.LR_CANDIDATES)
-    device: str = FinetuneConfig.device
-    trainable_clip: bool = FinetuneConfig.trainable_clip
-    input_shapes: InputShapes | None = None  # fix dynamic dims for analysis and calibration only
-
-    def shapes_from(self) -> DataSource | None:
-        """The data whose sample shapes fix dynamic dims that `input_shapes` leaves open."""
-        return next((d for d in (self.calib_data, self.data, self.train_data) if d is not None), None)
-
-    def quantize_options(self, target: Target) -> QuantizeOptions:
-        """How policies become ONNX, with the numeric constraints of ``target``'s kernels."""
-        return QuantizeOptions(clip_method=self.clip_method, per_channel=self.per_channel,
-                               seed=self.seed, format=self.format, capabilities=target.capabilities())
-
-    def finetune(self, epochs: int, max_steps: int | None = None) -> FinetuneConfig:
-        """The fine-tuning settings, for the final tune or (``max_steps``) a search candidate's."""
-        return FinetuneConfig(epochs=epochs, lr=self.lr, seed=self.seed, device=self.device, max_steps=max_steps,
-                              max_seconds=self.finetune_seconds, trainable_clip=self.trainable_clip)
-
-    def training_set(self, run: RunData) -> Dataset | None:
-        """What fine-tuning trains on: with the user's own ``metric``, the labels are the metric's, not
-        classes of the first output, so the model is distilled from fp32 instead."""
-        if run.train is None or not custom_metric(self.metric) or run.train.labels is None:
-            return run.train
-        return dataclasses.replace(run.train, labels=None)
-
-
-@dataclass(frozen=True)
-class QuantizeConfig(RunConfig):
-    """``quantize``: one precision for every layer (``bits``, e.g. "w4a8") or a stored ``policy`` file."""
-
-    bits: str | None = None
-    policy: str | os.PathLike | None = None
-    # Whose kernels the integers are formed for: a name, a .toml file or a Target; default ort-cpu,
-    # ONNX Runtime on this machine (its CPU decides whether 8-bit weights need the reduced range).
-    target: str | Target = "ort-cpu"
-
-
-@dataclass(frozen=True)
-class CompressConfig(RunConfig):
-    """``compress``: the search for ``target`` under ``budgets`` (quantity -> "0.5x", "20ms", "2MB")."""
-
-    target: str | Target = "edge"  # a name (haqc targets), a .toml file, or a Target instance
-    budgets: Mapping[str, str] = field(default_factory=dict)
-    # The options the search picks from: the target's (linear: its integer grid or declared formats),
-    # or k-means codebooks of its weight widths (kmeans: HAQ's model-size setting).
-    method: Method = "linear"
-    strategy: str = "ddpg"
-    episodes: int = 60
-    pin_first: bool = True
-    pin_last: bool = True
-    reward_lambda: float = 0.1
-    search_finetune_steps: int = 0  # short fine-tune before each episode's evaluation (HAQ's reference did)
-    workdir: str | os.PathLike | None = None
-    resume: bool = False
-    max_accuracy_drop: float | None = None  # percentage points; more raises AccuracyDropError (exit 4)
-    ddpg: DDPGConfig | None = None
-    workers: int = 1  # candidates evaluated at once, in Ray workers when more than 1 (docs/parallel.md)
-    ray_address: str | None = None  # join this Ray cluster ("auto", "host:port"); None: workers on this machine
 
 
 @dataclass(frozen=True)

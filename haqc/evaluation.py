@@ -15,7 +15,7 @@ import os
 import platform
 import time
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Union
 
 import numpy as np
 import onnx
@@ -25,11 +25,11 @@ from haqc.data import Dataset, InputSpec, fixed_batch
 from haqc.errors import InputError, first_line
 from haqc.ops import PASS_THROUGH
 from haqc.runner.facts import INT8_RANGE_KEY, cpu_flags, int_dot
+from haqc.settings import BATCH_ELEMENTS, DEFAULT_BATCH, FIDELITY, FIDELITY_DB, TOP1, TOP1_AGREEMENT, Metric
 
 logger = logging.getLogger(__name__)
 
 ModelSource = Union[onnx.ModelProto, bytes, str, os.PathLike]
-Metric = Callable[[np.ndarray, Union[np.ndarray, None]], float]
 
 # ENABLE_ALL, measured on the example (2 busy cores, session creation + 1,000 images):
 # fp32 0.59 s vs 1.45 s (BASIC) / 1.39 s (EXTENDED), thanks to the NCHWc conv layout;
@@ -37,24 +37,6 @@ Metric = Callable[[np.ndarray, Union[np.ndarray, None]], float]
 # the same. haqc's exports fuse the same way at every activation width, and with INT8 weight containers
 # (the search's unpacked export); packed INT4 / INT2 weights stay float Convs (docs/design.md).
 GRAPH_OPTIMIZATION = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-# With a dynamic batch dim, the default batch holds at most DEFAULT_BATCH samples and BATCH_ELEMENTS
-# input values: activations that stay in cache beat one big run, and memory stays bounded on big
-# inputs. Measured (2 cores, interleaved): the example's 1,000 digits (784 values each), batches of
-# 256 beat one 1,000-image run by 10-25% and tie 32-128; PP-OCR's direction classifier on 500 lines
-# (27,648 values each), batches of 16-32 ran a w8a8 pass in 1.0-1.2 s against 1.8-2.3 s at 256.
-DEFAULT_BATCH = 256
-BATCH_ELEMENTS = 2**19
-
-TOP1 = "top1"
-TOP1_AGREEMENT = "top1-agreement"
-# The label-free signal for outputs that are not class logits: per output, the SQNR against the
-# fp32 output clipped to [0, FIDELITY_DB] dB and divided by FIDELITY_DB, averaged over outputs
-# (1 = within 40 dB of fp32, as w8a8 usually is; 0 = noise as large as the signal).
-FIDELITY = "sqnr-fidelity"
-FIDELITY_DB = 40.0
-# ``metric`` may also name a built-in signal: TOP1 says the first output holds class scores (top-1
-# accuracy with labels, agreement without), FIDELITY scores every output against the reference.
-BUILTIN_METRICS = (TOP1, FIDELITY)
 # Ops that pass class scores on unchanged in layout (a Softmax then a Flatten still ends in classes).
 
 # ORT's input type names ("tensor(float)") -> numpy dtype names where they differ.
@@ -232,11 +214,6 @@ def load_metric(spec: str) -> Metric:
     if not callable(func):
         raise InputError(f"--metric {spec!r} is not callable (it is {type(func).__name__}); point it at a function")
     return func
-
-
-def custom_metric(metric: str | Metric | None) -> bool:
-    """Whether ``metric`` is the user's function (its targets need not be classes), not a built-in signal."""
-    return metric is not None and metric not in BUILTIN_METRICS
 
 
 def class_scores(model: onnx.ModelProto) -> bool:

@@ -28,28 +28,16 @@ from haqc.executor import OnnxModule
 from haqc.layers import Layer
 from haqc.passes.base import copy_model
 from haqc.progress import progress_bar
+from haqc.settings import DEFAULT_MIN_STEPS, DEFAULT_SECONDS, LR_CANDIDATES, MAX_EPOCHS, FinetuneConfig
 from haqc.passes.plan import ActivationQuant, DynamicQuant, ExportPlan, HalfFloat, QuantizedWeight
 from haqc.passes.quantize_kmeans import Codebook
 
 logger = logging.getLogger(__name__)
 
-# The learning rates a short range test tries (each for RANGE_TEST_STEPS steps, scored on the
-# held-out part): 1e-3 was best or within 0.4 points of the best of 1e-4..3e-3 on six uniform
-# policies of the example, but broke a trained face detector that 1e-5 improved (docs/design.md).
-LR_CANDIDATES = (1e-5, 1e-4, 1e-3)
+# Steps each of LR_CANDIDATES trains for in the range test.
 RANGE_TEST_STEPS = 8
-# Without an explicit epoch count, fine-tuning runs whole epochs and at least this many Adam steps:
-# one epoch of a small set is too few updates to recover 3-4-bit layers. Measured on the text-direction
-# classifier at edge 0.5x (2,000 lines, batches of 64, one policy, fp32 99.0%): 32 steps 89.8%,
-# 96 steps 96.2%, 320 steps 99.2% (docs/design.md, "Fine-tuning").
-DEFAULT_MIN_STEPS = 300
-# ...and at most this many epochs: 300 steps of 128 images were 150 epochs, over two hours.
-MAX_EPOCHS = 30
-# The wall-clock budget of one fine-tune (range test included) unless FinetuneConfig says otherwise.
-DEFAULT_SECONDS = 300.0
 # The held-out part scores the weights every EVAL_EVERY steps (or every epoch, if shorter); training
 # stops after PATIENCE scores without improvement and keeps the best scored step.
-HOLDOUT = 0.1
 MIN_HOLDOUT = 16
 MAX_HOLDOUT = 512
 EVAL_EVERY = 25
@@ -278,23 +266,6 @@ def build_simulation(
     )
     inputs = [i.name for i in isolated.graph.input if i.name not in inits]
     return Simulation(module, weight_q, act_q, inputs)
-
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """How long and how fast to train; None picks the measured defaults (docs/design.md, "Fine-tuning")."""
-
-    epochs: int = 1  # at most this many passes over the fitted part of the data
-    lr: float | None = None  # None: the best of LR_CANDIDATES in a short range test
-    batch_size: int = 64
-    seed: int = 0
-    device: str = "cpu"
-    temperature: float = 1.0  # distillation temperature of class-score outputs
-    max_steps: int | None = None  # stop after this many optimizer steps (short per-episode tuning)
-    max_seconds: float | None = None  # wall-clock budget, range test included (None: DEFAULT_SECONDS)
-    holdout: float = HOLDOUT  # fraction of the training data held out to pick the best step
-    trainable_clip: bool = False  # learn each layer's input clip too (PACT); the export uses it
 
 
 def default_epochs(samples: int, batch_size: int = FinetuneConfig.batch_size) -> int:

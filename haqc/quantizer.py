@@ -10,56 +10,32 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import os
 from dataclasses import dataclass, field
-from typing import Iterable, Literal, Mapping, Union, get_args
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 import onnx
 
 from haqc import __version__
 from haqc.capabilities import Capabilities
-from haqc.data import Dataset, fixed_batch, load_dataset
+from haqc.data import Dataset, fixed_batch, input_specs, load_dataset
 from haqc.errors import InputError
 from haqc.evaluation import EvalResult, Evaluator, make_session, num_classes, predictions
 from haqc.finetune import FinetuneConfig, Tuned, build_simulation, default_epochs, finetune
 from haqc.layers import Layer
-from haqc.passes.calibrate import Calibration, ClipMethod, calibrate
+from haqc.passes.base import Pass
+from haqc.passes.calibrate import Calibration, calibrate
 from haqc.passes.exporters import Export, ExportContext
 from haqc.passes.quantize_linear import LinearQuantize, QuantizedWeight, handles as linear_handles
 from haqc.passes.qonnx import ToQONNX
 from haqc.policy import Policy, policy_to_json
-from haqc.prepared import Prepared, input_specs
 from haqc.precision import Option
+from haqc.settings import DataSource, QuantizeOptions
 
+if TYPE_CHECKING:  # the pipeline builds Prepared and imports this module
+    from haqc.pipeline import Prepared
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_CLIP_METHOD: ClipMethod = "mse"  # measured best on the example: docs/calibration.md
-# How the written model stores linear quantization (docs/design.md, "Output formats"):
-# qdq: weights in INT8 containers, run as ONNX Runtime's integer kernels; packed: INT4 / INT2
-# containers, the smallest file; qonnx: QONNX Quant nodes with their bit widths (FINN, hls4ml).
-Format = Literal["qdq", "packed", "qonnx"]
-FORMATS: tuple[Format, ...] = get_args(Format)
-# What data may be given as: an .npz path, or arrays by input name (plus optional "labels").
-DataSource = Union[str, os.PathLike, Mapping[str, np.ndarray]]
-
-
-@dataclass(frozen=True)
-class QuantizeOptions:
-    """How policies are turned into ONNX: the activation clips, the weight granularity, the container,
-    and the target's capabilities (which integer range its kernels compute exactly)."""
-
-    clip_method: ClipMethod = DEFAULT_CLIP_METHOD
-    per_channel: bool = True
-    calib_batch_size: int = 256
-    seed: int = 0  # k-means codebooks are fitted on a seeded sample of a large layer's weights
-    format: Format = "qdq"
-    capabilities: Capabilities = Capabilities()
-
-    def __post_init__(self) -> None:
-        if self.format not in FORMATS:
-            raise InputError(f"unknown `format` {self.format!r}; choose one of: {', '.join(FORMATS)}")
 
 
 def needs_calibration(options: Iterable[Option]) -> bool:

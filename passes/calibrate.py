@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Literal
+from typing import Iterable
 
 import numpy as np
 import onnx
@@ -20,11 +20,10 @@ from onnx import numpy_helper
 
 from haqc.layers import Layer
 from haqc.passes.base import bytes_with_outputs, initializers_as_inputs, layer_outputs, quiet_session_options
+from haqc.settings import CLIP_METHODS, DEFAULT_CLIP_METHOD, ClipMethod
 
 logger = logging.getLogger(__name__)
 
-ClipMethod = Literal["kl", "max", "percentile", "mse"]
-CLIP_METHODS: tuple[str, ...] = ("kl", "max", "percentile", "mse")
 BINS = 2048
 PERCENTILE = 99.99
 # HAQ's reference searches the KL clip only below 5 bits and keeps the max from 5 up; an entropy
@@ -69,7 +68,7 @@ class TensorStats:
 class Calibration:
     """Per-tensor statistics and the range cache; ``clip`` and ``zero_point`` are what quantizers ask."""
 
-    def __init__(self, stats: dict[str, TensorStats], method: ClipMethod = "mse") -> None:
+    def __init__(self, stats: dict[str, TensorStats], method: ClipMethod = DEFAULT_CLIP_METHOD) -> None:
         if method not in CLIP_METHODS:
             raise ValueError(f"unknown clip method {method!r}")
         self.stats = stats
@@ -116,7 +115,7 @@ def calibrate(
     model: onnx.ModelProto,
     layers: list[Layer],
     feeds: Iterable[dict[str, np.ndarray]],
-    method: ClipMethod = "mse",
+    method: ClipMethod = DEFAULT_CLIP_METHOD,
 ) -> Calibration:
     """Run ``feeds`` through ONNX Runtime once, collecting statistics of every layer's input and
     of the output its integer kernel writes (``layer_outputs``)."""

@@ -26,8 +26,19 @@ from haqc.errors import HaqcError
 COMMANDS = {"inspect": "inspect", "targets": "targets", "eval": "eval", "quantize": "quantize", "compress": "compress"}
 
 
+class _Command(click.Command):
+    """Quiets the libraries when the command runs, after its options are parsed: ``--help`` exits
+    before that, so it never imports ONNX Runtime (a second of imports) to set its logger."""
+
+    def invoke(self, ctx: click.Context):
+        configure_logging(ctx.find_root().params["verbose"])
+        return super().invoke(ctx)
+
+
 class _Group(click.Group):
     """Loads commands on first use; turns HaqcError into ``error: <message>`` and its exit code, never a traceback."""
+
+    command_class = _Command
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
@@ -73,7 +84,6 @@ def as_flags(message: str, command: click.Command | None) -> str:
 @click.option("-v", "--verbose", is_flag=True, help="Show haqc's progress log and ONNX Runtime's / onnx's own warnings.")
 def main(verbose: bool) -> None:
     """haqc: hardware-aware mixed-precision quantization for ONNX models."""
-    configure_logging(verbose)
 
 
 def configure_logging(verbose: bool) -> None:

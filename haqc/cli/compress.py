@@ -4,20 +4,22 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from haqc.api import CompressConfig, compress
 from haqc.cli import main
 from haqc.cli.inspect import execution_provider_option, input_shape_option, parse_input_shapes, with_provider
 from haqc.cli.quantize import finetune_options, quantize_options, run_options
 from haqc.errors import EXIT_INTERRUPTED, InputError
-from haqc.evaluation import TOP1, TOP1_AGREEMENT
 from haqc.precision import METHODS
 from haqc.progress import progress_bar, set_progress
 from haqc.quantities import format_costs, in_report_units, report_key
 from haqc.report import Report
-from haqc.search import STRATEGIES, DDPGConfig
+from haqc.settings import STRATEGY_NAMES, TOP1, TOP1_AGREEMENT, CompressConfig
+
+if TYPE_CHECKING:
+    from haqc.search import DDPGConfig
 
 DEFAULTS = CompressConfig()
 
@@ -34,7 +36,7 @@ DEFAULTS = CompressConfig()
               help="The options searched: linear, the target's integer formats; kmeans, weight codebooks (the size setting).")
 @quantize_options
 @finetune_options
-@click.option("--strategy", type=click.Choice(list(STRATEGIES)), default=DEFAULTS.strategy, show_default=True,
+@click.option("--strategy", type=click.Choice(STRATEGY_NAMES), default=DEFAULTS.strategy, show_default=True,
               help="ddpg: HAQ's agent; ilp: measured sensitivities + an exact integer program; greedy, random, "
                    "uniform: baselines (docs/search.md).")
 @click.option("--episodes", type=int, default=DEFAULTS.episodes, show_default=True, help="Search episodes (ddpg, random).")
@@ -67,6 +69,8 @@ DEFAULTS = CompressConfig()
 def compress_command(model, latency, energy, size, per_tensor, no_pin_first, no_pin_last, ddpg_overrides, input_shapes,
                      output, report_path, plot_path, no_plot, force, quiet, as_json, target, provider, threads, **options) -> None:
     """Find per-layer bitwidths for MODEL that meet a budget on a target, and export them."""
+    from haqc.api import compress  # onnx, torch: when the command runs, not for --help
+
     budgets = {q: v for q, v in (("latency", latency), ("energy", energy), ("size", size)) if v is not None}
     config = CompressConfig(
         budgets=budgets, pin_first=not no_pin_first, pin_last=not no_pin_last, ddpg=parse_ddpg_overrides(ddpg_overrides),
@@ -112,6 +116,8 @@ def parse_ddpg_overrides(items: tuple[str, ...]) -> DDPGConfig | None:
     field's type: true/false for switches, ``none`` where a field may be unset."""
     if not items:
         return None
+    from haqc.search import DDPGConfig  # torch: only when --ddpg is given
+
     base = DDPGConfig.haq() if items[0] == "haq" else DDPGConfig()
     fields = {f.name: f for f in dataclasses.fields(DDPGConfig)}
     changes = {}

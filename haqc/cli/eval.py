@@ -5,11 +5,10 @@ import json
 
 import click
 
-from haqc.api import evaluate
 from haqc.cli import main
 from haqc.cli.inspect import input_shape_option, parse_input_shapes
 from haqc.cli.quantize import METRIC_HELP
-from haqc.evaluation import BATCH_ELEMENTS, DEFAULT_BATCH, FIDELITY, FIDELITY_DB, TOP1, TOP1_AGREEMENT
+from haqc.settings import BATCH_ELEMENTS, DEFAULT_BATCH, FIDELITY, FIDELITY_DB, TOP1, TOP1_AGREEMENT
 
 
 @main.command("eval")
@@ -34,6 +33,8 @@ def eval_(
     as_json: bool,
 ) -> None:
     """Measure MODEL on --data exactly as given (no canonicalization), so quantized models are scored as shipped."""
+    from haqc.api import evaluate  # onnx, ONNX Runtime: when the command runs, not for --help
+
     result = evaluate(model, data, reference=reference, metric=metric, batch_size=batch_size,
                       input_shapes=parse_input_shapes(input_shapes))
     if as_json:

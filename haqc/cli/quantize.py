@@ -5,13 +5,10 @@ import json
 
 import click
 
-from haqc.api import QuantizeConfig, RunConfig, quantize as quantize_model
 from haqc.cli import main
 from haqc.cli.inspect import input_shape_option, parse_input_shapes
-from haqc.evaluation import TOP1, TOP1_AGREEMENT
-from haqc.finetune import DEFAULT_MIN_STEPS, DEFAULT_SECONDS, LR_CANDIDATES, MAX_EPOCHS, FinetuneConfig
-from haqc.passes.calibrate import CLIP_METHODS
-from haqc.quantizer import FORMATS
+from haqc.settings import (CLIP_METHODS, DEFAULT_MIN_STEPS, DEFAULT_SECONDS, FORMATS, LR_CANDIDATES, MAX_EPOCHS, TOP1,
+                           TOP1_AGREEMENT, FinetuneConfig, QuantizeConfig, RunConfig)
 
 DEFAULTS = RunConfig()
 EPOCHS_HELP = (f"Fine-tuning epochs at most (default with --train-data: whole epochs, at least {DEFAULT_MIN_STEPS} "
@@ -78,6 +75,8 @@ def run_options(per_tensor: bool, **options) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def quantize(model, output, force, as_json, input_shapes, per_tensor, **options) -> None:
     """Quantize MODEL with a fixed policy and write an ONNX model ONNX Runtime runs."""
+    from haqc.api import quantize as quantize_model  # onnx, torch: when the command runs, not for --help
+
     config = QuantizeConfig(input_shapes=parse_input_shapes(input_shapes), **run_options(per_tensor, **options))
     result = quantize_model(model, config, output=output, force=force)
     if as_json:

@@ -47,6 +47,7 @@ from haqc.search.checkpoint import fingerprint, load_state, save_state
 from haqc.search.env import Outcome, QuantEnv, SearchProblem
 from haqc.search.ilp import MIN_DROP, sensitivities, solve
 from haqc.search.parallel import rounds
+from haqc.settings import STRATEGY_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -375,10 +376,6 @@ def _ilp(run: _Run, episodes: int, seed: int, config: None, saved: dict | None) 
     run.save()
 
 
-STRATEGIES: dict[str, Callable[[_Run, int, int, Any, dict | None], None]] = {
-    "ddpg": _ddpg,
-    "random": _random,
-    "uniform": _uniform,
-    "greedy": _greedy,
-    "ilp": _ilp,
-}
+# Each of STRATEGY_NAMES -> the function that plays it.
+STRATEGIES: dict[str, Callable[[_Run, int, int, Any, dict | None], None]] = dict(
+    zip(STRATEGY_NAMES, (_ddpg, _random, _uniform, _greedy, _ilp), strict=True))
