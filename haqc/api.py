@@ -19,11 +19,12 @@ from typing import Any, Mapping, Sequence, TypeVar, Union
 import onnx
 
 from haqc.errors import AccuracyDropError, InputError, library_errors
-from haqc.data import input_specs, load_dataset
+from haqc.data import load_dataset
 from haqc.evaluation import EvalResult, Evaluator, num_classes
 from haqc.hw_targets import Target, load_target
 from haqc.io import atomic_write_text, check_output_path, check_plot_path, save_model
-from haqc.passes.load import InputShapes, check_input_shapes, read_model, validate_model
+from haqc.passes.load import check_input_shapes, read_model, validate_model
+from haqc.prepared import InputShapes, input_specs
 from haqc.pipeline import (budget_miss, build_report, check_budgets, correct_by_measurement, cost_table,
                            export_and_finetune, inspect_summary, measure_models, prepare, search_policy)
 from haqc.policy import load_policy, uniform_policy

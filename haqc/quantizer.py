@@ -11,29 +11,26 @@ import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
 import numpy as np
 import onnx
 
 from haqc import __version__
 from haqc.capabilities import Capabilities
-from haqc.data import Dataset, fixed_batch, input_specs, load_dataset
+from haqc.data import Dataset, fixed_batch, load_dataset
 from haqc.errors import InputError
 from haqc.evaluation import EvalResult, Evaluator, make_session, num_classes, predictions
 from haqc.finetune import FinetuneConfig, Tuned, build_simulation, default_epochs, finetune
 from haqc.layers import Layer
-from haqc.passes.base import Pass
 from haqc.passes.calibrate import Calibration, calibrate
 from haqc.passes.exporters import Export, ExportContext
 from haqc.passes.quantize_linear import LinearQuantize, QuantizedWeight, handles as linear_handles
 from haqc.passes.qonnx import ToQONNX
 from haqc.policy import Policy, policy_to_json
+from haqc.prepared import Prepared, input_specs
 from haqc.precision import Option
 from haqc.settings import DataSource, QuantizeOptions
-
-if TYPE_CHECKING:  # the pipeline builds Prepared and imports this module
-    from haqc.pipeline import Prepared
 
 logger = logging.getLogger(__name__)
 
