@@ -39,9 +39,7 @@ class Budget:
     def resolve(self, w8a8_cost: float | None) -> float:
         """The budget in SI base units, given the all-8-bit cost of the same quantity on the same target."""
         if w8a8_cost is None:
-            raise InputError(
-                f"a {self.quantity} budget needs a target that estimates {self.quantity}; this one does not"
-            )
+            raise not_estimated(self.quantity)
         return self.value * w8a8_cost if self.relative else self.value
 
     def __str__(self) -> str:
@@ -82,3 +80,14 @@ def parse_budget(text: str, quantity: Quantity) -> Budget:
         raise InputError(f"{quantity} budget {text!r} must be positive and finite")
     logger.debug("parsed %s budget %r as %s", quantity, text, budget)
     return budget
+
+
+def not_estimated(quantity: Quantity) -> InputError:
+    """The error for a budget on a quantity the target does not estimate, naming the targets that do
+    (energy is the one some lack: every target estimates latency and size)."""
+    from haqc.hw_targets.registry import available_targets  # loads every target: only on this error
+
+    which = ", ".join(t.name for t in available_targets() if quantity != "energy" or t.energy) or "none installed"
+    article = "an" if quantity[0] in "aeiou" else "a"
+    return InputError(f"{article} {quantity} budget needs a target that estimates {quantity} (here: {which}); "
+                      "this one does not")

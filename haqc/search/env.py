@@ -28,6 +28,7 @@ import numpy as np
 
 from haqc.costs import CostTable
 from haqc.errors import InputError
+from haqc.hw_targets.budget import not_estimated
 from haqc.layers import STATE_FEATURES
 from haqc.policy import Policy
 from haqc.search.budget import check_budget, enforce_budget, violations
@@ -96,7 +97,7 @@ class SearchProblem:
             raise ValueError(f"the cost table covers {self.costs.n_layers} layers; the problem has {n}")
         for quantity, limit in self.limits.items():
             if quantity not in self.costs.quantities:
-                raise InputError(f"a {quantity} budget needs a target that estimates {quantity}; this one does not")
+                raise not_estimated(quantity)
             if not (math.isfinite(limit) and limit > 0):
                 raise InputError(f"the {quantity} budget must be a positive number, got {limit!r}")
 
