@@ -4,6 +4,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Under pytest-xdist (scripts/test runs two workers on two cores) each worker computes on one thread:
+# ONNX Runtime's and torch's default of every core would put four busy threads on two cores. Set before
+# torch is imported (its OpenMP pool reads this once), and haqc's sessions below.
+PARALLEL_WORKER = "PYTEST_XDIST_WORKER" in os.environ
+if PARALLEL_WORKER:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -29,6 +36,17 @@ LIGHT_MODELS = {
 HEAVY_LIGHT_MODELS = {"bvlc_alexnet", "vgg19", "zfnet512"}
 
 ort.set_default_logger_severity(3)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One thread per xdist worker for haqc's ONNX Runtime sessions and torch."""
+    if PARALLEL_WORKER:
+        import torch
+
+        from haqc.evaluation import set_session_threads
+
+        set_session_threads(1)
+        torch.set_num_threads(1)
 
 
 def light_path(name: str) -> Path:
