@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
 from haqc.cli import main
 from haqc.errors import InputError
-from haqc.hw_targets import Target
+
+if TYPE_CHECKING:  # numpy and the cost tables: not needed for --help
+    from haqc.hw_targets import Target
 
 
 def input_shape_option(func):
