@@ -21,14 +21,15 @@ Policy = dict[str, Option]
 
 def uniform_policy(layers: Iterable[Layer], option: Option) -> Policy:
     """Every layer at ``option``; an embedding lookup, whose input is indices, takes the option's
-    weights alone (per row: a blocked or dynamic format's integers become plain weight-only ones)."""
+    weights alone: int8 rows for any integer format (its rows are gathered as int8, then scaled),
+    the codebook or the 16-bit float format as given."""
     return {layer.name: option if layer.kind != "embedding" else _lookup(option) for layer in layers}
 
 
 def _lookup(option: Option) -> Option:
     w = option.weight
-    if isinstance(w, IntFormat) and (w.block or option.activation is not None):
-        return Option(IntFormat(w.bits))
+    if isinstance(w, IntFormat):
+        return Option(IntFormat(8))
     return option if isinstance(w, FloatFormat) else Option(w)
 
 

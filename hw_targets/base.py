@@ -133,8 +133,8 @@ class Target(abc.ABC):
         if declared is not None and method == "linear":
             return declared
         w = _search_levels(self.w_bits, "weight")
-        if layer.kind == "embedding" and method == "linear":  # its input is indices: weights only
-            return weight_only(w)
+        if layer.kind == "embedding" and method == "linear":  # its input is indices: int8 rows (gathered first)
+            return weight_only((8,))
         return grid(w, _search_levels(self.a_bits, "activation")) if method == "linear" else codebooks(w)
 
     def cost_table(self, layers: Sequence[Layer], method: Method = "linear") -> CostTable:

@@ -5,7 +5,7 @@ Runtime's execution provider has fast kernels for, declared per kind of layer as
 capabilities (``OFFERED``): on the CPU, a convolution runs in float or as an 8-bit integer
 kernel (QLinearConv, fused from the QDQ haqc writes); a MatMul / Gemm also as a blocked
 weight-only kernel (MatMulNBits, 4 or 8 bits) or with its input quantized at run time
-(DynamicQuantizeMatMul); an embedding table stored in 4 or 8 bits. Narrower widths of the
+(DynamicQuantizeMatMul); an embedding table stored as int8 rows. Narrower widths of the
 integer kernels run those same 8-bit kernels, so they would cost accuracy for no time; they
 are not offered. GPU providers add 16-bit float layers.
 
@@ -54,7 +54,7 @@ W4_BLOCK32, W8_BLOCK32 = Option(IntFormat(4, block=32)), Option(IntFormat(8, blo
 # layer gets). Only these are timed and offered.
 _CPU_MATMUL = (W4_BLOCK32, INT8, INT8_DYNAMIC, W8_BLOCK32, FP32)
 _CPU = {"conv": (INT8, FP32), "depthwise": (INT8, FP32), "fc": _CPU_MATMUL, "matmul": _CPU_MATMUL,
-        "embedding": (Option(4, None), Option(8, None), FP32)}
+        "embedding": (Option(8, None), FP32)}
 _GPU_MATMUL = (W4_BLOCK32, INT8, FP16, FP32)
 _GPU = {"conv": (INT8, FP16, FP32), "depthwise": (INT8, FP16, FP32), "fc": _GPU_MATMUL, "matmul": _GPU_MATMUL,
         "embedding": (Option(8, None), FP16, FP32)}

@@ -29,7 +29,7 @@ from onnx import TensorProto, numpy_helper
 from haqc.capabilities import Capabilities, OpCapability
 from haqc.errors import InputError
 from haqc.layers import Layer
-from haqc.ops import RESHAPES
+from haqc.ops import LAYER_OPS, RESHAPES
 from haqc.passes.base import (GraphBuilder, Pass, layer_outputs, tensor_producers, tensor_readers, with_nodes,
                               without_initializers)
 from haqc.passes.calibrate import Calibration
@@ -272,7 +272,9 @@ class LinearQuantize(Pass[onnx.ModelProto]):
             quant = plan.layers[layer.name]
             node = nodes_by_name[layer.name]
             emitted = before.setdefault(layer.name, [])
-            if quant.weight is not None:
+            if quant.weight is not None and LAYER_OPS[node.op_type].indexed:
+                _gather_then_dequantize(build, node, layer, quant.weight, after)
+            elif quant.weight is not None:
                 dequantized = _dequantize_weight(build, layer, quant.weight, emitted, self.packed)
                 node.input[list(node.input).index(layer.weight)] = dequantized
             if quant.activation is not None:
@@ -421,6 +423,29 @@ def _int_tensor(name: str, values: np.ndarray, data_type: int) -> TensorProto:
     tensor = TensorProto(name=name, data_type=data_type, dims=list(values.shape))
     tensor.raw_data = pack_signed(values, 2 if data_type == TensorProto.INT2 else 4)
     return tensor
+
+
+def _gather_then_dequantize(build: GraphBuilder, node: onnx.NodeProto, layer: Layer, qw: QuantizedWeight,
+                            after: dict[str, list[onnx.NodeProto]]) -> None:
+    """An embedding lookup on int8 rows: Gather the codes and the rows' scales, then scale them.
+
+    Dequantizing the table first would run over every row at every inference (ONNX Runtime does
+    not fold DequantizeLinear: 18.7 of 75 ms on a BERT-base-width encoder); gathering first
+    touches only the rows read. Int8 containers, whatever the width: Gather takes no INT4."""
+    prefix = f"{layer.weight}/w{qw.bits}"
+    facts = LAYER_OPS[node.op_type]
+    indices, result = node.input[facts.activation], node.output[0]
+    node.input[facts.weight] = build.const(f"{prefix}/q", qw.q.astype(np.int8))
+    node.output[0] = build.fresh(f"{prefix}/rows")
+    cast = build.node("Cast", [node.output[0]], f"{prefix}/float", name=f"{layer.name}/Cast", to=TensorProto.FLOAT)
+    if qw.axis is None:  # one scale for the table
+        scales = [], build.const(f"{prefix}/scale", qw.scale.astype(np.float32))
+    else:
+        gathered = build.node("Gather", [build.const(f"{prefix}/scale", qw.scale.reshape(-1, 1).astype(np.float32)),
+                                         indices], f"{prefix}/row_scale", name=f"{layer.name}/scales")
+        scales = [gathered], gathered.output[0]
+    scaled = onnx.helper.make_node("Mul", [cast.output[0], scales[1]], [result], name=f"{layer.name}/Scale")
+    after[node.output[0]] = [*scales[0], cast, scaled]
 
 
 def _dequantize_weight(build: GraphBuilder, layer: Layer, qw: QuantizedWeight, nodes: list, packed: bool = True) -> str:

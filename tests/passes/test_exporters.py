@@ -196,3 +196,40 @@ def test_a_toy_format_added_by_one_file_and_a_registry_entry_exports_and_finetun
     train = example["train"].subset(128, seed=0)
     tuned = quantizer.finetune(policy, train.inputs, train.labels, FinetuneConfig(epochs=1, lr=1e-3, holdout=0.0))
     assert {t.name for t in tuned.graph.initializer if t.name.endswith("/ternary")} == {t.name for t in ternary}
+
+
+def _embedding_model():
+    """ids [N, 6] -> Gather(table [50, 16]) -> MatMul(16 -> 8): an embedding lookup as a layer."""
+    table = numpy_helper.from_array(RNG.standard_normal((50, 16)).astype(np.float32), "table")
+    w = numpy_helper.from_array(RNG.standard_normal((16, 8)).astype(np.float32), "w")
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+             helper.make_node("MatMul", ["e", "w"], ["y"], name="proj")]
+    graph = helper.make_graph(nodes, "emb", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6, 8])], [table, w])
+    model = canonicalize(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    return model, extract_layers(model).layers
+
+
+def test_embedding_tables_are_gathered_as_int8_rows_then_scaled():
+    """A per-row int8 table is gathered before it is scaled: only the rows read are dequantized
+    (ONNX Runtime would dequantize a whole table on every run otherwise); a uniform integer option
+    gives an embedding int8 rows, and the lookup's indices are never quantized."""
+    from haqc.policy import uniform_policy
+
+    model, layers = _embedding_model()
+    assert [l.kind for l in layers] == ["embedding", "matmul"] and layers[0].input == "ids"
+    policy = uniform_policy(layers, parse_option("w4a8"))
+    assert policy == {"embed": Option(8, None), "proj": Option(4, 8)}
+    ids = RNG.integers(0, 50, (3, 6)).astype(np.int64)
+    context = ExportContext(layers, calibrate(model, layers, [{"ids": ids}]))
+    exported = Export(context, policy)(model)
+    table = next(t for t in exported.graph.initializer if t.name.startswith("table"))
+    assert table.data_type == TensorProto.INT8
+    reader = next(n for n in exported.graph.node if table.name in n.input)
+    assert reader.op_type == "Gather"  # the int8 table is read by the lookup, not dequantized whole
+    simulated = build_simulation(model, layers, Export(context, policy).plan(model)).module.eval()
+    with torch.no_grad():
+        want = simulated(ids=torch.from_numpy(ids)).numpy()
+    assert_close_rel(run_ort(exported, {"ids": ids})[0], want, rel=1e-4)
+    with pytest.raises(InputError, match="embedding lookup"):
+        Export(context, {"embed": Option(8, 8)})
