@@ -40,6 +40,7 @@ from haqc.costs import padded
 from haqc.hw_targets.base import MeasuredTarget, Subgraphs, option_weight_bytes
 from haqc.io import atomic_write_text
 from haqc.layers import Layer
+from haqc.ops import LAYER_OPS
 from haqc.precision import FP16, FP32, IntFormat, Method, Option, reference_option
 from haqc.runner import timing
 from haqc.runner.client import RunnerClient
@@ -156,16 +157,19 @@ class OrtTarget(MeasuredTarget):
     def _layer_times(self, layer: Layer, subgraphs: Subgraphs,
                      options: Sequence[Option]) -> tuple[dict[Option, float], float]:
         """Seconds per batch of ``layer`` alone at each of ``options``, and of a Quantize -> Dequantize
-        of its input (cached by geometry and options)."""
+        of its input (none for an embedding: its input is indices); cached by geometry and options."""
         key = self._key("layer", json.dumps([subgraphs.geometry(layer, self.batch), [o.name for o in options]]))
         cached = self._read(key)
         if cached is None or len(cached) != len(options) + 1:
-            models = [*(subgraphs.layer(layer, o, self.batch) for o in options), subgraphs.conversion(layer, self.batch)]
+            models = [subgraphs.layer(layer, o, self.batch) for o in options]
+            indexed = LAYER_OPS[layer.op].indexed
+            if not indexed:
+                models.append(subgraphs.conversion(layer, self.batch))
             feeds = subgraphs.input_feed(layer, self.batch)
             (name, x), = feeds.items()
             *layer_times, call = self.time_models([*models, _identity(name, x)], feeds)
             # A session call costs the same with or without the layer: only the layer's own time adds up.
-            cached = [max(t - call, _FLOOR_S) for t in layer_times]
+            cached = [max(t - call, _FLOOR_S) for t in layer_times] + ([0.0] if indexed else [])
             self._write(key, cached, f"layer {layer.name} ({layer.op}, input {list(layer.input_shape)}): "
                                      f"{', '.join(o.name for o in options)}, input conversion")
         return dict(zip(options, cached)), cached[-1]
