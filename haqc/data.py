@@ -174,7 +174,7 @@ def load_dataset(
                 f"{expected}); save one array per model input under its name"
             )
         inputs[name] = _validate_input(name, arrays[key], shape, dtype, where)
-    _check_sample_counts(inputs, where)
+    _check_sample_counts(inputs, where, input_specs)
     labels = arrays.get(LABELS)
     if labels is not None:
         labels = _validate_labels(labels, len(Dataset(inputs)), num_classes, where)
@@ -235,10 +235,21 @@ def _cast(name: str, array: np.ndarray, dtype: np.dtype, where: str) -> np.ndarr
     )
 
 
-def _check_sample_counts(inputs: dict[str, np.ndarray], where: str) -> None:
+def _check_sample_counts(inputs: dict[str, np.ndarray], where: str, specs: list[InputSpec]) -> None:
     counts = {name: len(array) for name, array in inputs.items() if array.ndim} or {"": 1}  # scalars only: one sample
     if len(set(counts.values())) > 1:
         text = ", ".join(f"{name}: {n}" for name, n in counts.items())
+        # An input whose axis 0 is fixed but another axis is dynamic (an LSTM state [2, batch, 128]) has
+        # its batch elsewhere: haqc feeds samples on axis 0 of every input.
+        elsewhere = [(name, shape) for name, shape, _ in specs if shape and isinstance(shape[0], int)
+                     and any(not isinstance(d, int) for d in shape[1:])]
+        if elsewhere:
+            name, shape = elsewhere[0]
+            dims = ", ".join(str(d) if isinstance(d, int) else str(d or "?") for d in shape)
+            raise InputError(f"{where}: inputs have different sample counts ({text}); the model's input {name!r} "
+                             f"[{dims}] has its batch on an axis other than 0, and haqc feeds samples on axis 0 "
+                             "of every input: re-export the model with that input's batch on axis 0 (or fixed "
+                             "at 1, with one row per sample in the data)")
         raise InputError(f"{where}: inputs have different sample counts ({text}); give every input the same number")
     if not next(iter(counts.values())):
         raise InputError(f"{where} holds zero samples; pass a file with at least one")

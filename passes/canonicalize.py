@@ -42,6 +42,10 @@ class ConvertOpset(Pass[onnx.ModelProto]):
         self.opset = opset
 
     def requires(self, model: onnx.ModelProto) -> None:
+        if not any(o.domain in ("", "ai.onnx") for o in model.opset_import):
+            domains = ", ".join(sorted({o.domain for o in model.opset_import})) or "none"
+            raise InputError(f"the model imports no standard ONNX operators (only: {domains}), so it has no Conv, "
+                             "Gemm or MatMul layer to quantize; haqc quantizes neural-network layers")
         version = opset_version(model)
         if version < 7:
             raise InputError(f"model uses opset {version}; haqc converts opset 7 and newer, re-export it")

@@ -213,3 +213,31 @@ def test_metric_top1_is_the_users_word_that_outputs_are_classes(tmp_path, comman
     extra = ["--bits", "w8a8", "-o", tmp_path / "q.onnx"] if command == "quantize" else ["--reference", tmp_path / "vad.onnx"]
     _one_line_error(*_run(command, tmp_path / "vad.onnx", "--data", tmp_path / "d.npz", "--metric", "top1", *extra),
                     "says the first output holds class scores")
+
+
+def test_a_state_whose_batch_is_not_on_axis_0_is_refused_saying_how(tmp_path):
+    """silero-vad's ``state [2, batch, 128]`` beside ``input [batch, 512]``: haqc feeds samples on axis 0,
+    so the data's counts disagree; the line names the input, its dims and what to do."""
+    nodes = [h.make_node("MatMul", ["input", "w"], ["m"], name="fc"),
+             h.make_node("ReduceSum", ["state", "axes"], ["s"], keepdims=0),
+             h.make_node("Add", ["m", "s"], ["y"])]
+    graph = h.make_graph(nodes, "vad", [h.make_tensor_value_info("input", T.FLOAT, ["batch", 16]),
+                                        h.make_tensor_value_info("state", T.FLOAT, [2, "batch", 8])],
+                         [h.make_tensor_value_info("y", T.FLOAT, ["batch", 8])],
+                         [nh.from_array(RNG.normal(size=(16, 8)).astype(np.float32), "w"),
+                          nh.from_array(np.array([0], np.int64), "axes")])
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), tmp_path / "vad.onnx")
+    np.savez(tmp_path / "calib.npz", input=RNG.random((6, 16), dtype=np.float32), state=np.zeros((2, 6, 8), np.float32))
+    _one_line_error(*_run("quantize", tmp_path / "vad.onnx", "--bits", "w8a8", "--calib-data", tmp_path / "calib.npz",
+                          "-o", tmp_path / "q.onnx"), "input 'state' [2, batch, 8] has its batch on an axis other than 0")
+
+
+def test_a_model_of_ai_onnx_ml_ops_only_is_refused_in_one_line(tmp_path):
+    """sklearn-onnx's logistic regression imports ai.onnx.ml alone (no default domain: 'opset 1' before)."""
+    graph = h.make_graph([h.make_node("Scaler", ["x"], ["y"], domain="ai.onnx.ml", offset=[0.0], scale=[2.0])], "ml",
+                         [h.make_tensor_value_info("x", T.FLOAT, [None, 4])],
+                         [h.make_tensor_value_info("y", T.FLOAT, [None, 4])])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("ai.onnx.ml", 1)])
+    model.ir_version = 3
+    onnx.save(model, tmp_path / "ml.onnx")
+    _one_line_error(*_run("inspect", tmp_path / "ml.onnx"), "imports no standard ONNX operators (only: ai.onnx.ml)")
