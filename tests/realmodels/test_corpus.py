@@ -9,6 +9,7 @@ corpus, which names the failure; the table script still runs it.
 """
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -56,24 +57,34 @@ def _invoke(*args) -> str:
     return result.output
 
 
-def _runs_where_the_original_runs(name: str, original, output) -> None:
-    """Batch 1 and 3, at the analysis shape and at a second size where the model has one:
-    wherever the original runs, the output runs and gives outputs of the same shapes."""
-    model, proto = MODELS[name], onnx.load(str(original), load_external_data=False)
-    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (original, output)]
-    ran = 0
+@functools.cache
+def _original_runs(name: str) -> tuple[tuple[dict[str, np.ndarray], list[tuple[int, ...]]], ...]:
+    """Batch 1 and 3, at the analysis shape and at a second size where the model has one: the feeds the
+    original runs and its output shapes. Each model's quantize and compress outputs are checked against
+    the same runs, so the original is loaded and run once per worker, not once per test."""
+    model, path = MODELS[name], obtain(name)
+    proto = onnx.load(str(path), load_external_data=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    runs = []
     for batch, alt in ((1, False), (3, False), (3, True)):
         if alt and not model.alt_shapes:
             continue
         feeds = model.feeds(proto, batch, seed=batch, alt=alt)
         try:
-            expected = sessions[0].run(None, feeds)
+            expected = session.run(None, feeds)
         except Exception:  # noqa: BLE001 -- the original does not take this shape: neither need the output
             continue
-        got = sessions[1].run(None, feeds)
-        assert [o.shape for o in got] == [o.shape for o in expected], (batch, alt)
-        ran += 1
-    assert ran >= 1
+        runs.append((feeds, [o.shape for o in expected]))
+    return tuple(runs)
+
+
+def _runs_where_the_original_runs(name: str, output) -> None:
+    """Wherever the original runs (``_original_runs``), the output runs and gives outputs of the same shapes."""
+    runs = _original_runs(name)
+    session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    for feeds, shapes in runs:
+        assert [o.shape for o in session.run(None, feeds)] == shapes, {k: v.shape for k, v in feeds.items()}
+    assert len(runs) >= 1
 
 
 @pytest.mark.parametrize("name", _params("inspect"))
@@ -88,7 +99,7 @@ def test_quantize_keeps_the_interface(corpus, name, bits, tmp_path):
     path, data, shapes = corpus(name)
     out = tmp_path / "q.onnx"
     _invoke("quantize", path, "--bits", bits, "--calib-data", data, *shapes, "-o", out)
-    _runs_where_the_original_runs(name, path, out)
+    _runs_where_the_original_runs(name, out)
 
 
 @pytest.mark.parametrize("name", _params("compress"))
@@ -96,9 +107,9 @@ def test_compress_short_search(corpus, name, tmp_path):
     path, data, shapes = corpus(name)
     out, report = tmp_path / "c.onnx", tmp_path / "r.json"
     _invoke("compress", path, "--target", "edge", "--latency", MODELS[name].latency, "--episodes", "3", "--data", data,
-            *shapes, "-o", out, "--report", report, "--quiet")
+            *shapes, "-o", out, "--report", report, "--quiet", "--no-plot")  # plots: tests/test_plot.py
     assert json.loads(report.read_text())["result"]["meets_budget"]
-    _runs_where_the_original_runs(name, path, out)
+    _runs_where_the_original_runs(name, out)
 
 
 @pytest.mark.parametrize("name", [n for n, m in MODELS.items() if m.refuses])
