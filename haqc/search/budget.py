@@ -2,10 +2,16 @@
 
 After the agent has chosen every layer, the policy is made to fit: walk the
 layers from last to first, lowering each one's activation bits by one
-supported step and re-checking, then its weight bits and re-checking (an
-option list: one option cheaper), and repeat the walk until every limit
-holds. Limits are absolute (seconds, joules, bytes); the pipeline resolves
-relative budgets against the all-8-bit cost first.
+supported step and re-checking, then its weight bits and re-checking, and
+repeat the walk until every limit holds. Limits are absolute (seconds, joules,
+bytes); the pipeline resolves relative budgets against the all-8-bit cost first.
+
+A list of formats (a measured target's ``w4-block32, w8a8, int8-dynamic,
+w8-block32, fp32``) is ordered by precision, not by every cost: the least
+precise is the smallest, not always the fastest. There a layer steps down to
+the less precise option that saves most of what is over its limits (each
+quantity relative to its limit), and the budget check tries the cheapest
+policy of each limited quantity, not only the least precise one.
 """
 from __future__ import annotations
 
@@ -31,10 +37,18 @@ def violations(costs: Mapping[str, float], limits: Mapping[str, float]) -> list[
 
 
 def check_budget(table: CostTable, limits: Mapping[str, float], space: SearchSpace) -> None:
-    """Raise BudgetUnreachableError if even the cheapest policy misses a limit; call it before searching."""
-    cheapest = table.cost(space.cheapest())
-    if violations(cheapest, limits):
-        raise BudgetUnreachableError(unreachable_message(table, cheapest, limits, space))
+    """Raise BudgetUnreachableError if no limit can be met even alone (the least precise policy, and for
+    each limited quantity its own cheapest one, miss it); call it before searching."""
+    costs = [table.cost(c) for c in (space.cheapest(), *(cheapest_for(table, space, q) for q in limits))]
+    least = {q: min(c[q] for c in costs) for q in costs[0]}  # each quantity at the least any candidate costs
+    if violations(least, limits):
+        raise BudgetUnreachableError(unreachable_message(table, least, limits, space))
+
+
+def cheapest_for(table: CostTable, space: SearchSpace, quantity: str) -> np.ndarray:
+    """Each unpinned layer at its option of least ``quantity`` (pinned layers at their most precise)."""
+    columns = [int(np.argmin(table.values[quantity][i, : len(layer.options)])) for i, layer in enumerate(space.layers)]
+    return space.pin(np.array(columns, dtype=np.int64))
 
 
 def enforce_budget(table: CostTable, limits: Mapping[str, float], space: SearchSpace,
@@ -46,13 +60,26 @@ def enforce_budget(table: CostTable, limits: Mapping[str, float], space: SearchS
         for i in reversed(range(space.n_layers)):
             if space.pinned[i]:
                 continue
-            for below in space.layers[i].enforcement_steps(int(chosen[i])):
+            layer = space.layers[i]
+            steps = layer.enforcement_steps(int(chosen[i])) if layer.w_levels is not None else \
+                _saving_step(table, i, int(chosen[i]), violations(table.cost(chosen), limits), limits)
+            for below in steps:
                 chosen[i], lowered = below, True
                 if not violations(table.cost(chosen), limits):
                     return chosen
         if not lowered:  # every unpinned layer is at its cheapest: the cheapest policy, still over
             raise BudgetUnreachableError(unreachable_message(table, table.cost(chosen), limits, space))
     return chosen
+
+
+def _saving_step(table: CostTable, layer: int, column: int, over: list[str],
+                 limits: Mapping[str, float]) -> list[int]:
+    """The less precise option of ``layer`` that saves most of the quantities ``over`` their limits
+    (each relative to its limit), or none when no less precise option saves anything."""
+    saving = [sum((table.values[q][layer, j] - table.values[q][layer, column]) / limits[q] for q in over)
+              for j in range(column)]
+    best = int(np.argmin(saving)) if saving else None
+    return [best] if best is not None and saving[best] < 0 else []
 
 
 def unreachable_message(table: CostTable, cheapest: Mapping[str, float], limits: Mapping[str, float],

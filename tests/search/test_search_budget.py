@@ -174,3 +174,22 @@ def test_transitions_add_to_the_consumer_and_to_the_model_but_not_to_a_layers_ow
     with pytest.raises(ValueError, match="transition 0 -> 1"):
         CostTable(["a", "b", "c"], options, {"latency": latency},
                   transitions=[Transition(0, 1, {"latency": np.zeros((3, 2))})])
+
+
+def test_a_format_list_ordered_by_precision_reaches_a_budget_its_least_precise_option_misses():
+    """A measured target's formats are ordered by precision: w4-block32 is the smallest but slower than
+    w8a8 (MatMulNBits dequantizes in float). A latency budget only w8a8 meets is reachable, and the
+    enforcement steps a layer down to the option that saves latency, not merely the next one down."""
+    from haqc.precision import FP32, IntFormat
+
+    options = (Option(IntFormat(4, block=32)), Option(8, 8), Option(IntFormat(8, block=32)), FP32)
+    n = 4
+    table = CostTable([f"l{i}" for i in range(n)], [options] * n,
+                      {"latency": np.tile([3.0, 1.0, 4.0, 2.0], (n, 1)), "size": np.tile([1.0, 2.0, 2.2, 8.0], (n, 1))})
+    space = SearchSpace.build(table, pin_first=False, pin_last=False)
+    limits = {"latency": 1.5 * n}
+    check_budget(table, limits, space)  # the least precise policy costs 3n: reachable all the same
+    fitted = enforce_budget(table, limits, space, space.most_precise())
+    assert table.cost(fitted)["latency"] <= limits["latency"] and set(fitted) <= {1, 3}
+    with pytest.raises(BudgetUnreachableError, match="latency budget .* the cheapest policy costs 4"):
+        check_budget(table, {"latency": 0.5 * n}, space)
