@@ -243,6 +243,14 @@ def _check_sample_counts(inputs: dict[str, np.ndarray], where: str, specs: list[
         # its batch elsewhere: haqc feeds samples on axis 0 of every input.
         elsewhere = [(name, shape) for name, shape, _ in specs if shape and isinstance(shape[0], int)
                      and any(not isinstance(d, int) for d in shape[1:])]
+        n = max(counts.values())
+        at_one = [(name, shape) for name, shape, _ in specs if shape and shape[0] == 1 and counts.get(name, n) != n]
+        if at_one:
+            name, shape = at_one[0]
+            rest = ", ".join(str(d) if isinstance(d, int) else str(d or "?") for d in shape[1:])
+            raise InputError(f"{where}: inputs have different sample counts ({text}); the model fixes input {name!r} "
+                             f"at batch 1, so haqc runs one sample at a time: save one row per sample, shape "
+                             f"[{n}, {rest}] beside the other inputs' {n}")
         if elsewhere:
             name, shape = elsewhere[0]
             dims = ", ".join(str(d) if isinstance(d, int) else str(d or "?") for d in shape)

@@ -241,3 +241,13 @@ def test_a_model_of_ai_onnx_ml_ops_only_is_refused_in_one_line(tmp_path):
     model.ir_version = 3
     onnx.save(model, tmp_path / "ml.onnx")
     _one_line_error(*_run("inspect", tmp_path / "ml.onnx"), "imports no standard ONNX operators (only: ai.onnx.ml)")
+
+
+def test_a_state_fixed_at_batch_one_given_once_is_refused_saying_how(tmp_path):
+    """h [1, 1, 128] saved as the model takes it (one row) beside 12 frames: the line says to save one row
+    per sample."""
+    onnx.save(_vad(), tmp_path / "vad.onnx")
+    np.savez(tmp_path / "calib.npz", input=RNG.random((12, 576), dtype=np.float32),
+             h=np.zeros((1, 1, 128), np.float32), c=np.zeros((1, 1, 128), np.float32))
+    _one_line_error(*_run("quantize", tmp_path / "vad.onnx", "--bits", "w8a8", "--calib-data", tmp_path / "calib.npz",
+                          "-o", tmp_path / "q.onnx"), "save one row per sample, shape [12, 1, 128]")
