@@ -57,7 +57,10 @@ def prepare(path_or_model: str | os.PathLike | onnx.ModelProto, input_shapes: In
         path, source = Path("<in-memory model>"), validate_model(path_or_model, "the model")
     else:
         path, source = Path(path_or_model), read_model(path_or_model)
-    shapes = {**sample_shapes(data, input_specs(source)), **(input_shapes or {})}
+    specs = input_specs(source)
+    # The data fixes only dims the model leaves dynamic: shapes to fix cost a copy of every weight below.
+    dynamic = {name for name, dims, _ in specs if any(not isinstance(d, int) for d in dims)}
+    shapes = {**{k: v for k, v in sample_shapes(data, specs).items() if k in dynamic}, **(input_shapes or {})}
     opset = opset_version(source)
     check_input_shapes(source, shapes)
     model = canonicalize(source)
