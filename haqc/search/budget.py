@@ -22,6 +22,7 @@ import numpy as np
 
 from haqc.costs import CostTable
 from haqc.errors import BudgetUnreachableError
+from haqc.precision import METHODS
 from haqc.quantities import format_costs
 from haqc.search.space import SearchSpace
 
@@ -39,7 +40,8 @@ def violations(costs: Mapping[str, float], limits: Mapping[str, float]) -> list[
 def check_budget(table: CostTable, limits: Mapping[str, float], space: SearchSpace) -> None:
     """Raise BudgetUnreachableError if no limit can be met even alone (the least precise policy, and for
     each limited quantity its own cheapest one, miss it); call it before searching."""
-    costs = [table.cost(c) for c in (space.cheapest(), *(cheapest_for(table, space, q) for q in limits))]
+    candidates = [space.cheapest(), *(cheapest_for(table, space, q) for q in limits), *_all_8_bit(table, space)]
+    costs = [table.cost(c) for c in candidates]
     least = {q: min(c[q] for c in costs) for q in costs[0]}  # each quantity at the least any candidate costs
     if violations(least, limits):
         raise BudgetUnreachableError(unreachable_message(table, least, limits, space))
@@ -70,6 +72,20 @@ def enforce_budget(table: CostTable, limits: Mapping[str, float], space: SearchS
         if not lowered:  # every unpinned layer is at its cheapest: the cheapest policy, still over
             raise BudgetUnreachableError(unreachable_message(table, table.cost(chosen), limits, space))
     return chosen
+
+
+def _all_8_bit(table: CostTable, space: SearchSpace) -> list[np.ndarray]:
+    """The all-8-bit policy of each option family, where every unpinned layer declares it: a layer's
+    cheapest options alone miss what chains of integer layers save together (the transitions)."""
+    out = []
+    for method in METHODS:
+        try:
+            columns = space.pin(table.indices(table.reference(method)))
+        except ValueError:  # a layer has no such option
+            continue
+        if all(c < len(layer.options) for c, layer in zip(columns, space.layers)):
+            out.append(columns)
+    return out
 
 
 def _saving_step(table: CostTable, layer: int, column: int, over: list[str],
