@@ -76,12 +76,6 @@ def option_weight_bytes(layer: Layer, option: Option) -> float:
     return weight_bytes(layer, w.bits)
 
 
-def stored_bytes(layer: Layer, option: Option, bytes_as_costed: float) -> float:
-    """What ``option`` stores for ``layer``'s weights: 16-bit floats take 2 bytes a weight (a target
-    costs a float layer as float32 storage), everything else as the target costed it."""
-    return option_weight_bytes(layer, option) if isinstance(option.weight, FloatFormat) else bytes_as_costed
-
-
 def is_float(bits: int | None) -> bool:
     """True when ``bits`` marks an unquantized (float) tensor: None or 32."""
     return bits in FLOAT_MARKERS
@@ -160,7 +154,9 @@ class Target(abc.ABC):
         return {
             "latency": padded([[c.latency_s for c in row] for row in costs]),
             "energy": None if None in energies else padded([[c.energy_j for c in row] for row in costs]),
-            "size": padded([[stored_bytes(layer, o, c.weight_bytes) for o, c in zip(opts, row)]
+            # a target costs a float layer's weights as float32: 16-bit float ones store 2 bytes each
+            "size": padded([[option_weight_bytes(layer, o) if isinstance(o.weight, FloatFormat) else c.weight_bytes
+                             for o, c in zip(opts, row)]
                             for layer, opts, row in zip(layers, options, costs)]),
         }
 

@@ -180,6 +180,19 @@ def with_nodes(model: onnx.ModelProto, out: onnx.ModelProto, nodes: list[onnx.No
     return out
 
 
+NodeRewrite = Callable[["GraphBuilder", onnx.NodeProto, dict[str, onnx.TensorProto]], list[onnx.NodeProto]]
+
+
+def replace_nodes(model: onnx.ModelProto, rewrites: dict[str, NodeRewrite]) -> onnx.ModelProto:
+    """A copy of ``model`` with each node named in ``rewrites`` replaced by the nodes its rewrite
+    returns; a rewrite gets a builder (fresh names, constants), the node and the initializers by name."""
+    out = without_initializers(model)
+    inits = {t.name: t for t in model.graph.initializer}
+    build = GraphBuilder(model)
+    nodes = [m for n in out.graph.node for m in (rewrites[n.name](build, n, inits) if n.name in rewrites else [n])]
+    return with_nodes(model, out, nodes, build)
+
+
 def quiet_session_options() -> ort.SessionOptions:
     """Options for the ONNX Runtime sessions passes run (calibration, shape probing): ORT's own
     warnings stay out of the user's terminal."""

@@ -11,6 +11,7 @@ kernels without VNNI add pairs of products in int16, as for static int8.
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import numpy as np
 import onnx
@@ -18,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from haqc.capabilities import Capabilities
 from haqc.layers import Layer
-from haqc.passes.base import GraphBuilder, Pass, with_nodes, without_initializers
+from haqc.passes.base import GraphBuilder, Pass, replace_nodes
 from haqc.passes.exporters import ExportContext, Exporter, register
 from haqc.passes.plan import DynamicQuant, ExportPlan, LayerQuant, QuantizedWeight
 from haqc.passes.quantize_linear import quantize_weight
@@ -45,9 +46,6 @@ class DynamicQuantize(Pass[onnx.ModelProto]):
         self.capabilities = capabilities
         self.cache = {} if cache is None else cache
 
-    def requires(self, model: onnx.ModelProto) -> None:
-        matmul_layers_only(model, self.layers, "dynamic int8 (MatMulInteger)")
-
     def plan(self, model: onnx.ModelProto) -> ExportPlan:
         axes = matmul_layers_only(model, self.layers, "dynamic int8 (MatMulInteger)")
         inits = {t.name: t for t in model.graph.initializer}
@@ -64,24 +62,17 @@ class DynamicQuantize(Pass[onnx.ModelProto]):
         return ExportPlan(out)
 
     def call(self, model: onnx.ModelProto) -> onnx.ModelProto:
-        plan = self.plan(model)
-        axes = matmul_layers_only(model, self.layers, "dynamic int8 (MatMulInteger)")
-        out = without_initializers(model)
-        inits = {t.name: t for t in model.graph.initializer}
-        build = GraphBuilder(model)
-        replaced = {}
-        for layer in self.layers:
-            node = next(n for n in out.graph.node if n.name == layer.name)
-            replaced[layer.name] = _dynamic_matmul(build, node, layer, plan.layers[layer.name].weight,
-                                                   axes[layer.name], inits)
-        return with_nodes(model, out, [m for n in out.graph.node for m in replaced.get(n.name, [n])], build)
+        plan = self.plan(model)  # checks every layer is a MatMul / Gemm with a 2-D weight
+        return replace_nodes(model, {l.name: partial(_dynamic_matmul, l, plan.layers[l.name].weight)
+                                     for l in self.layers})
 
 
-def _dynamic_matmul(build: GraphBuilder, node: onnx.NodeProto, layer: Layer, qw: QuantizedWeight, reduction_axis: int,
+def _dynamic_matmul(layer: Layer, qw: QuantizedWeight, build: GraphBuilder, node: onnx.NodeProto,
                     inits: dict) -> list[onnx.NodeProto]:
-    """The nodes computing ``node`` with a run-time quantized input and ``qw``'s int8 weights [K, N]."""
+    """The nodes computing ``node`` with a run-time quantized input and ``qw``'s int8 weights [K, N]
+    (per output channel: the reduction axis is the other one)."""
     prefix = f"{layer.name}/dynamic"
-    weight = np.moveaxis(qw.q.astype(np.int8), reduction_axis, 0)  # [K, N]
+    weight = np.moveaxis(qw.q.astype(np.int8), 1 - qw.axis, 0)  # [K, N]
     scale = np.asarray(qw.scale, np.float32).reshape(-1)
     quantize = build.node("DynamicQuantizeLinear", [node.input[0]], f"{prefix}/x", name=f"{prefix}/Quantize")
     quantize.output.extend([build.fresh(f"{prefix}/x_scale"), build.fresh(f"{prefix}/x_zero_point")])

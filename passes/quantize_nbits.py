@@ -13,6 +13,7 @@ min/max ranges for the least squared error (plain min/max, what
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import numpy as np
 import onnx
@@ -20,7 +21,7 @@ from onnx import helper, numpy_helper
 
 from haqc.errors import InputError
 from haqc.layers import Layer
-from haqc.passes.base import GraphBuilder, Pass, with_nodes, without_initializers
+from haqc.passes.base import GraphBuilder, Pass, replace_nodes
 from haqc.passes.exporters import ExportContext, Exporter, register
 from haqc.passes.plan import ExportPlan, LayerQuant, QuantizedWeight
 from haqc.policy import Policy
@@ -78,9 +79,6 @@ class NBitsQuantize(Pass[onnx.ModelProto]):
         self.policy = policy
         self.cache = {} if cache is None else cache
 
-    def requires(self, model: onnx.ModelProto) -> None:
-        matmul_layers_only(model, self.layers, "MatMulNBits")
-
     def plan(self, model: onnx.ModelProto) -> ExportPlan:
         axes = matmul_layers_only(model, self.layers, "MatMulNBits")
         inits = {t.name: t for t in model.graph.initializer}
@@ -95,15 +93,8 @@ class NBitsQuantize(Pass[onnx.ModelProto]):
         return ExportPlan(out)
 
     def call(self, model: onnx.ModelProto) -> onnx.ModelProto:
-        plan = self.plan(model)
-        out = without_initializers(model)
-        inits = {t.name: t for t in model.graph.initializer}
-        build = GraphBuilder(model)
-        replaced: dict[str, list[onnx.NodeProto]] = {}
-        for layer in self.layers:
-            node = next(n for n in out.graph.node if n.name == layer.name)
-            replaced[layer.name] = _matmul_nbits(build, node, layer, plan.layers[layer.name].weight, inits)
-        with_nodes(model, out, [m for n in out.graph.node for m in replaced.get(n.name, [n])], build)
+        plan = self.plan(model)  # checks every layer is a MatMul / Gemm with a 2-D weight
+        out = replace_nodes(model, {l.name: partial(_matmul_nbits, l, plan.layers[l.name].weight) for l in self.layers})
         if not any(o.domain == MS_DOMAIN for o in out.opset_import):
             out.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
         return out
@@ -140,7 +131,7 @@ def _reduction_axis(node: onnx.NodeProto, layer: Layer, inits: dict) -> int | No
     return None
 
 
-def _matmul_nbits(build: GraphBuilder, node: onnx.NodeProto, layer: Layer, qw: QuantizedWeight,
+def _matmul_nbits(layer: Layer, qw: QuantizedWeight, build: GraphBuilder, node: onnx.NodeProto,
                   inits: dict) -> list[onnx.NodeProto]:
     """MatMulNBits computing what ``node`` did with ``qw``'s weights (plus the Gemm's bias, if any)."""
     codes = np.moveaxis(qw.q + qw.zero_point.repeat(qw.block, axis=qw.reduction_axis)[
