@@ -150,7 +150,7 @@ def config_of(c: dict, episodes: int, scores: Path):
         target=c["target"], budgets={c["quantity"]: budget}, data=m.val, calib_data=m.calib, train_data=m.train,
         strategy=c["strategy"], episodes=episodes + (0 if probing else probes(c["model"])),
         seed=c["seed"], method=c["method"], finetune_epochs=0 if ablation else 1, input_shapes=m.input_shapes,
-        ddpg=ddpg, workdir=scores / f"{c['model']}-{c['method']}" if c["strategy"] in SCORES_SHARED else None,
+        strategy_config=ddpg if c["strategy"] == "ddpg" else None, workdir=scores / f"{c['model']}-{c['method']}" if c["strategy"] in SCORES_SHARED else None,
     )
 
 

@@ -32,7 +32,7 @@ from haqc.precision import parse_option
 from haqc.quantizer import (CandidateScorer, QuantizeResult, Quantizer, Scores, calibrate_model, finetune_export,
                             needs_calibration, keep_better, load_run_data)
 from haqc.report import Report
-from haqc.search import STRATEGIES, SearchResult
+from haqc.search import SearchResult, load_strategy
 from haqc.search.strategies import Progress
 from haqc.settings import CompressConfig, DataSource, Metric, QuantizeConfig, custom_metric
 from haqc.workers import require_ray
@@ -177,7 +177,7 @@ def compress(model: ModelSource, config: CompressConfig | None = None, *, output
     start = time.perf_counter()
     result = search_policy(prepared, table, limits, score, fp32.accuracy, strategy=config.strategy,
                            episodes=config.episodes, seed=config.seed, pin_first=config.pin_first,
-                           pin_last=config.pin_last, reward_lambda=config.reward_lambda, ddpg=config.ddpg,
+                           pin_last=config.pin_last, reward_lambda=config.reward_lambda, reward=config.reward, strategy_config=config.strategy_config,
                            workdir=config.workdir, resume=config.resume, progress=progress,
                            workers=config.workers, ray_address=config.ray_address,
                            setup=score.setup() if config.workdir is not None else None)
@@ -198,7 +198,7 @@ def compress(model: ModelSource, config: CompressConfig | None = None, *, output
                          prepared=prepared, fp32=fp32, w8a8_score=w8a8_score, method=config.method, result=result,
                          exported=exported, seed=config.seed, finetune_epochs=run.epochs,
                          seconds=time.perf_counter() - start, workers=config.workers, measured=measured,
-                         output_format=options.format)
+                         output_format=options.format, reward=config.reward)
     if output is not None:
         save_model(quantizer.written(exported.model, result.policy), output)
         built = dataclasses.replace(built, output=str(output), output_mb=Path(output).stat().st_size / 1e6)
@@ -225,8 +225,7 @@ def _check(config: CompressConfig) -> None:
     """What compress needs before any work, in the API's terms."""
     if not config.budgets:
         raise InputError("give at least one budget (`budgets`: latency, energy or size, e.g. latency 0.5x)")
-    if config.strategy not in STRATEGIES:
-        raise InputError(f"unknown `strategy` {config.strategy!r}; choose one of: {', '.join(STRATEGIES)}")
+    load_strategy(config.strategy)  # an unknown name or a broken plugin: one line before any work
     if config.episodes < 1:
         raise InputError(f"`episodes` must be at least 1, got {config.episodes}")
     if config.workers < 1:

@@ -153,7 +153,13 @@ def run_batches(session: ort.InferenceSession, dataset: Dataset, batch_size: int
 
 def predictions(session: ort.InferenceSession, dataset: Dataset, batch_size: int | None = None) -> np.ndarray:
     """The session's first output for every sample, concatenated along axis 0."""
-    firsts = [outs[0] for outs in run_batches(session, dataset, batch_size)]
+    return _first_output(run_batches(session, dataset, batch_size), session, dataset, batch_size)
+
+
+def _first_output(batches: list[list[np.ndarray]], session: ort.InferenceSession, dataset: Dataset,
+                  batch_size: int | None) -> np.ndarray:
+    """The first output of ``run_batches``'s result for every sample; InputError if it is not per sample."""
+    firsts = [outs[0] for outs in batches]
     if not _per_sample(firsts, len(dataset)):
         rows = min(len(dataset), batch_size_for(session, dataset, batch_size))
         raise InputError(
@@ -188,6 +194,47 @@ def fidelity(outputs: list[list[np.ndarray]], reference: list[list[np.ndarray]])
     return float(np.mean(scores))
 
 
+# Where one output's divergence stops growing: noise 30 dB above the signal, or non-finite outputs, is
+# garbage whatever its size (the probes' loss models and integer program need finite numbers).
+MAX_DIVERGENCE = 1e3
+
+
+def divergence(outputs: list[list[np.ndarray]], reference: list[list[np.ndarray]], classes: str | None = None) -> float:
+    """How far ``outputs`` are from ``reference`` (both from ``run_batches``), >= 0, 0 only when equal:
+    the mean over outputs of, for a first output of class scores (``classes``: "logits" or
+    "probabilities"), the KL divergence of the reference's class distribution from the output's, averaged
+    over samples; for other float outputs the noise-to-signal power ratio |out - ref|^2 / |ref|^2; for
+    other outputs (indices, masks) the fraction of elements that differ. Neither saturates at the top."""
+    values = []
+    for k in range(len(reference[0])):
+        if k == 0 and classes is not None:
+            ref = np.concatenate([batch[0] for batch in reference]).astype(np.float64)
+            out = np.concatenate([batch[0] for batch in outputs]).astype(np.float64)
+            values.append(_kl(ref, out, classes) if ref.shape == out.shape else MAX_DIVERGENCE)
+            continue
+        ref = np.concatenate([np.ravel(batch[k]) for batch in reference])
+        out = np.concatenate([np.ravel(batch[k]) for batch in outputs])
+        if ref.shape != out.shape:
+            values.append(MAX_DIVERGENCE)
+        elif ref.dtype.kind != "f":
+            values.append(float(np.mean(out != ref)) if ref.size else 0.0)
+        else:
+            values.append(10 ** (-sqnr_db(out, ref) / 10))
+    return float(np.mean([min(v, MAX_DIVERGENCE) if math.isfinite(v) else MAX_DIVERGENCE for v in values]))
+
+
+def _kl(ref: np.ndarray, out: np.ndarray, classes: str) -> float:
+    """Mean over rows of KL(p_ref || p_out) over the last axis (nats)."""
+    def log_probs(x: np.ndarray) -> np.ndarray:
+        if classes == "probabilities":
+            x = np.clip(x, 1e-12, None)
+            return np.log(x / x.sum(-1, keepdims=True))
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+    log_p, log_q = log_probs(ref), log_probs(out)
+    return float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)))
+
+
 def sqnr_db(out: np.ndarray, ref: np.ndarray) -> float:
     """10 log10(|ref|^2 / |out - ref|^2): inf when equal, -inf when ``out`` is not finite."""
     ref, out = np.asarray(ref, np.float64), np.asarray(out, np.float64)
@@ -220,11 +267,16 @@ def class_scores(model: onnx.ModelProto) -> bool:
     """Whether the model's first output holds class scores, read from the graph: a Softmax or LogSoftmax
     makes it (through shape-only ops). Rank alone decides nothing: three regression scores per clip or a
     face-probability head are 2-D too."""
+    return _first_output_op(model) in ("Softmax", "LogSoftmax")
+
+
+def _first_output_op(model: onnx.ModelProto) -> str | None:
+    """The op that computes the first output, looking through shape-only ops."""
     producers = {out: node for node in model.graph.node for out in node.output}
     name = model.graph.output[0].name if model.graph.output else ""
     while (node := producers.get(name)) is not None and node.op_type in PASS_THROUGH:
         name = node.input[0]
-    return node is not None and node.op_type in ("Softmax", "LogSoftmax")
+    return None if node is None else node.op_type
 
 
 def num_classes(model: onnx.ModelProto) -> int | None:
@@ -243,6 +295,7 @@ class EvalResult:
     seconds: float
     label_free: bool
     metric_name: str
+    divergence: float | None = None  # from the reference's outputs (``divergence``), when there is a reference
 
 
 class Evaluator:
@@ -256,7 +309,9 @@ class Evaluator:
     sequences or a regressor's scores). A custom ``metric`` (a callable or a
     ``module:function`` spec, as ``load_metric`` takes) receives the model's first
     output and the targets: the labels, else the reference's top-1 predictions
-    when its first output holds class scores, else None.
+    when its first output holds class scores, else None. With a reference, every
+    evaluation also measures the ``divergence`` of the outputs from its outputs
+    (cached here), in the same pass: the search's signal that does not saturate.
     """
 
     def __init__(
@@ -268,7 +323,9 @@ class Evaluator:
     ) -> None:
         self.dataset = dataset
         self.batch_size = batch_size
-        self.reference_outputs: list[list[np.ndarray]] | None = None  # FIDELITY's reference, per batch
+        self.reference_outputs: list[list[np.ndarray]] | None = None  # the reference's outputs, per batch
+        self.fidelity_scored = False  # the metric is FIDELITY against reference_outputs
+        self.class_output: str | None = None  # "logits" / "probabilities": the first output's class scores
         self.classes = {TOP1: True, FIDELITY: False}.get(metric) if isinstance(metric, str) else None
         if self.classes is not None:
             metric = None
@@ -281,25 +338,31 @@ class Evaluator:
         else:
             self.metric_name, self.metric = (TOP1 if dataset.labels is not None else TOP1_AGREEMENT), None
         self.label_free = dataset.labels is None or self.classes is False
-        if not self.label_free and reference is not None:
-            logger.info("%s has labels; the reference model is not needed and is ignored", dataset.source)
-        self.targets = dataset.labels if not self.label_free else self._reference_targets(reference)
+        if reference is None and self.label_free and self.metric is None:
+            raise InputError(
+                f"{self.dataset.source} has no labels; pass --reference (the fp32 model) to measure "
+                "label-free agreement, or add a 'labels' array to the file"
+            )
+        rows = self._run_reference(reference) if reference is not None else False
+        self.targets = dataset.labels if not self.label_free else self._reference_targets(reference, rows)
+        if self.reference_outputs is not None and self.metric is None and not self.fidelity_scored and rows:
+            proto = _as_proto(reference)
+            self.class_output = "probabilities" if _first_output_op(proto) == "Softmax" else "logits"
 
-    def _reference_targets(self, reference: ModelSource | None) -> np.ndarray | None:
-        if reference is None:
-            if self.metric is None:
-                raise InputError(
-                    f"{self.dataset.source} has no labels; pass --reference (the fp32 model) to measure "
-                    "label-free agreement, or add a 'labels' array to the file"
-                )
-            return None
+    def _run_reference(self, reference: ModelSource) -> bool:
+        """Cache the reference's outputs; whether its first output is one row of class scores per sample
+        (at least two: argmax over one score is always 0)."""
         session = make_session(reference, "the reference model")
         self.dataset.check_specs(session_specs(session), "the reference model")
-        batches = run_batches(session, self.dataset, self.batch_size)
-        firsts = [outs[0] for outs in batches]
-        # Class scores: one row of at least two per sample (argmax over one score is always 0).
-        rows = _per_sample(firsts, len(self.dataset)) and all(b.ndim == 2 and b.shape[1] > 1 and b.dtype.kind == "f"
+        self.reference_outputs = run_batches(session, self.dataset, self.batch_size)
+        firsts = [outs[0] for outs in self.reference_outputs]
+        return _per_sample(firsts, len(self.dataset)) and all(b.ndim == 2 and b.shape[1] > 1 and b.dtype.kind == "f"
                                                               for b in firsts)
+
+    def _reference_targets(self, reference: ModelSource | None, rows: bool) -> np.ndarray | None:
+        if reference is None:
+            return None
+        firsts = [outs[0] for outs in self.reference_outputs]
         classes = self.classes if self.classes is not None else class_scores(_as_proto(reference))
         if classes and not rows and self.classes:
             raise InputError(
@@ -311,7 +374,7 @@ class Evaluator:
             logger.info("reference predictions cached for %d samples (label-free mode)", len(targets))
             return targets
         if self.metric is None:
-            self.metric_name, self.reference_outputs = FIDELITY, batches
+            self.metric_name, self.fidelity_scored = FIDELITY, True
             logger.info("the reference's outputs are not class logits: scoring %s against them", FIDELITY)
         return None
 
@@ -320,13 +383,15 @@ class Evaluator:
         start = time.perf_counter()
         session = model if isinstance(model, ort.InferenceSession) else make_session(model, name)
         self.dataset.check_specs(session_specs(session), name)
-        if self.reference_outputs is not None:
-            score = fidelity(run_batches(session, self.dataset, self.batch_size), self.reference_outputs)
+        batches = run_batches(session, self.dataset, self.batch_size)
+        if self.fidelity_scored:
+            score = fidelity(batches, self.reference_outputs)
         else:
-            score = self._score(predictions(session, self.dataset, self.batch_size), name)
+            score = self._score(_first_output(batches, session, self.dataset, self.batch_size), name)
+        moved = None if self.reference_outputs is None else divergence(batches, self.reference_outputs, self.class_output)
         seconds = time.perf_counter() - start
         logger.debug("%s: %s %.4f on %d samples in %.3f s", name, self.metric_name, score, len(self.dataset), seconds)
-        return EvalResult(score, len(self.dataset), seconds, self.label_free, self.metric_name)
+        return EvalResult(score, len(self.dataset), seconds, self.label_free, self.metric_name, moved)
 
     def _score(self, outputs: np.ndarray, name: str) -> float:
         if self.metric is not None:

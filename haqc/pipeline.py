@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import onnx
 
@@ -28,10 +28,11 @@ from haqc.precision import FP32, Method
 from haqc.quantities import format_costs
 from haqc.quantizer import DataSource, Quantizer, finetune_export, keep_better
 from haqc.report import LayerRow, Report, Result, Scored, SearchSummary, mark_frontier
-from haqc.search import DDPGConfig, SearchProblem, SearchResult, SearchSpace, check_budget, search
+from haqc.search import SearchProblem, SearchResult, SearchSpace, check_budget, search
 from haqc.search.budget import enforce_budget, unpin_remedy, violations
 from haqc.search.parallel import Evaluations
 from haqc.search.store import Stored, store_path
+from haqc.search.score import Reward, ScoreLike, as_score
 from haqc.search.strategies import Progress
 from haqc.workers import RayPool
 from haqc.passes.base import opset_version
@@ -169,9 +170,10 @@ def check_budgets(table: CostTable, budgets: Mapping[str, str], method: Method, 
     return Limits(dict(budgets), values)
 
 
-def search_policy(prepared: Prepared, table: CostTable, limits: Limits, score: Callable[[Policy], float],
+def search_policy(prepared: Prepared, table: CostTable, limits: Limits, score: Callable[[Policy], ScoreLike],
                   fp32_score: float, *, strategy: str, episodes: int, seed: int, pin_first: bool, pin_last: bool,
-                  reward_lambda: float, ddpg: DDPGConfig | None, workdir: str | os.PathLike | None, resume: bool,
+                  reward_lambda: float, reward: Reward, strategy_config: Any, workdir: str | os.PathLike | None,
+                  resume: bool,
                   progress: Progress | None = None, workers: int = 1,
                   ray_address: str | None = None, setup: str | None = None) -> SearchResult:
     """Stage 5: search a policy that meets ``limits``, scoring candidates with ``score``: in this
@@ -188,8 +190,9 @@ def search_policy(prepared: Prepared, table: CostTable, limits: Limits, score: C
         pin_first=pin_first,
         pin_last=pin_last,
         reward_lambda=reward_lambda,
+        reward=reward,
     )
-    run = partial(search, strategy=strategy, episodes=episodes, seed=seed, config=ddpg, workdir=workdir,
+    run = partial(search, strategy=strategy, episodes=episodes, seed=seed, config=strategy_config, workdir=workdir,
                   resume=resume, progress=progress)
     if workers == 1 and ray_address is None:
         return _search_stored(run, problem, problem.evaluations, workdir, setup)
@@ -237,7 +240,7 @@ MEASURED_CORRECTIONS = 3
 
 def correct_by_measurement(prepared: Prepared, target: Target, table: CostTable, limits: Limits,
                            result: SearchResult, quantizer: Quantizer, reference: Policy, w8a8_s: float,
-                           score: Callable[[Policy], float], *, pin_first: bool,
+                           score: Callable[[Policy], ScoreLike], *, pin_first: bool,
                            pin_last: bool) -> tuple[SearchResult, float]:
     """Stage 5b, on a measured target: time the searched policy's model (seconds, returned with the
     result). While it misses ``limits.measured_latency``, tighten the search's limit by how far the
@@ -266,14 +269,14 @@ def correct_by_measurement(prepared: Prepared, target: Target, table: CostTable,
         policy = dict(zip(names, space.options(columns)))
         logger.info("measured %.4g ms against a budget of %.4g ms: policy lowered to an estimate of %.4g ms",
                     1e3 * measured, 1e3 * limit, 1e3 * table.cost(columns)["latency"])
-        result = dataclasses.replace(result, policy=policy, accuracy=score(policy), costs=table.cost(columns))
+        result = dataclasses.replace(result, policy=policy, accuracy=as_score(score(policy)).metric, costs=table.cost(columns))
         measured, = measure_models(prepared, target, [quantizer.export(result.policy)])
     reference_costs = table.policy_cost([reference[n] for n in names])
     others = {q: v for q, v in limits.values.items() if q != "latency"}
     if limit is not None and measured > w8a8_s and not violations(reference_costs, others):
         logger.warning("the searched policy measured %.4g ms, slower than the all-8-bit model's %.4g ms: the result "
                        "is the all-8-bit policy", 1e3 * measured, 1e3 * w8a8_s)
-        result = dataclasses.replace(result, policy=dict(reference), accuracy=score(reference), costs=reference_costs)
+        result = dataclasses.replace(result, policy=dict(reference), accuracy=as_score(score(reference)).metric, costs=reference_costs)
         measured = w8a8_s
     return result, measured
 
@@ -290,7 +293,8 @@ def measure_models(prepared: Prepared, target: Target, models: Sequence[onnx.Mod
 def build_report(*, source: str, target: Target, spec: str, table: CostTable, limits: Limits, prepared: Prepared,
                  fp32: EvalResult, w8a8_score: float, method: Method, result: SearchResult, exported: Exported,
                  seed: int, finetune_epochs: int, seconds: float, workers: int = 1,
-                 measured: Sequence[float] | None = None, output_format: str = "qdq") -> Report:
+                 measured: Sequence[float] | None = None, output_format: str = "qdq",
+                 reward: str = "metric") -> Report:
     """Stage 8: the report, every estimated cost read off ``table``; ``measured``: the fp32, w8a8
     and result models' latencies on a measured target, which the result's verdict reads instead of
     its estimated latency."""
@@ -316,10 +320,10 @@ def build_report(*, source: str, target: Target, spec: str, table: CostTable, li
         layers=[LayerRow(l.name, l.kind, o.w_bits, o.a_bits, table.layer_cost(i, int(c)))
                 for i, (l, o, c) in enumerate(zip(layers, options, columns))],
         search=SearchSummary(result.strategy, result.episodes, result.best_episode, round(result.seconds, 3),
-                             result.evaluations, seed, method, finetune_epochs, workers, result.stored),
+                             result.evaluations, seed, method, finetune_epochs, workers, result.stored, reward),
         history=result.history,
-        evaluated=mark_frontier([{"accuracy": e["accuracy"], "costs": e["costs"]} for e in result.evaluated],
-                                list(limits.values)),
+        evaluated=mark_frontier([{"accuracy": e["accuracy"], "divergence": e["divergence"], "costs": e["costs"]}
+                                 for e in result.evaluated], list(limits.values)),
         label_free=fp32.label_free,
         signal=fp32.metric_name,
         seconds=seconds,

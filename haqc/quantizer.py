@@ -30,6 +30,7 @@ from haqc.passes.qonnx import ToQONNX
 from haqc.policy import Policy, policy_to_json
 from haqc.prepared import Prepared, input_specs
 from haqc.precision import Option
+from haqc.search.score import Score
 from haqc.settings import DataSource, QuantizeOptions
 
 logger = logging.getLogger(__name__)
@@ -195,12 +196,13 @@ class CandidateScorer:
     train: Dataset | None = None
     finetune: FinetuneConfig | None = None  # with ``train``: fine-tune each candidate before scoring it
 
-    def __call__(self, policy: Policy) -> float:
+    def __call__(self, policy: Policy) -> Score:
         if self.finetune is not None:
             candidate = finetune_export(self.quantizer, policy, self.train, self.finetune)
         else:  # unpacked: the same numbers, run as ONNX Runtime integer kernels
             candidate = self.quantizer.export(policy, packed=False)
-        return self.evaluator.evaluate(candidate, "the quantized model").accuracy
+        result = self.evaluator.evaluate(candidate, "the quantized model")
+        return Score(result.accuracy, result.divergence)
 
     def setup(self) -> str:
         """A digest of everything a candidate's score depends on (haqc's version, the prepared model,
@@ -225,7 +227,7 @@ class CandidateScorer:
             for name, stats in sorted(calibration.stats.items()):
                 add(name, stats.minimum, stats.absmax, stats.hist_range, stats.hist.tobytes())
         add_data(self.evaluator.dataset)
-        add(self.evaluator.metric_name, self.evaluator.batch_size, self.evaluator.reference_outputs is not None)
+        add(self.evaluator.metric_name, self.evaluator.batch_size, self.evaluator.fidelity_scored, self.evaluator.class_output)
         if self.finetune is not None and self.train is not None:
             add(dataclasses.astuple(self.finetune))
             add_data(self.train)

@@ -75,6 +75,7 @@ class SearchSummary:
     finetune_epochs: int
     workers: int = 1  # candidates evaluated at once (the search's round size)
     stored: int = 0  # of ``evaluations``, the scores read from the workdir's score file
+    reward: str = "metric"  # what the reward measured (haqc.settings.REWARDS)
 
 
 @dataclass(frozen=True)
@@ -125,11 +126,12 @@ class Report:
             "search": dict(vars(self.search)),
             "history": [
                 {"episode": h["episode"], "reward": h["reward"], "accuracy": h["accuracy"],
-                 "costs": {k: float(v) for k, v in h["costs"].items()}}
+                 "divergence": h.get("divergence"), "costs": {k: float(v) for k, v in h["costs"].items()}}
                 for h in self.history
             ],
-            "evaluated": [{"accuracy": e["accuracy"], "costs": {k: float(v) for k, v in e["costs"].items()},
-                           "pareto": e["pareto"]} for e in self.evaluated],
+            "evaluated": [{"accuracy": e["accuracy"], "divergence": e.get("divergence"),
+                           "costs": {k: float(v) for k, v in e["costs"].items()}, "pareto": e["pareto"]}
+                          for e in self.evaluated],
             "label_free": self.label_free,
             "signal": self.signal,
             "seconds": round(self.seconds, 3),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Literal, Mapping, Union, get_args
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Union, get_args
 
 from haqc.capabilities import Capabilities
 from haqc.errors import InputError
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from haqc.hw_targets import Target
     from haqc.passes.load import InputShapes
     from haqc.quantizer import RunData
-    from haqc.search import DDPGConfig
 
 # What data may be given as: an .npz path, or arrays by input name (plus optional "labels").
 DataSource = Union[str, os.PathLike, Mapping[str, "np.ndarray"]]
@@ -59,9 +58,14 @@ DEFAULT_CLIP_METHOD: ClipMethod = "mse"
 Format = Literal["qdq", "packed", "qonnx"]
 FORMATS: tuple[Format, ...] = get_args(Format)
 
-# The search strategies (haqc.search.strategies runs them, in this order).
-Strategy = Literal["ddpg", "random", "uniform", "greedy", "ilp"]
-STRATEGY_NAMES: tuple[Strategy, ...] = get_args(Strategy)
+# The built-in search strategies, in their documented order (haqc.search.strategies finds them, and
+# plugins' strategies, through the haqc.strategies entry-point group).
+STRATEGY_NAMES = ("ddpg", "random", "uniform", "greedy", "ilp")
+# What the search rewards (haqc.search.score): HAQ's metric (the accuracy after the candidate's
+# fine-tune, if any), the divergence of its outputs from fp32's alone, or both added (the metric where
+# it discriminates, the divergence where it ties).
+Reward = Literal["metric", "divergence", "both"]
+REWARDS: tuple[Reward, ...] = get_args(Reward)
 
 # The learning rates a short range test tries (each for RANGE_TEST_STEPS steps, scored on the
 # held-out part): 1e-3 was best or within 0.4 points of the best of 1e-4..3e-3 on six uniform
@@ -179,15 +183,16 @@ class CompressConfig(RunConfig):
     # The options the search picks from: the target's (linear: its integer grid or declared formats),
     # or k-means codebooks of its weight widths (kmeans: HAQ's model-size setting).
     method: Method = "linear"
-    strategy: Strategy = "ddpg"  # one of STRATEGY_NAMES
+    strategy: str = "ddpg"  # a registered strategy: one of STRATEGY_NAMES or a plugin's
     episodes: int = 60
     pin_first: bool = True
     pin_last: bool = True
     reward_lambda: float = 0.1
+    reward: Reward = "metric"  # one of REWARDS: what the search's reward measures
     search_finetune_steps: int = 0  # short fine-tune before each episode's evaluation (HAQ's reference did)
     workdir: str | os.PathLike | None = None
     resume: bool = False
     max_accuracy_drop: float | None = None  # percentage points; more raises AccuracyDropError (exit 4)
-    ddpg: DDPGConfig | None = None
+    strategy_config: Any = None  # the strategy's own configuration (a DDPGConfig for ddpg); None: its defaults
     workers: int = 1  # candidates evaluated at once, in Ray workers when more than 1 (docs/parallel.md)
     ray_address: str | None = None  # join this Ray cluster ("auto", "host:port"); None: workers on this machine

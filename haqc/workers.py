@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 from haqc.errors import HaqcError, InputError, WorkerError, first_line
 from haqc.evaluation import available_cores, set_session_threads
 from haqc.policy import Policy
+from haqc.search.score import ScoreLike
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ START_TIMEOUT_S = 600.0  # building a worker deserializes the model and its data
 class _Worker:
     """One Ray actor: the scorer built once, then a policy in and a score out per call."""
 
-    def __init__(self, score: Callable[[Policy], float], threads: int) -> None:
+    def __init__(self, score: Callable[[Policy], ScoreLike], threads: int) -> None:
         import torch
 
         set_session_threads(threads)
@@ -43,14 +44,14 @@ class _Worker:
     def ready(self) -> int:
         return os.getpid()
 
-    def evaluate(self, policy: Policy) -> float:
-        return float(self.score(policy))
+    def evaluate(self, policy: Policy) -> ScoreLike:
+        return self.score(policy)
 
 
 class RayPool:
     """``workers`` Ray actors scoring policies with ``score``; see the module docstring."""
 
-    def __init__(self, score: Callable[[Policy], float], workers: int, address: str | None = None,
+    def __init__(self, score: Callable[[Policy], ScoreLike], workers: int, address: str | None = None,
                  threads: int | None = None) -> None:
         if workers < 1:
             raise InputError(f"`workers` must be at least 1, got {workers}")
@@ -105,7 +106,7 @@ class RayPool:
         largest = max((int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"]), default=1)
         return max(1, min(total // self.workers, largest))
 
-    def map(self, policies: Sequence[Policy]) -> list[float]:
+    def map(self, policies: Sequence[Policy]) -> list[ScoreLike]:
         """Scores of ``policies`` in the order given; the workers take them in turn."""
         refs = [self._actors[k % self.workers].evaluate.remote(p) for k, p in enumerate(policies)]
         return self._get(refs)

@@ -10,21 +10,20 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import EntryPoint
 
 from haqc.hw_targets.base import MeasuredTarget, Target, check_target
 from haqc.hw_targets.declarative import load_target_file
 
 from haqc.errors import InputError
 from haqc.layers import Layer
+from haqc.plugins import one_line, registered, source
 
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "haqc.hw_targets"
-_BUILTIN_DIST = "haqc-onnx"  # setup.cfg's [metadata] name: entry points of this distribution are built-ins
 
 # A tiny fc layer used to ask a target whether it estimates energy.
 _PROBE = Layer(
@@ -84,7 +83,7 @@ def load_target(name_or_path: str) -> Target:
         raise
     except Exception as err:  # a plugin's own bug, reported as the user's bad input: one line, exit 2
         raise InputError(
-            f"hardware target plugin {ep.name!r} ({_source(ep)}) failed to load: {_one_line(err)}"
+            f"hardware target plugin {ep.name!r} ({source(ep)}) failed to load: {one_line(err)}"
         ) from err
 
 
@@ -94,11 +93,11 @@ def available_targets(files: Sequence[str] = ()) -> list[TargetInfo]:
     for name, ep in sorted(_registered().items()):
         try:
             target = _instantiate(ep)
-            infos.append(_info(name, _source(ep), target))
+            infos.append(_info(name, source(ep), target))
         except Exception as err:  # one broken plugin must not hide the others
             logger.warning(
                 "skipping hardware target plugin %r (%s): it failed to load: %s",
-                name, _source(ep), _one_line(err),
+                name, source(ep), one_line(err),
             )  # fmt: skip
     for path in files:
         target = check_target(load_target_file(path), f"target file {path}")
@@ -108,24 +107,14 @@ def available_targets(files: Sequence[str] = ()) -> list[TargetInfo]:
 
 def _registered() -> dict[str, EntryPoint]:
     """Entry points by target name; on a name clash the built-in, else the first found, wins."""
-    eps = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: not _is_builtin(ep))
-    found: dict[str, EntryPoint] = {}
-    for ep in eps:
-        if ep.name in found:
-            logger.warning(
-                "hardware target %r is registered by both %s and %s; using the first",
-                ep.name, _source(found[ep.name]), _source(ep),
-            )  # fmt: skip
-            continue
-        found[ep.name] = ep
-    return found
+    return registered(ENTRY_POINT_GROUP, "hardware target")
 
 
 def _instantiate(ep: EntryPoint) -> Target:
     obj = ep.load()
     target = obj if isinstance(obj, Target) else obj()
-    target = check_target(target, f"hardware target plugin {ep.name!r} ({_source(ep)})")
-    logger.debug("loaded hardware target %r from %s", ep.name, _source(ep))
+    target = check_target(target, f"hardware target plugin {ep.name!r} ({source(ep)})")
+    logger.debug("loaded hardware target %r from %s", ep.name, source(ep))
     return target
 
 
@@ -136,22 +125,5 @@ def _info(name: str, source: str, target: Target) -> TargetInfo:
     )
 
 
-def _is_builtin(ep: EntryPoint) -> bool:
-    return ep.dist is not None and re.sub(r"[-_.]+", "-", ep.dist.name).lower() == _BUILTIN_DIST
-
-
-def _source(ep: EntryPoint) -> str:
-    if _is_builtin(ep):
-        return "built-in"
-    if ep.dist is None:
-        return "plugin"
-    return f"plugin {ep.dist.name} {ep.dist.version}"
-
-
 def _is_path(name_or_path: str) -> bool:
     return name_or_path.lower().endswith(".toml") or "/" in name_or_path or os.sep in name_or_path
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__

@@ -118,3 +118,30 @@ def _measurement_cache(tmp_path_factory):
     """Measured targets cache in a directory of this test session, never the user's cache."""
     os.environ["HAQC_CACHE_DIR"] = str(tmp_path_factory.mktemp("haqc-cache"))
     yield
+
+
+def add_fake_dist(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    name: str,
+    version: str,
+    entry_points: dict[str, str],
+    source_dir: Path | None = None,
+    group: str = "haqc.hw_targets",
+) -> Path:
+    """Put a distribution with these entry points in ``group`` on sys.path (undone after the test).
+
+    Returns the site folder holding its dist-info. ``source_dir`` (the plugin's
+    code) is put on sys.path too. A plugin module imported by a test may stay
+    in sys.modules, but without its dist-info nothing discovers it again.
+    """
+    site = tmp_path / f"site-{name}"
+    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    lines = "".join(f"{key} = {value}\n" for key, value in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[{group}]\n{lines}")
+    monkeypatch.syspath_prepend(str(site))
+    if source_dir is not None:
+        monkeypatch.syspath_prepend(str(source_dir))
+    return site

@@ -339,3 +339,27 @@ def test_fidelity_is_bounded_and_sqnr_is_the_usual_ratio():
     assert fidelity([[np.full((4, 3), np.nan, np.float32)]], ref) == 0.0
     assert fidelity([[np.array([1, 2])]], [[np.array([1, 3])]]) == 0.5  # integer outputs: equal elements
     assert sqnr_db(np.full(4, 1.1), np.ones(4)) == pytest.approx(20.0)
+
+
+def test_every_evaluation_with_a_reference_measures_the_divergence_in_the_same_pass():
+    """The search's unsaturating signal: 0 for the reference's own outputs, growing with the noise where
+    top-1 stays at 100%; KL of the class distributions for class scores (logits or a Softmax's
+    probabilities), the noise-to-signal power ratio for other outputs; None without a reference."""
+    ds = _data()
+    nudged = [_linear(np.eye(4) * s + 0.02 * k) for k, s in enumerate((1.0, 1.05, 1.3))]
+    for reference, classes in ((IDENTITY, "logits"), (_softmax(np.eye(4)), "probabilities")):
+        ev = Evaluator(ds, reference=reference)
+        assert ev.class_output == classes
+        assert ev.evaluate(reference).divergence == 0.0
+    ev = Evaluator(_data(labels=False), reference=IDENTITY, metric=TOP1)
+    results = [ev.evaluate(m) for m in nudged]
+    assert [r.accuracy for r in results] == [1.0, 1.0, 1.0]  # top-1 saturates...
+    assert 0.0 < results[1].divergence < results[2].divergence  # ...the divergence does not
+    logits = np.concatenate(run_ort(IDENTITY, {"x": ds.inputs["x"]}))
+    shifted = np.concatenate(run_ort(nudged[2], {"x": ds.inputs["x"]}))
+    p, q = (np.exp(z) / np.exp(z).sum(-1, keepdims=True) for z in (logits, shifted))
+    assert results[2].divergence == pytest.approx(np.mean(np.sum(p * np.log(p / q), -1)), rel=1e-4)
+    maps = Evaluator(Dataset({"x": ds.inputs["x"]}), reference=_map(1.0))
+    assert maps.class_output is None
+    assert maps.evaluate(_map(1.1)).divergence == pytest.approx(0.01, rel=1e-3)  # |0.1 y|^2 / |y|^2
+    assert Evaluator(ds).evaluate(IDENTITY).divergence is None

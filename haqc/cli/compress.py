@@ -16,7 +16,7 @@ from haqc.precision import METHODS
 from haqc.progress import progress_bar, set_progress
 from haqc.quantities import format_costs, in_report_units, report_key
 from haqc.report import Report
-from haqc.settings import STRATEGY_NAMES, TOP1, TOP1_AGREEMENT, CompressConfig
+from haqc.settings import REWARDS, STRATEGY_NAMES, TOP1, TOP1_AGREEMENT, CompressConfig
 
 if TYPE_CHECKING:
     from haqc.search import DDPGConfig
@@ -36,13 +36,17 @@ DEFAULTS = CompressConfig()
               help="The options searched: linear, the target's integer formats; kmeans, weight codebooks (the size setting).")
 @quantize_options
 @finetune_options
-@click.option("--strategy", type=click.Choice(STRATEGY_NAMES), default=DEFAULTS.strategy, show_default=True,
-              help="ddpg: HAQ's agent; ilp: measured sensitivities + an exact integer program; greedy, random, "
-                   "uniform: baselines (docs/search.md).")
+@click.option("--strategy", default=DEFAULTS.strategy, show_default=True, metavar="NAME",
+              help=f"{', '.join(STRATEGY_NAMES)}, or a plugin's (haqc.strategies entry points). ddpg: HAQ's agent; "
+                   "ilp: measured sensitivities + an exact integer program; greedy, random, uniform: baselines "
+                   "(docs/search.md).")
 @click.option("--episodes", type=int, default=DEFAULTS.episodes, show_default=True, help="Search episodes (ddpg, random).")
 @click.option("--no-pin-first", is_flag=True, default=not DEFAULTS.pin_first, help="Let the search choose the first layer's bits (HAQ pins w8a8).")
 @click.option("--no-pin-last", is_flag=True, default=not DEFAULTS.pin_last, help="Let the search choose the last layer's bits (HAQ pins w8a8).")
 @click.option("--reward-lambda", type=float, default=DEFAULTS.reward_lambda, show_default=True, help="HAQ's reward scale.")
+@click.option("--reward", type=click.Choice(REWARDS), default=DEFAULTS.reward, show_default=True,
+              help="What the search rewards: the metric (HAQ's), the divergence of the outputs from fp32's "
+                   "(does not saturate), or both (docs/search.md).")
 @click.option("--search-finetune-steps", type=click.IntRange(min=0), default=DEFAULTS.search_finetune_steps,
               show_default=True, help="Fine-tune each candidate this many steps before measuring it (slow; needs --train-data).")
 @click.option("--ddpg", "ddpg_overrides", multiple=True, metavar="KEY=VALUE|haq",
@@ -73,13 +77,13 @@ def compress_command(model, latency, energy, size, per_tensor, no_pin_first, no_
 
     budgets = {q: v for q, v in (("latency", latency), ("energy", energy), ("size", size)) if v is not None}
     config = CompressConfig(
-        budgets=budgets, pin_first=not no_pin_first, pin_last=not no_pin_last, ddpg=parse_ddpg_overrides(ddpg_overrides),
+        budgets=budgets, pin_first=not no_pin_first, pin_last=not no_pin_last, strategy_config=parse_ddpg_overrides(ddpg_overrides),
         input_shapes=parse_input_shapes(input_shapes), target=with_provider(target, provider, threads),
         **run_options(per_tensor, **options),
     )
     show = not quiet and not as_json
     set_progress(None if show else False)
-    bar = _Progress(config.episodes if config.strategy in ("ddpg", "random") else None, budgets) if show else None
+    bar = _Progress(config.episodes if episodic(config.strategy) else None, budgets) if show else None
     plot = plot_file(output, plot_path, no_plot)
     try:
         result = compress(model, config, output=output, report=report_path, plot=plot,
@@ -109,6 +113,18 @@ def plot_file(output: str | None, plot: str | None, no_plot: bool) -> str | None
     if plot or output is None:
         return plot
     return str(Path(output).with_suffix(".html"))
+
+
+def episodic(strategy: str) -> bool:
+    """Whether the strategy plays episodes (its progress bar counts them); False where it does not load
+    (compress then says why in one line)."""
+    from haqc.errors import HaqcError
+    from haqc.search import load_strategy  # torch: when the command runs
+
+    try:
+        return load_strategy(strategy).episodic
+    except HaqcError:
+        return False
 
 
 def parse_ddpg_overrides(items: tuple[str, ...]) -> DDPGConfig | None:

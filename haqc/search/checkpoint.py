@@ -11,7 +11,6 @@ rather than silently mixing two searches.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import os
@@ -23,18 +22,18 @@ import torch
 
 from haqc.errors import InputError
 from haqc.io import atomic_path
-from haqc.search.agent import DDPGConfig
 from haqc.search.env import QuantEnv
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "search_state.pt"
-FORMAT_VERSION = 2  # 2: option columns instead of (w, a) bits
-ROUNDS = ("ddpg", "random")  # the strategies that play episodes in rounds of the problem's workers
+FORMAT_VERSION = 3  # 2: option columns instead of (w, a) bits; 3: scores with their divergence
 
 
-def fingerprint(env: QuantEnv, strategy: str, episodes: int, seed: int, config: DDPGConfig | None) -> dict[str, Any]:
-    """Everything that decides a search's course, except the evaluator (fp32 accuracy stands in for it)."""
+def fingerprint(env: QuantEnv, strategy: str, episodes: int, seed: int, config: dict[str, Any] | None,
+                episodic: bool) -> dict[str, Any]:
+    """Everything that decides a search's course, except the evaluator (fp32 accuracy stands in for it):
+    ``config`` is the strategy's configuration as a dict; ``episodic``, whether it plays in rounds."""
     problem, space = env.problem, env.space
     return {
         "model": list(problem.layer_names),
@@ -45,14 +44,15 @@ def fingerprint(env: QuantEnv, strategy: str, episodes: int, seed: int, config: 
             "choices": [[o.name for o in layer.options] for layer in space.layers],
             "pinned": [i for i, p in enumerate(space.pinned) if p],
             "reward_lambda": float(problem.reward_lambda),
+            "reward": problem.reward,
             "fp32_accuracy": float(problem.fp32_accuracy),
         },
         "strategy": strategy,
         "episodes": int(episodes),
         "seed": int(seed),
-        "agent config": dataclasses.asdict(config) if config is not None else None,
+        "agent config": config,
         # Episodes acting before they are evaluated together change an agent's course; probes do not.
-        "episodes per round": problem.workers if strategy in ROUNDS else 1,
+        "episodes per round": problem.workers if episodic else 1,
     }
 
 

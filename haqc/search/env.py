@@ -33,6 +33,7 @@ from haqc.layers import STATE_FEATURES
 from haqc.policy import Policy
 from haqc.search.budget import check_budget, enforce_budget, violations
 from haqc.search.parallel import Evaluations, InOrder
+from haqc.search.score import REWARDS, Reward, Score, as_score
 from haqc.search.space import SearchSpace, action_to_bits
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,8 @@ class SearchProblem:
 
     ``limits`` maps "latency" / "energy" / "size" to seconds / joules / bytes.
     ``evaluate(policy)`` returns a score in [0, 1] (top-1 accuracy or another
-    signal) and must be deterministic (results are cached per policy);
+    metric), or a ``Score`` that adds the divergence of the candidate's outputs
+    from fp32's, and must be deterministic (results are cached per policy);
     ``fp32_accuracy`` is the unquantized model's, the reward's reference. The
     options the search may choose are the table's declared ones. Pins (HAQ's,
     on by default): the first and the last layer get their most precise option
@@ -70,7 +72,9 @@ class SearchProblem:
     quantized at 8 bits too, a simple explicit choice where the reference
     leaves it unquantized but costs it as 7 bits. Pinned layers' steps still
     take an action, so every episode has the same layout; the pin overrides it.
-    ``reward_lambda`` scales accuracies in percent, as HAQ does. ``parallel``,
+    ``reward_lambda`` scales accuracies in percent, as HAQ does; ``reward`` says
+    what is rewarded (``haqc.search.score``: the metric, the divergence, or
+    both; without a measured divergence, the metric). ``parallel``,
     when given, scores several policies at once (``haqc.search.parallel``);
     its ``workers`` is the search's round size.
     """
@@ -84,6 +88,7 @@ class SearchProblem:
     pin_first: bool = True
     pin_last: bool = True
     reward_lambda: float = 0.1
+    reward: Reward = "metric"
     parallel: Evaluations | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -100,6 +105,8 @@ class SearchProblem:
                 raise not_estimated(quantity)
             if not (math.isfinite(limit) and limit > 0):
                 raise InputError(f"the {quantity} budget must be a positive number, got {limit!r}")
+        if self.reward not in REWARDS:
+            raise InputError(f"unknown reward {self.reward!r}; choose one of {', '.join(REWARDS)}")
 
     def space(self) -> SearchSpace:
         return SearchSpace.build(self.costs, self.pin_first, self.pin_last)
@@ -125,6 +132,7 @@ class Outcome:
     accuracy: float
     reward: float
     meets_budget: bool
+    divergence: float | None = None
 
 
 class QuantEnv:
@@ -143,7 +151,7 @@ class QuantEnv:
         )
         self.action_space = Box(low=np.zeros(1, np.float32), high=np.ones(1, np.float32))
         self.evaluations = 0  # distinct policies scored (by the evaluator or a score file); repeats are free
-        self._cache: dict[ChoiceKey, float] = {}
+        self._cache: dict[ChoiceKey, Score] = {}
         self.reset()
 
     def check_budget(self) -> None:
@@ -203,27 +211,43 @@ class QuantEnv:
         problem = self.problem
         chosen = [enforce_budget(problem.costs, problem.limits, self.space, self.space.pin(c)) for c in choices]
         outcomes = []
-        for columns, accuracy in zip(chosen, self.accuracies(chosen)):
+        for columns, score in zip(chosen, self.scores(chosen)):
             costs = problem.costs.cost(columns)
             outcomes.append(Outcome(
                 columns=tuple(int(c) for c in columns),
                 policy=self.policy(columns),
                 costs=costs,
-                accuracy=accuracy,
-                reward=self.reward(accuracy),
+                accuracy=score.metric,
+                reward=self.reward(score),
                 meets_budget=not violations(costs, problem.limits),
+                divergence=score.divergence,
             ))
         return outcomes
 
-    def reward(self, accuracy: float) -> float:
-        """HAQ's R = lambda * (acc_quant - acc_fp32), accuracies in percent."""
-        return self.problem.reward_lambda * 100.0 * (accuracy - self.problem.fp32_accuracy)
+    def reward(self, score: Score) -> float:
+        """HAQ's R = lambda * (acc_quant - acc_fp32), accuracies in percent; with the divergence as the
+        reward, its fidelity exp(-divergence) stands in for the accuracy (fp32's is 1); ``both`` adds the two."""
+        kind = self.problem.reward if score.divergence is not None else "metric"
+        lost = {"metric": self.problem.fp32_accuracy - score.metric, "divergence": 1.0 - score.fidelity}
+        if kind == "both":
+            return -self.problem.reward_lambda * 100.0 * sum(lost.values())
+        return -self.problem.reward_lambda * 100.0 * lost[kind]
 
     def accuracy(self, columns: np.ndarray) -> float:
-        """The evaluator's score for these options; a policy seen before is not evaluated again."""
-        return self.accuracies([columns])[0]
+        """The evaluator's metric for these options; a policy seen before is not evaluated again."""
+        return self.scores([columns])[0].metric
 
     def accuracies(self, candidates: Sequence[np.ndarray]) -> list[float]:
+        """The metric of several choices of options (``scores``)."""
+        return [score.metric for score in self.scores(candidates)]
+
+    def losses(self, candidates: Sequence[np.ndarray]) -> list[float]:
+        """What each candidate lost against fp32 by the signal that does not saturate: its divergence
+        where the evaluator measures one, else its metric's drop (never below 0)."""
+        return [score.divergence if score.divergence is not None
+                else max(self.problem.fp32_accuracy - score.metric, 0.0) for score in self.scores(candidates)]
+
+    def scores(self, candidates: Sequence[np.ndarray]) -> list[Score]:
         """Scores for several choices of options: each unseen policy evaluated once, all of them together
         when the problem has parallel workers, and cached in the order given (not the order they finish)."""
         keys: list[ChoiceKey] = [tuple(int(c) for c in columns) for columns in candidates]
@@ -231,14 +255,11 @@ class QuantEnv:
         if missing:
             scores = self.problem.evaluations.map([self.policy(key) for key in missing])
             for key, score in zip(missing, scores):
-                accuracy = float(score)
-                if not (math.isfinite(accuracy) and 0.0 <= accuracy <= 1.0):
-                    raise ValueError(f"evaluate() returned {score!r}; expected a score in [0, 1]")
-                self._cache[key] = accuracy
+                self._cache[key] = as_score(score)
                 self.evaluations += 1
         return [self._cache[key] for key in keys]
 
-    def evaluated(self) -> list[tuple[tuple[int, ...], float]]:
+    def evaluated(self) -> list[tuple[tuple[int, ...], Score]]:
         """Every distinct policy evaluated so far (option columns, score), in evaluation order."""
         return list(self._cache.items())
 
@@ -247,11 +268,13 @@ class QuantEnv:
         return dict(zip(self.problem.layer_names, self.space.options(columns)))
 
     def state_dict(self) -> dict[str, Any]:
-        """The evaluation cache and call count: what a resumed search must not pay for again."""
-        return {"cache": dict(self._cache), "evaluations": self.evaluations}
+        """The evaluation cache (as plain tuples: checkpoints load with torch's weights_only) and call
+        count: what a resumed search must not pay for again."""
+        return {"cache": {key: (s.metric, s.divergence) for key, s in self._cache.items()},
+                "evaluations": self.evaluations}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._cache = dict(state["cache"])
+        self._cache = {key: Score(*value) for key, value in state["cache"].items()}
         self.evaluations = int(state["evaluations"])
 
     def _is_weight_step(self) -> bool:

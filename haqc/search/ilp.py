@@ -5,7 +5,9 @@ unpinned layer is probed with only itself lowered, everything else at its most
 precise option: on a grid of widths once per weight width (activations widest)
 and once per activation width (weights widest), and the drop at (w, a) is
 modelled as the sum of the two (one evaluation per probe, n_layers x
-(|W| + |A| - 2) in all); for other option lists every option is probed. Then
+(|W| + |A| - 2) in all); for other option lists every option is probed. A
+probe's drop is its divergence from fp32's outputs where the evaluator
+measures one (it adds up over layers, to first order), else its metric's drop. Then
 
     minimize   sum_ij drop[i, j] x[i, j]
     subject to sum_j x[i, j] = 1 per layer, x binary,
@@ -36,15 +38,15 @@ from haqc.search.space import LayerChoices, SearchSpace
 
 logger = logging.getLogger(__name__)
 
-# Drops below this (0.01 percentage points, noise) count as this, so a layer that seems not to
-# care still prefers, among options that fit equally well, the more precise one, and the greedy
-# strategy's ratios stay finite.
-MIN_DROP = 1e-4
+# Losses below this count as this, so a layer that seems not to care still prefers, among options
+# that fit equally well, the more precise one, and the greedy strategy's ratios stay finite. Small
+# against a metric's drop (0.0001 points) and against the divergences one lowered layer causes.
+MIN_DROP = 1e-6
 
 
-def sensitivities(env: QuantEnv, score: Callable[[list[np.ndarray]], list[float]]) -> np.ndarray:
-    """drop[i, j]: the score lost with layer i alone at option column j (0 at the most precise;
-    0 for pinned layers, which keep it). ``score`` evaluates the probes, in the order given."""
+def sensitivities(env: QuantEnv, loss: Callable[[list[np.ndarray]], list[float]]) -> np.ndarray:
+    """drop[i, j]: what layer i alone at option column j loses (0 at the most precise; 0 for pinned
+    layers, which keep it). ``loss`` measures the probes (``QuantEnv.losses``), in the order given."""
     space = env.space
     top = space.most_precise()
     plans = {i: _probe_columns(layer, int(top[i])) for i, layer in enumerate(space.layers) if not space.pinned[i]}
@@ -53,7 +55,7 @@ def sensitivities(env: QuantEnv, score: Callable[[list[np.ndarray]], list[float]
         for column in (*w_columns, *a_columns):
             candidates.append(top.copy())
             candidates[-1][i] = column
-    lost = iter([max(env.problem.fp32_accuracy - accuracy, MIN_DROP) for accuracy in score(candidates)])
+    lost = iter([max(value, MIN_DROP) for value in loss(candidates)])
     drops = np.zeros((space.n_layers, max(len(layer.options) for layer in space.layers)))
     for i, (w_columns, a_columns) in plans.items():
         layer = space.layers[i]

@@ -2,7 +2,8 @@
 
 The search never starts processes itself: a ``SearchProblem`` may carry an
 ``Evaluations`` engine (``haqc.workers`` builds one over Ray) whose
-``map(policies)`` scores a batch and returns the scores in the order given,
+``map(policies)`` scores a batch and returns the scores (numbers or
+``haqc.search.score.Score``) in the order given,
 never in the order they finish, so a parallel search takes the same course
 as a serial one with the same round size. ``workers`` is that round size:
 DDPG and random act for that many episodes before evaluating them together,
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
 from haqc.policy import Policy
+from haqc.search.score import ScoreLike
 
 
 class Evaluations(Protocol):
@@ -22,7 +24,7 @@ class Evaluations(Protocol):
     @property
     def workers(self) -> int: ...
 
-    def map(self, policies: Sequence[Policy]) -> list[float]: ...
+    def map(self, policies: Sequence[Policy]) -> list[ScoreLike]: ...
 
 
 @dataclass(frozen=True)
@@ -31,10 +33,10 @@ class InOrder:
     worker), and what a pool of that size computes without the pool (the reference a pool must
     agree with)."""
 
-    evaluate: Callable[[Policy], float]
+    evaluate: Callable[[Policy], ScoreLike]
     workers: int = 1
 
-    def map(self, policies: Sequence[Policy]) -> list[float]:
+    def map(self, policies: Sequence[Policy]) -> list[ScoreLike]:
         return [self.evaluate(policy) for policy in policies]
 
 

@@ -202,12 +202,15 @@ class SearchSpace:
         """Single-precision policies, most precise first (pins applied): every tensor at b bits for
         b from the widest supported down, or, for option lists, every layer k options from its top."""
         if self.by_width:
-            widths = set().union(*(set(l.w_levels) | set(l.a_levels or ()) for l in self.layers))
-            for bits in sorted(widths, reverse=True):
+            for bits in self.widths():
                 yield self.pin(np.array([layer.uniform(bits) for layer in self.layers]))
             return
         for k in range(max(len(layer.options) for layer in self.layers)):
             yield self.pin(np.array([max(0, len(layer.options) - 1 - k) for layer in self.layers]))
+
+    def widths(self) -> list[int]:
+        """Every width some layer supports, widest first (a space whose options are widths)."""
+        return sorted(set().union(*(set(l.w_levels) | set(l.a_levels or ()) for l in self.layers)), reverse=True)
 
     def options(self, columns: Sequence[int]) -> list[Option]:
         return [layer.options[int(c)] for layer, c in zip(self.layers, columns)]

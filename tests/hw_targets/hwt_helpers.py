@@ -23,7 +23,9 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
-from haqc.hw_targets import ENTRY_POINT_GROUP, Target, load_target
+from conftest import add_fake_dist  # noqa: F401 -- the plugin tests' helper, shared with tests/search
+
+from haqc.hw_targets import Target, load_target
 from haqc.layers import Layer
 from haqc.precision import SEARCH_BITS, grid
 
@@ -88,32 +90,6 @@ def resnet50() -> list[Layer]:
             c_in, hw = width * 4, out_hw
     layers.append(fc(len(layers), 2048, 1000))
     return layers
-
-
-def add_fake_dist(
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    name: str,
-    version: str,
-    entry_points: dict[str, str],
-    source_dir: Path | None = None,
-) -> Path:
-    """Put a distribution with these ``haqc.hw_targets`` entry points on sys.path (undone after the test).
-
-    Returns the site folder holding its dist-info. ``source_dir`` (the plugin's
-    code) is put on sys.path too. A plugin module imported by a test may stay
-    in sys.modules, but without its dist-info nothing discovers it again.
-    """
-    site = tmp_path / f"site-{name}"
-    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-    lines = "".join(f"{key} = {value}\n" for key, value in entry_points.items())
-    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{lines}")
-    monkeypatch.syspath_prepend(str(site))
-    if source_dir is not None:
-        monkeypatch.syspath_prepend(str(source_dir))
-    return site
 
 
 class Grid(NamedTuple):

@@ -112,7 +112,8 @@ def test_a_policy_that_measures_over_the_budget_is_lowered_until_it_fits(example
         return 0.5
 
     searched = search_policy(prepared, table, limits, score, 1.0, strategy="uniform", episodes=1, seed=0,
-                             pin_first=True, pin_last=True, reward_lambda=0.1, ddpg=None, workdir=None, resume=False)
+                             pin_first=True, pin_last=True, reward_lambda=0.1, reward="metric", strategy_config=None, workdir=None,
+                             resume=False)
     quantizer = Quantizer.calibrated(prepared, example["calib"], QuantizeOptions())
     reference = {l.name: INT8 for l in prepared.layers}
     # First measured at 0.9x w8a8 (over 0.7x): lowered; then at 0.65x: kept.

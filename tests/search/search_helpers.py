@@ -100,7 +100,7 @@ def synthetic_problem(latency_fraction: float = 0.5, evaluate=None, kmeans: bool
         costs=costs,
         limits=options.pop("limits", limits),
         evaluate=evaluate or Evaluator(),
-        fp32_accuracy=FP32_ACCURACY,
+        fp32_accuracy=options.pop("fp32_accuracy", FP32_ACCURACY),
         **options,
     )
 

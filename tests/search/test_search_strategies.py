@@ -28,7 +28,7 @@ def test_ddpg_is_deterministic_per_seed():
     assert first.history != other.history
     assert first.episodes == SHORT == len(first.history) and first.meets_budget
     entry = first.history[0]
-    assert set(entry) == {"episode", "reward", "accuracy", "costs", "columns", "options"}
+    assert set(entry) == {"episode", "reward", "accuracy", "divergence", "costs", "columns", "options"}
     assert len(entry["columns"]) == len(entry["options"]) == N_LAYERS
 
 
@@ -160,7 +160,7 @@ def test_greedy_meets_the_budget_with_few_evaluations():
     uniform = search(synthetic_problem(latency_fraction=0.5), "uniform")
     greedy = search(synthetic_problem(latency_fraction=0.5), "greedy")
     assert greedy.meets_budget
-    assert greedy.evaluations <= (N_LAYERS - 2) + 1  # one probe per unpinned layer, then the result
+    assert greedy.evaluations <= 2 * (N_LAYERS - 2) + 1  # two probes per unpinned layer (weights, activations), then the result
     assert greedy.accuracy > uniform.accuracy  # it keeps the sensitive layers wide
 
 
@@ -180,7 +180,7 @@ def test_ddpg_starts_from_greedys_policy_and_the_ilp_on_its_probes():
     ddpg = search(synthetic_problem(latency_fraction=0.5), "ddpg", SHORT, seed=0)
     assert ddpg.history[0]["columns"] == greedy.history[0]["columns"]  # the same probes, the same policy
     assert ddpg.accuracy >= greedy.accuracy and ddpg.episodes == SHORT
-    probes = N_LAYERS - 2
+    probes = 2 * (N_LAYERS - 2)  # each unpinned layer's weights alone, then its activations alone
     assert ddpg.evaluations <= probes + SHORT
     haq = search(synthetic_problem(latency_fraction=0.5), "ddpg", SHORT, seed=0, config=DDPGConfig.haq())
     assert haq.evaluations <= SHORT  # the published agent probes nothing
