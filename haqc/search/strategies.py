@@ -42,6 +42,7 @@ from haqc.errors import InputError
 from haqc.policy import Policy
 from haqc.search.agent import DDPG, Agent, DDPGConfig, RandomAgent
 from haqc.precision import SEARCH_BITS
+from haqc.progress import progress_bar
 from haqc.search.budget import violations
 from haqc.search.checkpoint import fingerprint, load_state, save_state
 from haqc.search.env import Outcome, QuantEnv, SearchProblem
@@ -289,9 +290,11 @@ def _probe(run: _Run, candidates: list[np.ndarray]) -> list[float]:
     """Scores of independent probes, ``workers`` at a time, checkpointing after each batch (a resumed
     search replays the probes done from the evaluation cache)."""
     scores: list[float] = []
-    for batch in rounds(0, len(candidates), run.env.problem.workers):
-        scores += run.env.accuracies([candidates[i] for i in batch])
-        run.save()
+    with progress_bar(len(candidates), "sensitivity probes", unit="probe") as bar:
+        for batch in rounds(0, len(candidates), run.env.problem.workers):
+            scores += run.env.accuracies([candidates[i] for i in batch])
+            run.save()
+            bar.update(len(batch))
     return scores
 
 
