@@ -22,6 +22,7 @@ from haqc.quantities import REPORT_UNITS, format_costs, in_report_units  # noqa:
 from haqc.report import Report  # noqa: E402
 
 _W_COLOR, _A_COLOR, _R_COLOR, _FRONT_COLOR = "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"
+_MISS_COLOR = _FRONT_COLOR
 FLOAT_BAR = 9  # a float tensor's bar: above the widest integer width, labelled "float"
 
 
@@ -99,16 +100,24 @@ def _curve(ax, report: Report) -> None:
                     textcoords="offset points", fontsize=8, ha="right", va="bottom" if above else "top", bbox=_BOX)
     chosen = (x(result.costs), 100 * result.accuracy_before_finetune)
     ax.scatter(*chosen, marker="*", s=180, color=_R_COLOR, zorder=5, label="chosen (before fine-tune)")
-    ax.annotate(f"chosen {chosen[1]:.2f}% at {label(result.costs[quantity])}", chosen, xytext=(8, -12),
-                textcoords="offset points", fontsize=8, color=_R_COLOR, fontweight="bold", bbox=_BOX)
     if result.accuracy_finetuned is not None:
         exported = (chosen[0], 100 * result.accuracy)
         ax.scatter(*exported, marker="P", s=90, color=_R_COLOR, edgecolor="black", zorder=5, label="exported")
-        ax.annotate(f"exported {exported[1]:.2f}% (fine-tuned {100 * result.accuracy_finetuned:.2f}%)", exported,
-                    xytext=(8, 6), textcoords="offset points", fontsize=8, color=_R_COLOR, bbox=_BOX)
-    if measured:
-        _measured(ax, chosen, in_report_units("latency", result.measured_latency_s), label(result.measured_latency_s),
-                  result.measured_latency_s > limit)
+    at = in_report_units("latency", result.measured_latency_s) if measured else None
+    missed = measured and result.measured_latency_s > limit
+    if at is not None:
+        ax.annotate("", (at, chosen[1]), xytext=chosen,
+                    arrowprops={"arrowstyle": "->", "color": _MISS_COLOR if missed else _R_COLOR, "linestyle": ":"})
+        ax.scatter([at], [chosen[1]], marker="X" if missed else "o", s=90, color=_MISS_COLOR if missed else _R_COLOR,
+                   edgecolor="black", zorder=6, label="result as measured")
+    # The labels once the axis has its extent: each reads towards the middle, so none runs off the edge.
+    _note(ax, f"chosen {chosen[1]:.2f}% at {label(result.costs[quantity])}", chosen, -12, _R_COLOR, bold=True)
+    if result.accuracy_finetuned is not None:
+        _note(ax, f"exported {exported[1]:.2f}% (fine-tuned {100 * result.accuracy_finetuned:.2f}%)", exported, 6,
+              _R_COLOR)
+    if at is not None:
+        _note(ax, f"measured {label(result.measured_latency_s)}: {'misses' if missed else 'meets'} the budget",
+              (at, chosen[1]), -12, _MISS_COLOR if missed else _R_COLOR, bold=True)
     ax.set_ylim(low, high)
     ax.set_xlabel(f"{quantity} ({unit} per batch of {report.target['batch']} on {report.target['name']}"
                   f"{', estimated' if measured else ''})")
@@ -122,15 +131,13 @@ def _curve(ax, report: Report) -> None:
 _BOX = {"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "none", "alpha": 0.8}
 
 
-def _measured(ax, chosen: tuple[float, float], at: float, text: str, missed: bool) -> None:
-    """The result's measured latency beside its estimate ``chosen``, an arrow from one to the other."""
-    color = _FRONT_COLOR if missed else _R_COLOR
-    ax.annotate("", (at, chosen[1]), xytext=chosen, arrowprops={"arrowstyle": "->", "color": color, "linestyle": ":"})
-    verdict = "misses the budget" if missed else "meets the budget"
-    ax.scatter([at], [chosen[1]], marker="X" if missed else "o", s=90, color=color, edgecolor="black", zorder=6,
-               label="result as measured")
-    ax.annotate(f"measured {text}: {verdict}", (at, chosen[1]), xytext=(-8, -8), textcoords="offset points",
-                ha="right", va="top", fontsize=8, color=color, fontweight="bold", bbox=_BOX)
+def _note(ax, text: str, point: tuple[float, float], dy: float, color: str, bold: bool = False) -> None:
+    """``text`` beside ``point``, on the side of it nearer the middle of the x axis."""
+    left, right = ax.get_xlim()
+    rightwards = point[0] < (left + right) / 2
+    ax.annotate(text, point, xytext=(8 if rightwards else -8, dy), textcoords="offset points",
+                ha="left" if rightwards else "right", fontsize=8, color=color,
+                fontweight="bold" if bold else "normal", bbox=_BOX)
 
 
 def accuracy_range(report: Report) -> tuple[float, float]:
