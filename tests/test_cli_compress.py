@@ -185,7 +185,7 @@ def test_the_summary_says_where_each_file_went_and_no_bar_reaches_a_log(tmp_path
                        "--workdir", workdir)
     assert result.exit_code == 0, result.output
     wrote = [l.strip() for l in result.output.splitlines() if l.strip().startswith("wrote ")]
-    assert wrote == [f"wrote {out} (model: qdq, {out.stat().st_size / 1e6:.4f} MB)", f"wrote {report} (report)",
+    assert wrote == [f"wrote {out} (qdq, {out.stat().st_size / 1e6:.4f} MB)", f"wrote {report} (report)",
                      f"wrote {out.with_suffix('.html')} (plot)", f"wrote {workdir} (search state)"]
     assert "\r" not in result.output and "|" not in result.output  # CliRunner's stderr is no terminal: no bars
 

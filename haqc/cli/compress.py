@@ -96,8 +96,8 @@ def compress_command(model, latency, energy, size, per_tensor, no_pin_first, no_
     elif show:
         click.echo(format_summary(result.report))
         for what, path in result.files.items():
-            if what == "model":
-                what = f"model: {result.report.format}, {result.report.output_mb:.4f} MB"
+            if what == "model":  # the model's line says its format and size instead
+                what = f"{result.report.format}, {result.report.output_mb:.4f} MB"
             click.echo(f"  wrote {path} ({what})")
 
 
