@@ -45,11 +45,12 @@ C = TypeVar("C")
 
 @dataclass(frozen=True)
 class CompressResult:
-    """The exported model, its report and the search that found its policy."""
+    """The exported model, its report, the search that found its policy, and where each file went."""
 
     report: Report
     model: onnx.ModelProto = field(repr=False)
     search: SearchResult = field(repr=False)
+    files: dict[str, str] = field(default_factory=dict)  # what -> path: model, report, plot, search state
 
     def to_json(self) -> str:
         return self.report.to_json()
@@ -208,17 +209,19 @@ def compress(model: ModelSource, config: CompressConfig | None = None, *, output
         from haqc.plot import write_plot  # matplotlib: imported only when a plot is asked for
 
         write_plot(built, str(plot))
-    written = [str(p) for p in (output, report, plot) if p is not None]
+    files = {what: str(p) for what, p in (("model", output), ("report", report), ("plot", plot),
+                                          ("search state", config.workdir)) if p is not None}
+    written = [f"{path} ({what})" for what, path in files.items()]
     missed = budget_miss(built, table, written, pin_first=config.pin_first, pin_last=config.pin_last)
     if missed is not None:
         raise missed
     if config.max_accuracy_drop is not None and built.accuracy_drop > config.max_accuracy_drop:
         raise AccuracyDropError(
             f"accuracy dropped {built.accuracy_drop:.2f} points (fp32 {100 * built.fp32.accuracy:.2f}% -> "
-            f"{100 * built.result.accuracy:.2f}%), more than `max_accuracy_drop` {config.max_accuracy_drop:g}; "
-            "relax the budget or fine-tune longer"
+            f"{100 * built.result.accuracy:.2f}%), more than `max_accuracy_drop` {config.max_accuracy_drop:g}"
+            f"{'; wrote ' + ', '.join(written) if written else ''}; relax the budget or fine-tune longer"
         )
-    return CompressResult(built, exported.model, result)
+    return CompressResult(built, exported.model, result, files)
 
 
 def _check(config: CompressConfig) -> None:

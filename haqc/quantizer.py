@@ -29,6 +29,7 @@ from haqc.passes.quantize_linear import LinearQuantize, QuantizedWeight, handles
 from haqc.passes.qonnx import ToQONNX
 from haqc.policy import Policy, policy_to_json
 from haqc.prepared import Prepared, input_specs
+from haqc.progress import progress_bar
 from haqc.precision import Option
 from haqc.search.score import Score
 from haqc.settings import DataSource, QuantizeOptions
@@ -53,7 +54,9 @@ def calibrate_model(prepared: Prepared, calib: Dataset | None, options: Quantize
     batch = fixed or options.calib_batch_size
     # A fixed-batch model cannot take the last, partial batch: calibrate on full ones.
     feeds = (f for f, _ in calib.batches(batch) if not fixed or len(next(iter(f.values()))) == fixed)
-    return calibrate(prepared.model, prepared.layers, feeds, options.clip_method)
+    count = len(calib) // batch if fixed else -(-len(calib) // batch)
+    with progress_bar(count, "calibration", unit="batch", iterable=feeds) as counted:
+        return calibrate(prepared.model, prepared.layers, counted, options.clip_method)
 
 
 class Quantizer:

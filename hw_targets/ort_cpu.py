@@ -42,6 +42,7 @@ from haqc.io import atomic_write_text
 from haqc.layers import Layer
 from haqc.ops import LAYER_OPS
 from haqc.precision import FP16, FP32, IntFormat, Method, Option, reference_option
+from haqc.progress import progress_bar
 from haqc.runner import timing
 from haqc.runner.client import RunnerClient
 from haqc.runner.facts import device_facts
@@ -121,7 +122,9 @@ class OrtTarget(MeasuredTarget):
             raise InputError(f"target {self.name!r} times integer kernels; k-means codebooks run as float weights "
                              "in ONNX Runtime, so use a size budget on another target (e.g. edge) for them")
         offered = [self.options(layer) for layer in layers]
-        times, conversions = zip(*(self._layer_times(layer, subgraphs, opts) for layer, opts in zip(layers, offered)))
+        with progress_bar(len(layers), f"cost table ({self.name}: timing layers)", unit="layer",
+                          iterable=zip(layers, offered)) as pairs:  # cached timings pass too fast to draw
+            times, conversions = zip(*(self._layer_times(layer, subgraphs, opts) for layer, opts in pairs))
         chains = subgraphs.chains()
         # What a layer can save in integer chains: its input's conversion, and its consumers'.
         chained = np.zeros(len(layers))

@@ -29,6 +29,7 @@ from haqc.policy import Policy
 from haqc.passes.exporters import ExportContext, Exporter, register
 from haqc.passes.plan import ExportPlan, LayerQuant
 from haqc.precision import MAX_BITS, MIN_BITS, KMeansFormat, Option
+from haqc.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -129,9 +130,12 @@ class KMeansQuantize(Pass[onnx.ModelProto]):
         self.requires(model)
         inits = {t.name: t for t in model.graph.initializer}
         chosen = self._weight_bits()
-        return ExportPlan({layer.name: LayerQuant(self._packed(layer.weight, numpy_helper.to_array(inits[layer.weight]),
-                                                               *chosen[layer.weight]))
-                           for layer in self.layers if layer.weight in chosen})
+        quantized = [layer for layer in self.layers if layer.weight in chosen]
+        # A large model's codebooks take seconds to fit; cached ones pass too fast to draw a bar.
+        with progress_bar(len(quantized), "k-means codebooks", unit="layer", iterable=quantized) as fitting:
+            return ExportPlan({layer.name: LayerQuant(self._packed(layer.weight, numpy_helper.to_array(inits[layer.weight]),
+                                                                   *chosen[layer.weight]))
+                               for layer in fitting})
 
     def call(self, model: onnx.ModelProto) -> onnx.ModelProto:
         groups: dict[int, list[Codebook]] = {}

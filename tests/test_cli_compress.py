@@ -179,6 +179,17 @@ def test_every_run_that_writes_a_model_draws_its_plot_beside_it(tmp_path):
     assert result.exit_code == 2 and ".html or .png" in _error_line(result)
 
 
+def test_the_summary_says_where_each_file_went_and_no_bar_reaches_a_log(tmp_path):
+    out, report, workdir = tmp_path / "m.onnx", tmp_path / "r.json", tmp_path / "wd"
+    result = _compress("--latency", "0.6x", "--strategy", "uniform", "-o", out, "--report", report,
+                       "--workdir", workdir)
+    assert result.exit_code == 0, result.output
+    wrote = [l.strip() for l in result.output.splitlines() if l.strip().startswith("wrote ")]
+    assert wrote == [f"wrote {out} (qdq, {out.stat().st_size / 1e6:.4f} MB)", f"wrote {report} (report)",
+                     f"wrote {out.with_suffix('.html')} (plot)", f"wrote {workdir} (search state)"]
+    assert "\r" not in result.output and "|" not in result.output  # CliRunner's stderr is no terminal: no bars
+
+
 def test_kmeans_size_setting(tmp_path):
     report = tmp_path / "r.json"
     result = _compress("--method", "kmeans", "--size", "0.4x", "--strategy", "random", "--episodes", "2",

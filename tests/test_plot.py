@@ -1,6 +1,7 @@
 """The report's whole curve (every evaluated policy, the non-dominated ones marked) and its plot."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -34,7 +35,7 @@ def test_every_evaluated_policy_is_in_the_report_with_its_frontier(run):
     result, out = run
     data = json.loads((out / "r.json").read_text())
     assert len(data["evaluated"]) == result.search.evaluations
-    assert all(set(e) == {"accuracy", "costs", "pareto"} for e in data["evaluated"])
+    assert all(set(e) == {"accuracy", "divergence", "costs", "pareto"} for e in data["evaluated"])
     front = [e for e in data["evaluated"] if e["pareto"]]
     best = max(data["evaluated"], key=lambda e: e["accuracy"])
     cheapest = min(data["evaluated"], key=lambda e: e["costs"]["latency"])
@@ -61,3 +62,37 @@ def test_the_plot_holds_the_curve_the_bits_and_the_reward(run, suffix):
     for text in ("accuracy against cost", "non-dominated", "budget 5.511 ms (0.5x)", "bits per layer",
                  "blocks.0.depthwise.conv", "reward over 6 episodes"):
         assert text in page, text
+
+
+def test_the_accuracy_axis_zooms_to_the_policies_that_matter(run):
+    from haqc.plot import accuracy_range
+
+    result, _ = run
+    report = result.report
+    # A probe at 2 bits scoring 10% would stretch a 0-100% axis; the axis keeps to fp32, w8a8 and the result.
+    probe = {"accuracy": 0.1, "costs": dict(report.result.costs), "pareto": False}
+    low, high = accuracy_range(dataclasses.replace(report, evaluated=[*report.evaluated, probe]))
+    scored = [100 * s.accuracy for s in (report.fp32, report.w8a8, report.result)]
+    assert low < min(scored) and high > max(scored)
+    assert low > 50 and high - low < 10
+
+
+def test_the_plot_states_the_numbers_and_a_measured_miss(run, tmp_path):
+    from haqc.plot import write_plot
+    from haqc.quantities import format_costs
+
+    result, _ = run
+    report = result.report
+    limit = report.limits["latency"]
+    missed = dataclasses.replace(report, result=dataclasses.replace(
+        report.result, measured_latency_s=1.25 * limit, meets_budget=False))
+    write_plot(missed, str(tmp_path / "miss.html"))
+    page = (tmp_path / "miss.html").read_text()
+    chosen = f"chosen {100 * report.result.accuracy_before_finetune:.2f}%"
+    measured = f"measured {format_costs('latency', 1.25 * limit)[0]}: misses the budget"
+    for text in (chosen, f"fp32 {100 * report.fp32.accuracy:.2f}%", f"w8a8 {100 * report.w8a8.accuracy:.2f}%",
+                 "budget 5.511 ms (0.5x)", measured, "the result MISSES the budget"):
+        assert text in page, text
+    write_plot(report, str(tmp_path / "met.html"))
+    page = (tmp_path / "met.html").read_text()
+    assert "the result meets the budget" in page and "measured" not in page

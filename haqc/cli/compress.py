@@ -99,9 +99,10 @@ def compress_command(model, latency, energy, size, per_tensor, no_pin_first, no_
         click.echo(result.to_json(), nl=False)
     elif show:
         click.echo(format_summary(result.report))
-        for what, path in (("report", report_path), ("plot", plot)):
-            if path is not None:
-                click.echo(f"  wrote {path} ({what})")
+        for what, path in result.files.items():
+            if what == "model":  # the model's line says its format and size instead
+                what = f"{result.report.format}, {result.report.output_mb:.4f} MB"
+            click.echo(f"  wrote {path} ({what})")
 
 
 def plot_file(output: str | None, plot: str | None, no_plot: bool) -> str | None:
@@ -215,6 +216,4 @@ def format_summary(report: Report) -> str:
         kept = ("kept" if after >= before else
                 "not kept: the un-tuned weights score higher and were written")
         lines.append(f"  fine-tuning: {score} {before:.2f}% -> {after:.2f}%, {kept}")
-    if report.output:
-        lines.append(f"  wrote {report.output} ({report.format}, {report.output_mb:.4f} MB)")
     return "\n".join(lines)

@@ -7,6 +7,7 @@ import click
 
 from haqc.cli import main
 from haqc.cli.inspect import input_shape_option, parse_input_shapes
+from haqc.progress import set_progress
 from haqc.settings import (CLIP_METHODS, DEFAULT_MIN_STEPS, DEFAULT_SECONDS, FORMATS, LR_CANDIDATES, MAX_EPOCHS, TOP1,
                            TOP1_AGREEMENT, FinetuneConfig, QuantizeConfig, RunConfig)
 
@@ -72,15 +73,19 @@ def run_options(per_tensor: bool, **options) -> dict:
 @input_shape_option
 @click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="Where to write the quantized model.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@click.option("--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def quantize(model, output, force, as_json, input_shapes, per_tensor, **options) -> None:
+def quantize(model, output, force, quiet, as_json, input_shapes, per_tensor, **options) -> None:
     """Quantize MODEL with a fixed policy and write an ONNX model ONNX Runtime runs."""
     from haqc.api import quantize as quantize_model  # onnx, torch: when the command runs, not for --help
 
     config = QuantizeConfig(input_shapes=parse_input_shapes(input_shapes), **run_options(per_tensor, **options))
+    set_progress(None if not quiet and not as_json else False)
     result = quantize_model(model, config, output=output, force=force)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    if quiet:
         return
     click.echo(f"wrote {result.output} ({result.size_mb:.3f} MB; {result.layers} layers quantized: {', '.join(result.formats)})")
     click.echo(f"  integers for {result.capabilities.describe()}")

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from haqc.policy import Policy
+from haqc.progress import progress_bar
 from haqc.search.agent import Agent
 from haqc.search.budget import violations
 from haqc.search.checkpoint import load_state, save_state
@@ -126,9 +127,11 @@ class Run:
         """Losses of independent probes (``QuantEnv.losses``), ``workers`` at a time, checkpointing after
         each batch (a resumed search replays the probes done from the evaluation cache)."""
         losses: list[float] = []
-        for batch in rounds(0, len(candidates), self.env.problem.workers):
-            losses += self.env.losses([candidates[i] for i in batch])
-            self.save()
+        with progress_bar(len(candidates), "sensitivity probes", unit="probe") as bar:
+            for batch in rounds(0, len(candidates), self.env.problem.workers):
+                losses += self.env.losses([candidates[i] for i in batch])
+                self.save()
+                bar.update(len(batch))
         return losses
 
     def result(self) -> SearchResult:
