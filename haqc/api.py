@@ -26,7 +26,8 @@ from haqc.io import atomic_write_text, check_output_path, check_plot_path, save_
 from haqc.passes.load import check_input_shapes, read_model, validate_model
 from haqc.prepared import InputShapes, input_specs
 from haqc.pipeline import (budget_miss, build_report, check_budgets, correct_by_measurement, cost_table,
-                           export_and_finetune, inspect_summary, measure_models, prepare, search_policy)
+                           export_and_finetune, inspect_summary, measure_models, pick_finalist, prepare,
+                           search_policy)
 from haqc.policy import load_policy, uniform_policy
 from haqc.precision import parse_option
 from haqc.quantizer import (CandidateScorer, QuantizeResult, Quantizer, Scores, calibrate_model, finetune_export,
@@ -182,6 +183,10 @@ def compress(model: ModelSource, config: CompressConfig | None = None, *, output
                            workdir=config.workdir, resume=config.resume, progress=progress,
                            workers=config.workers, ray_address=config.ray_address,
                            setup=score.setup() if config.workdir is not None else None)
+    if config.finalists > 1 and train is not None:
+        tuned = CandidateScorer(quantizer, evaluator, train, config.finetune(1, config.finalist_steps))
+        result = pick_finalist(table, result, tuned, config.finalists, limits.values, pin_first=config.pin_first,
+                               pin_last=config.pin_last)
     reference = dict(zip(table.layer_names, table.reference(config.method)))
     w8a8_model = quantizer.export(reference)
     measured = measure_models(prepared, target, [prepared.model, w8a8_model])  # None: a modelled target
@@ -239,3 +244,8 @@ def _check(config: CompressConfig) -> None:
         raise InputError("compress needs validation data to measure accuracy; pass `data` (an .npz or arrays)")
     if config.search_finetune_steps and config.train_data is None:
         raise InputError("`search_finetune_steps` needs `train_data` (an .npz or arrays)")
+    if config.finalists < 1 or config.finalist_steps < 1:
+        raise InputError(f"`finalists` and `finalist_steps` must be at least 1, got {config.finalists} and "
+                         f"{config.finalist_steps}")
+    if config.finalists > 1 and config.train_data is None:
+        raise InputError("`finalists` above 1 fine-tunes each finalist, so it needs `train_data` (an .npz or arrays)")

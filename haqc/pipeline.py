@@ -200,6 +200,31 @@ def search_policy(prepared: Prepared, table: CostTable, limits: Limits, score: C
         return _search_stored(run, problem, pool, workdir, setup)
 
 
+def pick_finalist(table: CostTable, result: SearchResult, tuned: Callable[[Policy], ScoreLike], finalists: int,
+                  limits: Mapping[str, float], *, pin_first: bool, pin_last: bool) -> SearchResult:
+    """Stage 5a: HAQ's reward (the accuracy after a short fine-tune) for the candidates that can matter.
+    The ``finalists`` best distinct policies of the search by reward that meet ``limits`` are each scored
+    by ``tuned`` (a short fine-tune, then evaluation); the best after it becomes the result, with its
+    score before fine-tuning as the result's accuracy (what the search saw). The ranking before
+    fine-tuning does not predict the one after it at tight budgets (benchmarks/RESULTS.md)."""
+    space = SearchSpace.build(table, pin_first, pin_last)
+    ranked = sorted((h for h in result.history if not violations(h["costs"], limits)), key=lambda h: -h["reward"])
+    chosen = list({tuple(h["columns"]): h for h in ranked}.values())[:finalists]
+    if len(chosen) < 2:
+        return result
+    trials = []
+    for h in chosen:
+        policy = dict(zip(table.layer_names, space.options(h["columns"])))
+        after = as_score(tuned(policy)).metric
+        trials.append({"columns": list(h["columns"]), "options": [o.name for o in policy.values()],
+                       "accuracy": h["accuracy"], "tuned": after, "policy": policy, "costs": h["costs"]})
+        logger.info("finalist %d of %d: %.4f before a short fine-tune, %.4f after it",
+                    len(trials), len(chosen), h["accuracy"], after)
+    best = max(trials, key=lambda t: t["tuned"])  # ties: the better reward, which came first
+    return dataclasses.replace(result, policy=best["policy"], accuracy=best["accuracy"], costs=best["costs"],
+                               finalists=[{k: t[k] for k in ("options", "accuracy", "tuned")} for t in trials])
+
+
 def _search_stored(run: Callable[[SearchProblem], SearchResult], problem: SearchProblem, evaluations: Evaluations,
                    workdir: str | os.PathLike | None, setup: str | None) -> SearchResult:
     """``run`` the search over ``evaluations``, through the workdir's score file when there is a setup."""
@@ -320,7 +345,8 @@ def build_report(*, source: str, target: Target, spec: str, table: CostTable, li
         layers=[LayerRow(l.name, l.kind, o.w_bits, o.a_bits, table.layer_cost(i, int(c)))
                 for i, (l, o, c) in enumerate(zip(layers, options, columns))],
         search=SearchSummary(result.strategy, result.episodes, result.best_episode, round(result.seconds, 3),
-                             result.evaluations, seed, method, finetune_epochs, workers, result.stored, reward),
+                             result.evaluations, seed, method, finetune_epochs, workers, result.stored, reward,
+                             result.finalists),
         history=result.history,
         evaluated=mark_frontier([{"accuracy": e["accuracy"], "divergence": e["divergence"], "costs": e["costs"]}
                                  for e in result.evaluated], list(limits.values)),

@@ -76,6 +76,7 @@ class SearchSummary:
     workers: int = 1  # candidates evaluated at once (the search's round size)
     stored: int = 0  # of ``evaluations``, the scores read from the workdir's score file
     reward: str = "metric"  # what the reward measured (haqc.settings.REWARDS)
+    finalists: list[dict] = field(default_factory=list)  # options, accuracy before and after a short fine-tune
 
 
 @dataclass(frozen=True)

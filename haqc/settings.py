@@ -190,6 +190,11 @@ class CompressConfig(RunConfig):
     reward_lambda: float = 0.1
     reward: Reward = "metric"  # one of REWARDS: what the search's reward measures
     search_finetune_steps: int = 0  # short fine-tune before each episode's evaluation (HAQ's reference did)
+    # HAQ's reward for the candidates that can matter: the best ``finalists`` policies the search found
+    # (by reward, meeting the budget) each get ``finalist_steps`` fine-tune steps, and the one that scores
+    # best after them is exported (1: the search's best, untried). Needs train_data.
+    finalists: int = 1
+    finalist_steps: int = 60
     workdir: str | os.PathLike | None = None
     resume: bool = False
     max_accuracy_drop: float | None = None  # percentage points; more raises AccuracyDropError (exit 4)

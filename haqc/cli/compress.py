@@ -47,6 +47,11 @@ DEFAULTS = CompressConfig()
 @click.option("--reward", type=click.Choice(REWARDS), default=DEFAULTS.reward, show_default=True,
               help="What the search rewards: the metric (HAQ's), the divergence of the outputs from fp32's "
                    "(does not saturate), or both (docs/search.md).")
+@click.option("--finalists", type=click.IntRange(min=1), default=DEFAULTS.finalists, show_default=True,
+              help="Fine-tune the search's best N policies --finalist-steps steps each and export the best after "
+                   "it (HAQ's reward for the candidates that can matter; needs --train-data).")
+@click.option("--finalist-steps", type=click.IntRange(min=1), default=DEFAULTS.finalist_steps, show_default=True,
+              help="Fine-tune steps per finalist.")
 @click.option("--search-finetune-steps", type=click.IntRange(min=0), default=DEFAULTS.search_finetune_steps,
               show_default=True, help="Fine-tune each candidate this many steps before measuring it (slow; needs --train-data).")
 @click.option("--ddpg", "ddpg_overrides", multiple=True, metavar="KEY=VALUE|haq",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -59,6 +59,9 @@ class SearchResult:
     history: list[dict[str, Any]]
     evaluated: list[dict[str, Any]]
     stored: int = 0  # of ``evaluations``, the policies this run read from the workdir (haqc.search.store)
+    # The policies tried with a short fine-tune after the search (haqc.pipeline.pick_finalist): their
+    # options, score before and after it; empty when none were.
+    finalists: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Run:
