@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from conftest import EXAMPLE, EXAMPLE_DIR, run_ort
 from haqc.cli import main
+from haqc.errors import InputError
 from haqc.evaluation import Evaluator
 
 DATA = ["--data", EXAMPLE_DIR / "val.npz", "--calib-data", EXAMPLE_DIR / "calib.npz"]
@@ -220,13 +221,20 @@ def test_ddpg_overrides_and_search_finetune_steps():
 
 
 def test_ddpg_overrides_take_each_fields_type_and_haq_names_the_published_agent():
-    from haqc.cli.compress import parse_ddpg_overrides
+    from haqc.cli.compress import parse_strategy_config
     from haqc.search import DDPGConfig
+    from haqc.search.strategies.ilp import IlpConfig
 
-    assert parse_ddpg_overrides(("haq",)) == DDPGConfig.haq()
-    assert parse_ddpg_overrides(("haq", "warm_start=true")) == dataclasses.replace(DDPGConfig.haq(), warm_start=True)
-    got = parse_ddpg_overrides(("warm_start=0", "sigma_final=none", "hidden=64", "tau=0.02"))
+    assert parse_strategy_config("ddpg", ("haq",)) == DDPGConfig.haq()
+    assert parse_strategy_config("ddpg", ("haq", "warm_start=true")) == dataclasses.replace(DDPGConfig.haq(), warm_start=True)
+    got = parse_strategy_config("ddpg", ("warm_start=0", "sigma_final=none", "hidden=64", "tau=0.02"))
     assert got == dataclasses.replace(DDPGConfig(), warm_start=False, sigma_final=None, hidden=64, tau=0.02)
+    assert parse_strategy_config("ilp", ("probes=modelled",)) == IlpConfig(probes="modelled")
+    for strategy, items, pattern in (("ilp", ("probes=some",), "probes takes one of all, modelled"),
+                                     ("greedy", ("x=1",), "takes no configuration"),
+                                     ("ddpg", ("fast",), "DDPGConfig has no such preset")):
+        with pytest.raises(InputError, match=pattern):
+            parse_strategy_config(strategy, items)
 
 
 def test_outputs_get_normal_permissions(tmp_path):

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import types
+import typing
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import click
 
@@ -18,8 +20,6 @@ from haqc.quantities import format_costs, in_report_units, report_key
 from haqc.report import Report
 from haqc.settings import REWARDS, STRATEGY_NAMES, TOP1, TOP1_AGREEMENT, CompressConfig
 
-if TYPE_CHECKING:
-    from haqc.search import DDPGConfig
 
 DEFAULTS = CompressConfig()
 
@@ -54,8 +54,9 @@ DEFAULTS = CompressConfig()
               help="Fine-tune steps per finalist.")
 @click.option("--search-finetune-steps", type=click.IntRange(min=0), default=DEFAULTS.search_finetune_steps,
               show_default=True, help="Fine-tune each candidate this many steps before measuring it (slow; needs --train-data).")
-@click.option("--ddpg", "ddpg_overrides", multiple=True, metavar="KEY=VALUE|haq",
-              help="Override a DDPG hyperparameter, e.g. --ddpg actor_lr=3e-4; 'haq' first: HAQ's published agent (docs/search.md).")
+@click.option("--strategy-config", "--ddpg", "strategy_overrides", multiple=True, metavar="KEY=VALUE|PRESET",
+              help="Set a field of the strategy's configuration, e.g. --strategy-config actor_lr=3e-4 (ddpg) or "
+                   "probes=modelled (ilp); a preset first, e.g. haq: HAQ's published agent (docs/search.md).")
 @click.option("--workers", type=click.IntRange(min=1), default=DEFAULTS.workers, show_default=True,
               help="Evaluate up to N candidates at once in Ray workers (haqc's ray extra; docs/parallel.md).")
 @click.option("--ray-address", default=DEFAULTS.ray_address, metavar="ADDRESS",
@@ -75,14 +76,14 @@ DEFAULTS = CompressConfig()
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (for CI).")
-def compress_command(model, latency, energy, size, per_tensor, no_pin_first, no_pin_last, ddpg_overrides, input_shapes,
+def compress_command(model, latency, energy, size, per_tensor, no_pin_first, no_pin_last, strategy_overrides, input_shapes,
                      output, report_path, plot_path, no_plot, force, quiet, as_json, target, provider, threads, **options) -> None:
     """Find per-layer bitwidths for MODEL that meet a budget on a target, and export them."""
     from haqc.api import compress  # onnx, torch: when the command runs, not for --help
 
     budgets = {q: v for q, v in (("latency", latency), ("energy", energy), ("size", size)) if v is not None}
     config = CompressConfig(
-        budgets=budgets, pin_first=not no_pin_first, pin_last=not no_pin_last, strategy_config=parse_ddpg_overrides(ddpg_overrides),
+        budgets=budgets, pin_first=not no_pin_first, pin_last=not no_pin_last, strategy_config=parse_strategy_config(options["strategy"], strategy_overrides),
         input_shapes=parse_input_shapes(input_shapes), target=with_provider(target, provider, threads),
         **run_options(per_tensor, **options),
     )
@@ -133,37 +134,52 @@ def episodic(strategy: str) -> bool:
         return False
 
 
-def parse_ddpg_overrides(items: tuple[str, ...]) -> DDPGConfig | None:
-    """``KEY=VALUE`` pairs over the defaults (``haq`` alone: HAQ's published agent); values take the
-    field's type: true/false for switches, ``none`` where a field may be unset."""
+def parse_strategy_config(strategy: str, items: tuple[str, ...]) -> Any:
+    """``--strategy-config`` items over the strategy's configuration defaults: ``KEY=VALUE`` pairs, after
+    an optional preset (a no-argument classmethod of its config class: ddpg's ``haq``, HAQ's published
+    agent); values take the field's type: true/false for switches, ``none`` where a field may be unset."""
     if not items:
         return None
-    from haqc.search import DDPGConfig  # torch: only when --ddpg is given
+    from haqc.search import load_strategy  # torch: only when the option is given
 
-    base = DDPGConfig.haq() if items[0] == "haq" else DDPGConfig()
-    fields = {f.name: f for f in dataclasses.fields(DDPGConfig)}
+    kind = load_strategy(strategy).config_type
+    if kind is None:
+        raise InputError(f"--strategy-config: search strategy {strategy!r} takes no configuration")
+    preset = None if "=" in items[0] else items[0]
+    make = getattr(kind, preset, None) if preset is not None else kind
+    if not callable(make) or (preset is not None and not isinstance(kind.__dict__.get(preset), classmethod)):
+        raise InputError(f"--strategy-config {preset!r}: {kind.__name__} has no such preset; write KEY=VALUE")
+    types = typing.get_type_hints(kind)
+    names = [f.name for f in dataclasses.fields(kind)]
     changes = {}
-    for item in items[1:] if items[0] == "haq" else items:
+    for item in items[1:] if preset is not None else items:
         key, sep, value = item.partition("=")
-        if not sep or key not in fields:
-            raise InputError(f"--ddpg {item!r}: write haq, or KEY=VALUE with KEY one of {', '.join(fields)}")
-        changes[key] = _ddpg_value(item, key, value, fields[key].type)
-    return dataclasses.replace(base, **changes)
+        if not sep or key not in names:
+            raise InputError(f"--strategy-config {item!r}: write KEY=VALUE with KEY one of {', '.join(names)}")
+        changes[key] = _field_value(item, key, value, types[key])
+    return dataclasses.replace(make(), **changes)
 
 
-def _ddpg_value(item: str, key: str, value: str, annotation: str) -> object:
-    """One --ddpg value by its field's annotation (a string under postponed annotations)."""
-    if "None" in annotation and value.lower() == "none":
+def _field_value(item: str, key: str, value: str, annotation: Any) -> object:
+    """One ``--strategy-config`` value by its field's type (bool, int, float, str, a Literal, or optional)."""
+    choices = [a for a in typing.get_args(annotation) if a is not type(None)] if typing.get_origin(annotation) in (
+        typing.Union, types.UnionType) else [annotation]
+    if len(choices) < len(typing.get_args(annotation)) and value.lower() == "none":
         return None
-    if annotation == "bool":
+    kind = choices[0]
+    if typing.get_origin(kind) is typing.Literal:
+        if value not in typing.get_args(kind):
+            raise InputError(f"--strategy-config {item!r}: {key} takes one of {', '.join(map(str, typing.get_args(kind)))}")
+        return value
+    if kind is bool:
         if value.lower() not in ("true", "false", "1", "0"):
-            raise InputError(f"--ddpg {item!r}: {key} takes true or false")
+            raise InputError(f"--strategy-config {item!r}: {key} takes true or false")
         return value.lower() in ("true", "1")
-    kind = int if annotation == "int" else float
     try:
         return kind(value)
-    except ValueError:
-        raise InputError(f"--ddpg {item!r}: {key} takes a{'n' if kind is int else ''} {kind.__name__}") from None
+    except (TypeError, ValueError):
+        raise InputError(f"--strategy-config {item!r}: {key} takes a{'n' if kind is int else ''} "
+                         f"{getattr(kind, '__name__', kind)}") from None
 
 
 class _Progress:

@@ -216,3 +216,14 @@ def test_kmeans_search_returns_float_activations():
     assert result.meets_budget and all(b.a_bits is None for b in result.policy.values())
     assert all(name.startswith("kmeans") for h in result.history for name in h["options"])
     assert np.mean([b.w_bits for b in result.policy.values()]) < 8
+
+
+def test_ilp_at_ddpgs_probing_cost_solves_greedys_loss_model():
+    """IlpConfig(probes="modelled"): the integer program on two probes per layer, for comparisons at equal
+    evaluations; every width probed (the default) costs 12 per layer on a 2..8 grid."""
+    from haqc.search.strategies.ilp import IlpConfig
+
+    full = search(synthetic_problem(latency_fraction=0.5), "ilp")
+    cheap = search(synthetic_problem(latency_fraction=0.5), "ilp", config=IlpConfig(probes="modelled"))
+    assert cheap.evaluations == 2 * (N_LAYERS - 2) + 1 < full.evaluations == 12 * (N_LAYERS - 2) + 1
+    assert cheap.meets_budget and full.meets_budget
