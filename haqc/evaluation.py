@@ -7,12 +7,14 @@ graph is measured with the numerics it will ship with.
 """
 from __future__ import annotations
 
+import collections
 import functools
 import importlib
 import logging
 import math
 import os
 import platform
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Union
@@ -63,10 +65,14 @@ def set_session_threads(threads: int | None) -> None:
     _session_threads = threads
 
 
-def make_session(model: ModelSource, name: str | None = None) -> ort.InferenceSession:
-    """A CPU inference session tuned for repeated evaluation; ``name`` labels error messages."""
+def make_session(model: ModelSource, name: str | None = None,
+                 optimized_path: str | os.PathLike | None = None) -> ort.InferenceSession:
+    """A CPU inference session tuned for repeated evaluation; ``name`` labels error messages.
+    ``optimized_path`` receives the graph ONNX Runtime runs (after its fusions)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = GRAPH_OPTIMIZATION
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
     options.intra_op_num_threads = _session_threads or available_cores()
     # Idle workers sleep instead of spinning: spinning cost 1.5x on a busy 2-core machine
     # (and would steal cores from the agent's torch updates between evaluations).
@@ -95,6 +101,25 @@ def make_session(model: ModelSource, name: str | None = None) -> ort.InferenceSe
 def _host_pair_sums_saturate() -> bool:
     """Whether this CPU's u8s8 kernels add pairs of products in int16 (x86 without VNNI)."""
     return int_dot(cpu_flags(), platform.machine()) == "avx2"
+
+
+# ONNX Runtime's integer CPU kernels: what its QDQ fusions turn quantized layers into.
+INTEGER_KERNELS = frozenset({
+    "QLinearConv", "QLinearMatMul", "QGemm", "MatMulInteger", "ConvInteger", "DynamicQuantizeLinear",
+    "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QLinearAdd", "QLinearMul", "QLinearConcat",
+    "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax",
+    "QLinearWhere", "QLinearReduceMean", "QAttention", "QEmbedLayerNormalization", "DynamicQuantizeLSTM",
+    "MatMulNBits", "GatherBlockQuantized"})
+
+
+def integer_kernels(model: ModelSource) -> dict[str, int]:
+    """How many of each integer kernel ONNX Runtime runs ``model`` with, as ``make_session`` loads it
+    on this CPU: a QDQ graph states only what may fuse, the optimized graph what did."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "optimized.onnx")
+        make_session(model, optimized_path=path)
+        ops = collections.Counter(n.op_type for n in onnx.load(path, load_external_data=False).graph.node)
+    return {op: ops[op] for op in sorted(ops) if op in INTEGER_KERNELS}
 
 
 def session_specs(session: ort.InferenceSession) -> list[InputSpec]:

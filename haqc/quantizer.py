@@ -228,7 +228,7 @@ class CandidateScorer:
         if calibration is not None:
             add(calibration.method)
             for name, stats in sorted(calibration.stats.items()):
-                add(name, stats.minimum, stats.absmax, stats.hist_range, stats.hist.tobytes())
+                add(name, stats.minimum, stats.maximum, stats.absmax, stats.hist_range, stats.hist.tobytes())
         add_data(self.evaluator.dataset)
         add(self.evaluator.metric_name, self.evaluator.batch_size, self.evaluator.fidelity_scored, self.evaluator.class_output)
         if self.finetune is not None and self.train is not None:

@@ -48,7 +48,8 @@ BUILTIN_METRICS = (TOP1, FIDELITY)
 DEFAULT_BATCH = 256
 BATCH_ELEMENTS = 2**19
 
-# How activation clips are chosen; mse measured best on the example (docs/calibration.md).
+# How activation clips are chosen below 8 bits (8-bit activations take the calibrated min-max range);
+# mse measured best on the example (docs/calibration.md).
 ClipMethod = Literal["kl", "max", "percentile", "mse"]
 CLIP_METHODS: tuple[ClipMethod, ...] = get_args(ClipMethod)
 DEFAULT_CLIP_METHOD: ClipMethod = "mse"

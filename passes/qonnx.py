@@ -2,8 +2,11 @@
 
 QONNX's ``Quant(x, scale, zeropoint, bitwidth)`` (domain ``qonnx.custom_op.general``) computes
 ``(round(clamp(x / scale + zeropoint)) - zeropoint) * scale`` with the clamp to the b-bit range that
-``signed`` and ``narrow`` select, numpy-broadcasting its parameters. ``ToQONNX`` maps what
-``LinearQuantize`` writes onto it:
+``signed`` and ``narrow`` select, numpy-broadcasting its parameters. qonnx's float32 reference
+executor adds a non-zero zero point before rounding, where ONNX Runtime rounds x / scale first and
+adds the zero point to the integer: the two give the same codes except for a value within float32
+precision of a tie (33.499996 + 134 is 167.5 in float32). ``ToQONNX`` maps what ``LinearQuantize``
+writes onto it:
 
 - an activation's QuantizeLinear -> [integer Clip] -> DequantizeLinear becomes one Quant whose range
   is the Clip's codes (the container's without a Clip);

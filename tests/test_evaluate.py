@@ -22,6 +22,7 @@ from haqc.evaluation import (
     make_session,
     num_classes,
     fidelity,
+    integer_kernels,
     predictions,
     sqnr_db,
 )
@@ -75,6 +76,22 @@ def test_predictions_match_ort():
     ds = _data()
     expected = run_ort(REVERSED, {"x": ds.inputs["x"]})[0]
     np.testing.assert_array_equal(predictions(make_session(REVERSED), ds), expected)
+
+
+def test_integer_kernels_are_what_onnx_runtime_fuses(example):
+    """The example's w8a8 export runs every Conv as QLinearConv and its Gemm as QGemm on this CPU; the fp32
+    model runs none."""
+    from haqc.policy import uniform_policy
+    from haqc.precision import Option
+    from haqc.quantizer import QuantizeOptions, Quantizer
+
+    prepared = example["prepared"]
+    quantized = Quantizer.calibrated(prepared, example["calib"], QuantizeOptions()).export(
+        uniform_policy(prepared.layers, Option(8, 8)))
+    kernels = integer_kernels(quantized)
+    ops = [layer.op for layer in prepared.layers]
+    assert kernels["QLinearConv"] == ops.count("Conv") and kernels["QGemm"] == ops.count("Gemm")
+    assert integer_kernels(prepared.model) == {}
 
 
 def test_make_session_bad_model():

@@ -41,7 +41,7 @@ def quantize_options(func):
     for option in reversed(
         [
             click.option("--calib-data", type=click.Path(path_type=str), default=DEFAULTS.calib_data, help="Calibration .npz (default: --data)."),
-            click.option("--clip-method", type=click.Choice(CLIP_METHODS), default=DEFAULTS.clip_method, show_default=True, help="How activation clips are chosen."),
+            click.option("--clip-method", type=click.Choice(CLIP_METHODS), default=DEFAULTS.clip_method, show_default=True, help="How activation clips are chosen below 8 bits (8-bit ones take the calibrated min-max range)."),
             click.option("--per-tensor", is_flag=True, default=not DEFAULTS.per_channel, help="Quantize weights per tensor instead of per output channel."),
             click.option("--format", "format", type=click.Choice(FORMATS), default=DEFAULTS.format, show_default=True, help="qdq: INT8 containers, ONNX Runtime's integer kernels; packed: INT4/INT2 containers, smallest file; qonnx: QONNX Quant nodes (FINN, hls4ml)."),
             click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True, help="Seed for every random choice."),

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from haqc.passes.calibrate import (BINS, CLIP_METHODS, KL_MAX_BITS, Calibration, TensorStats, calibrate,
-                                   choose_clip)
+from haqc.passes.calibrate import (BINS, CLIP_METHODS, KL_MAX_BITS, MINMAX_BITS, Calibration, TensorStats,
+                                   calibrate, choose_clip)
 from haqc.passes.canonicalize import canonicalize
 from haqc.passes.extract import extract_layers
 
@@ -45,7 +45,7 @@ def test_non_negative_tensor_is_unsigned():
     assert not _stats(np.maximum(RNG.standard_normal(1000), 0)).signed
 
 
-@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("bits", [2, 4, MINMAX_BITS - 1])
 def test_a_short_negative_side_gets_just_the_steps_it_needs(bits):
     """Hard-swish outputs (minimum -0.375): the range keeps the minimum with a few steps below zero,
     finer than the symmetric range, and its error is lower; a symmetric tensor stays symmetric."""
@@ -68,14 +68,27 @@ def test_a_short_negative_side_gets_just_the_steps_it_needs(bits):
     assert error(zero, clip) < error(half, symmetric)
 
 
+@pytest.mark.parametrize("method", CLIP_METHODS)
+def test_eight_bit_ranges_are_the_calibrated_min_max(method):
+    """From MINMAX_BITS up every method gives ONNX Runtime's MinMax range: [min, max] in 255 equal
+    steps, the zero point the nearest code to zero; negative-only tensors keep one code above zero."""
+    x = RNG.standard_t(3, 100_000) + 1.0
+    calib = Calibration({"x": _stats(x), "neg": _stats(-np.abs(x)), "pos": _stats(np.abs(x))}, method)
+    step = (x.max() - x.min()) / 255
+    assert calib.zero_point("x", 8) == round(-x.min() / step)
+    assert calib.clip("x", 8) == pytest.approx(step * (255 - calib.zero_point("x", 8)))
+    assert calib.zero_point("neg", 8) == 254 and calib.clip("neg", 8) == pytest.approx(np.abs(x).max() / 255)
+    assert calib.zero_point("pos", 8) == 0 and calib.clip("pos", 8) == pytest.approx(np.abs(x).max())
+
+
 def test_max_and_percentile():
     x = np.abs(RNG.standard_normal(200_000))
     assert _clip(x, 8, "max") == pytest.approx(x.max())
-    p = _clip(x, 8, "percentile")
+    p = _clip(x, MINMAX_BITS - 1, "percentile")
     assert np.quantile(x, 0.9999) <= p <= np.quantile(x, 0.9999) + 2 * x.max() / BINS
 
 
-@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("bits", [2, 4, MINMAX_BITS - 1])
 def test_mse_clip_quantizes_better_than_the_max(bits):
     x = np.abs(RNG.standard_t(3, 100_000))  # heavy-tailed, as trained activations are
     c = _clip(x, bits, "mse")
@@ -144,8 +157,12 @@ def test_calibrate_records_each_layer_input_as_ort_computes_it():
     calib = calibrate(model, layers, [{"x": b} for b in x])
     w1 = numpy_helper.to_array(inits[0]).reshape(4, 2)
     relu = np.maximum(np.einsum("oc,nchw->nohw", w1, np.concatenate(x)), 0)
-    # A standard normal input is symmetric (half the steps below zero); the Relu output has none.
-    assert calib.zero_point(layers[0].input, 8) == 128 and calib.zero_point(layers[1].input, 8) == 0
+    # A standard normal input is symmetric at 7 bits (half the steps below zero); at 8 its zero point
+    # is its min-max one; the Relu output has no steps below zero.
+    inputs = np.concatenate(x)
+    assert calib.zero_point(layers[0].input, 7) == 64 and calib.zero_point(layers[1].input, 7) == 0
+    assert calib.zero_point(layers[0].input, 8) == round(-inputs.min() * 255 / (inputs.max() - inputs.min()))
+    assert calib.zero_point(layers[1].input, 8) == 0
     assert calib.stats[layers[0].input].absmax == pytest.approx(np.abs(np.concatenate(x)).max())
     assert calib.stats[layers[1].input].absmax == pytest.approx(relu.max(), rel=1e-5)
     assert calib.stats[layers[1].input].hist.sum() == relu.size

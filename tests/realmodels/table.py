@@ -1,7 +1,8 @@
 """Measure the corpus table of docs/models.md: every command on every corpus model, each result on its own.
 
 For each model: `haqc inspect` (layers, what stays float and why), `haqc quantize --bits w8a8` and `w4a8`
-(output SNR against the fp32 original), ONNX Runtime's quantize_static (QDQ, per-channel) on the same
+(output SNR against the fp32 original; for w8a8 also the integer kernels ONNX Runtime runs it with on this
+CPU, read from its optimized graph), ONNX Runtime's quantize_static (QDQ, per-channel) on the same
 inputs, a 3-episode `haqc compress --target edge --latency 0.6x` (or the model's reachable budget), and the seconds haqc's commands took.
 A command that fails fills its cell with its one line (or the traceback's last frame in haqc) and the
 row goes on, so a re-run after a fix shows what moved.
@@ -28,12 +29,13 @@ from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from haqc.cli import main as cli  # noqa: E402
-from haqc.evaluation import sqnr_db  # noqa: E402
+from haqc.evaluation import integer_kernels, sqnr_db  # noqa: E402
 from realmodels.corpus import MODELS, CorpusModel, obtain  # noqa: E402
 
 SAMPLES = 16
 COLUMNS = ("model", "source", "opset", "inspect: layers", "stays float (why)",
-           "w8a8 SNR dB (haqc)", "w8a8 SNR dB (ORT quantize_static)", "w4a8 SNR dB (haqc)",
+           "w8a8 SNR dB (haqc)", "w8a8 SNR dB (ORT quantize_static)", "w8a8 kernels (haqc, ORT CPU)",
+           "w4a8 SNR dB (haqc)",
            "compress edge (budget), 3 episodes: met, signal (w8a8)", "seconds")
 
 
@@ -139,9 +141,12 @@ def measure(name: str, tmp: Path) -> dict:
             out = tmp / f"{name}.{bits}.onnx"
             took, _ = _run("quantize", path, "--bits", bits, "--calib-data", calib, *shapes, "-o", out, "--force")
             row["seconds"] += took
+            if bits == "w8a8":
+                row["kernels"] = ", ".join(f"{op} x{n}" for op, n in integer_kernels(out).items()) or "none"
             return _snr(model, out, path, feeds)
 
         _step(row, bits, quantize)
+    row.setdefault("kernels", "")
 
     def ort_static():
         _ort_static(path, tmp / f"{name}.ort.onnx", calib_feeds, model)
@@ -177,10 +182,10 @@ def main(names: list[str]) -> None:
             try:
                 r = measure(name, Path(tmp))
             except Exception as err:  # noqa: BLE001 -- the model itself could not be obtained or fed
-                print(f"| {name} | {MODELS[name].source} | fails: {str(err).splitlines()[0][:120]} |" + " |" * 7)
+                print(f"| {name} | {MODELS[name].source} | fails: {str(err).splitlines()[0][:120]} |" + " |" * 8)
                 continue
             cells = [r["model"], r["source"], r["opset"], r["inspect"], r["float"], r["w8a8"],
-                     r["ort_w8a8"], r["w4a8"], r["compress"], f"{r['seconds']:.1f}"]
+                     r["ort_w8a8"], r["kernels"], r["w4a8"], r["compress"], f"{r['seconds']:.1f}"]
             texts = [_cell(c).replace(f"{tmp}/", "") for c in cells]
             texts = [t if not t.startswith("fails") or t not in texts[:i] else "fails: the same" for i, t in enumerate(texts)]
             print("| " + " | ".join(texts) + " |", flush=True)
