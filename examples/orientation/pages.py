@@ -20,8 +20,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 SIZE, SHORT = 128, 146  # the input; the wheel resizes the shorter side to 256 and crops 224 (here scaled by 128/224)
 MEAN, STD = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
@@ -33,7 +37,7 @@ WORDS = ("the", "of", "and", "to", "in", "is", "for", "on", "with", "as", "by", 
 ANGLES = (0, 90, 180, 270)  # label k: the upright page turned ANGLES[k] degrees clockwise
 
 
-def page(rng: np.random.Generator) -> "Image.Image":  # noqa: F821
+def page(rng: np.random.Generator) -> Image.Image:
     """An upright page: lines of words, left-aligned, in dark ink on light paper, portrait or landscape."""
     from PIL import Image, ImageDraw, ImageFont
 
@@ -46,7 +50,7 @@ def page(rng: np.random.Generator) -> "Image.Image":  # noqa: F821
     margin = int(rng.integers(10, 40))
     y = margin
     while y < height - margin - size:
-        words, line = [], ""
+        line = ""
         while True:
             word = str(rng.choice(WORDS))
             trial = (line + " " + word).strip()
