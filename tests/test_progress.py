@@ -22,7 +22,10 @@ class _Terminal(io.StringIO):
 
 @pytest.fixture(autouse=True)
 def _default(monkeypatch):
-    monkeypatch.setattr(progress, "DELAY_S", 0.0)  # draw at once
+    """Bars at their default (an in-process CLI run with --quiet earlier in this worker turned them off),
+    drawn at once."""
+    set_progress(None)
+    monkeypatch.setattr(progress, "DELAY_S", 0.0)
     yield
     set_progress(None)
 
