@@ -27,6 +27,10 @@ from haqc.precision import FP32, Option
 from haqc.report import Report
 
 MNIST = ROOT / "examples" / "mnist"
+# Validation images for the searches whose checks do not depend on how many are scored (the report's
+# schema and form, the options and costs a target's own numbers give): every probe and episode of
+# compress scores each of them, and all 1,000 made these tests a minute each on two cores.
+VAL_SUBSET = 200
 
 
 def _arrays(name: str) -> dict[str, np.ndarray]:
@@ -34,14 +38,22 @@ def _arrays(name: str) -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files}
 
 
-def test_compress_takes_paths_or_a_model_proto_and_arrays_and_gives_the_same_report():
-    by_path = haqc.compress(str(EXAMPLE), target="edge", budgets={"latency": "0.5x"}, data=str(MNIST / "val.npz"),
+def _val_subset(folder, n: int = VAL_SUBSET):
+    """The first ``n`` validation images, as arrays and as the .npz file holding them."""
+    arrays = {k: v[:n] for k, v in _arrays("val.npz").items()}
+    np.savez(folder / "val.npz", **arrays)
+    return arrays, folder / "val.npz"
+
+
+def test_compress_takes_paths_or_a_model_proto_and_arrays_and_gives_the_same_report(tmp_path):
+    val, val_path = _val_subset(tmp_path)
+    by_path = haqc.compress(str(EXAMPLE), target="edge", budgets={"latency": "0.5x"}, data=str(val_path),
                             episodes=5)
     assert isinstance(by_path.report, Report) and isinstance(by_path.model, onnx.ModelProto)
     first = json.loads(by_path.to_json())
     assert first["schema"] == 1 and first["result"]["meets_budget"] and first["search"]["episodes"] == 5
     in_memory = haqc.compress(onnx.load(str(EXAMPLE)), target="edge", budgets={"latency": "0.5x"},
-                              data=_arrays("val.npz"), episodes=5)
+                              data=val, episodes=5)
     second = json.loads(in_memory.to_json())
     assert second["model"] == "<in-memory model>"
     for report in (first, second):
@@ -87,7 +99,8 @@ class ThreeOptions(Target):
 def test_a_target_with_its_own_options_searches_exports_and_reports(strategy, tmp_path):
     target = ThreeOptions()
     out = tmp_path / "model.onnx"
-    result = haqc.compress(str(EXAMPLE), target=target, budgets={"latency": "0.9x"}, data=str(MNIST / "val.npz"),
+    _, val_path = _val_subset(tmp_path)
+    result = haqc.compress(str(EXAMPLE), target=target, budgets={"latency": "0.9x"}, data=str(val_path),
                            calib_data=str(MNIST / "calib.npz"), strategy=strategy, episodes=4, output=str(out))
     report = result.report
     layers = prepare(str(EXAMPLE)).layers
