@@ -200,23 +200,17 @@ def _per_sample(batches: list[np.ndarray], samples: int) -> bool:
     return all(b.ndim for b in batches) and sum(len(b) for b in batches) == samples
 
 
-def fidelity(outputs: list[list[np.ndarray]], reference: list[list[np.ndarray]]) -> float:
+def fidelity(outputs: list[list[np.ndarray]], reference: list[list[np.ndarray]],
+             compared: list[tuple[str, float]] | None = None) -> float:
     """The FIDELITY score in [0, 1] of ``outputs`` against ``reference`` (both from ``run_batches``).
 
     Float outputs score their clipped SQNR over the whole set; other outputs (indices,
-    masks) the fraction of elements equal to the reference's.
+    masks) the fraction of elements equal to the reference's. ``compared``: ``_compare``'s
+    result when the caller has it already.
     """
-    scores = []
-    for k in range(len(reference[0])):
-        ref = np.concatenate([np.ravel(batch[k]) for batch in reference])
-        out = np.concatenate([np.ravel(batch[k]) for batch in outputs])
-        if ref.shape != out.shape:
-            scores.append(0.0)
-        elif ref.dtype.kind != "f":
-            scores.append(float(np.mean(out == ref)) if ref.size else 1.0)
-        else:
-            scores.append(min(max(sqnr_db(out, ref), 0.0), FIDELITY_DB) / FIDELITY_DB)
-    return float(np.mean(scores))
+    scores = {"sqnr": lambda db: min(max(db, 0.0), FIDELITY_DB) / FIDELITY_DB, "equal": lambda f: f,
+              "shape": lambda _: 0.0}
+    return float(np.mean([scores[how](v) for how, v in compared or _compare(outputs, reference)]))
 
 
 # Where one output's divergence stops growing: noise 30 dB above the signal, or non-finite outputs, is
@@ -224,28 +218,40 @@ def fidelity(outputs: list[list[np.ndarray]], reference: list[list[np.ndarray]])
 MAX_DIVERGENCE = 1e3
 
 
-def divergence(outputs: list[list[np.ndarray]], reference: list[list[np.ndarray]], classes: str | None = None) -> float:
+def divergence(outputs: list[list[np.ndarray]], reference: list[list[np.ndarray]], classes: str | None = None,
+               compared: list[tuple[str, float]] | None = None) -> float:
     """How far ``outputs`` are from ``reference`` (both from ``run_batches``), >= 0, 0 only when equal:
     the mean over outputs of, for a first output of class scores (``classes``: "logits" or
     "probabilities"), the KL divergence of the reference's class distribution from the output's, averaged
     over samples; for other float outputs the noise-to-signal power ratio |out - ref|^2 / |ref|^2; for
-    other outputs (indices, masks) the fraction of elements that differ. Neither saturates at the top."""
-    values = []
-    for k in range(len(reference[0])):
-        if k == 0 and classes is not None:
-            ref = np.concatenate([batch[0] for batch in reference]).astype(np.float64)
-            out = np.concatenate([batch[0] for batch in outputs]).astype(np.float64)
-            values.append(_kl(ref, out, classes) if ref.shape == out.shape else MAX_DIVERGENCE)
-            continue
+    other outputs (indices, masks) the fraction of elements that differ. Neither saturates at the top.
+    ``compared``: ``_compare``'s result when the caller has it already (not with ``classes``)."""
+    values = {"sqnr": lambda db: 10 ** (-db / 10), "equal": lambda f: 1.0 - f, "shape": lambda _: MAX_DIVERGENCE}
+    if classes is None:
+        found = [values[how](v) for how, v in compared or _compare(outputs, reference)]
+    else:
+        ref = np.concatenate([batch[0] for batch in reference]).astype(np.float64)
+        out = np.concatenate([batch[0] for batch in outputs]).astype(np.float64)
+        found = [_kl(ref, out, classes) if ref.shape == out.shape else MAX_DIVERGENCE]
+        found += [values[how](v) for how, v in _compare(outputs, reference, start=1)]
+    return float(np.mean([min(v, MAX_DIVERGENCE) if math.isfinite(v) else MAX_DIVERGENCE for v in found]))
+
+
+def _compare(outputs: list[list[np.ndarray]], reference: list[list[np.ndarray]],
+             start: int = 0) -> list[tuple[str, float]]:
+    """Each output from ``start`` against the reference's, over the whole set: ("sqnr", dB) for float
+    outputs, ("equal", the fraction of equal elements) for others, ("shape", 0) where the shapes differ."""
+    compared = []
+    for k in range(start, len(reference[0])):
         ref = np.concatenate([np.ravel(batch[k]) for batch in reference])
         out = np.concatenate([np.ravel(batch[k]) for batch in outputs])
         if ref.shape != out.shape:
-            values.append(MAX_DIVERGENCE)
+            compared.append(("shape", 0.0))
         elif ref.dtype.kind != "f":
-            values.append(float(np.mean(out != ref)) if ref.size else 0.0)
+            compared.append(("equal", float(np.mean(out == ref)) if ref.size else 1.0))
         else:
-            values.append(10 ** (-sqnr_db(out, ref) / 10))
-    return float(np.mean([min(v, MAX_DIVERGENCE) if math.isfinite(v) else MAX_DIVERGENCE for v in values]))
+            compared.append(("sqnr", sqnr_db(out, ref)))
+    return compared
 
 
 def _kl(ref: np.ndarray, out: np.ndarray, classes: str) -> float:
@@ -288,11 +294,9 @@ def load_metric(spec: str) -> Metric:
     return func
 
 
-def class_scores(model: onnx.ModelProto) -> bool:
-    """Whether the model's first output holds class scores, read from the graph: a Softmax or LogSoftmax
-    makes it (through shape-only ops). Rank alone decides nothing: three regression scores per clip or a
-    face-probability head are 2-D too."""
-    return _first_output_op(model) in ("Softmax", "LogSoftmax")
+# The first output holds class scores when one of these computes it (through shape-only ops). Rank
+# alone decides nothing: three regression scores per clip or a face-probability head are 2-D too.
+CLASS_SCORE_OPS = ("Softmax", "LogSoftmax")
 
 
 def _first_output_op(model: onnx.ModelProto) -> str | None:
@@ -328,7 +332,7 @@ class Evaluator:
 
     With labels: top-1 accuracy. Without labels, the reference (fp32) model's
     outputs, computed once here, stand in: top-1 agreement when its first output
-    holds class scores (``class_scores``: a Softmax ends it, or ``metric`` is
+    holds class scores (CLASS_SCORE_OPS: a Softmax ends it, or ``metric`` is
     TOP1, the user's word that it does), else the bounded FIDELITY score of every
     output (argmax agreement means nothing for a detector's boxes, an OCR model's
     sequences or a regressor's scores). A custom ``metric`` (a callable or a
@@ -369,10 +373,10 @@ class Evaluator:
                 "label-free agreement, or add a 'labels' array to the file"
             )
         rows = self._run_reference(reference) if reference is not None else False
-        self.targets = dataset.labels if not self.label_free else self._reference_targets(reference, rows)
+        op = _first_output_op(_as_proto(reference)) if reference is not None else None  # read once
+        self.targets = dataset.labels if not self.label_free else self._reference_targets(reference, rows, op)
         if self.reference_outputs is not None and self.metric is None and not self.fidelity_scored and rows:
-            proto = _as_proto(reference)
-            self.class_output = "probabilities" if _first_output_op(proto) == "Softmax" else "logits"
+            self.class_output = "probabilities" if op == "Softmax" else "logits"
 
     def _run_reference(self, reference: ModelSource) -> bool:
         """Cache the reference's outputs; whether its first output is one row of class scores per sample
@@ -384,11 +388,11 @@ class Evaluator:
         return _per_sample(firsts, len(self.dataset)) and all(b.ndim == 2 and b.shape[1] > 1 and b.dtype.kind == "f"
                                                               for b in firsts)
 
-    def _reference_targets(self, reference: ModelSource | None, rows: bool) -> np.ndarray | None:
+    def _reference_targets(self, reference: ModelSource | None, rows: bool, op: str | None) -> np.ndarray | None:
         if reference is None:
             return None
         firsts = [outs[0] for outs in self.reference_outputs]
-        classes = self.classes if self.classes is not None else class_scores(_as_proto(reference))
+        classes = self.classes if self.classes is not None else op in CLASS_SCORE_OPS
         if classes and not rows and self.classes:
             raise InputError(
                 f"--metric {TOP1} says the first output holds class scores, but it has shape "
@@ -409,11 +413,14 @@ class Evaluator:
         session = model if isinstance(model, ort.InferenceSession) else make_session(model, name)
         self.dataset.check_specs(session_specs(session), name)
         batches = run_batches(session, self.dataset, self.batch_size)
-        if self.fidelity_scored:
-            score = fidelity(batches, self.reference_outputs)
+        compared = None
+        if self.fidelity_scored:  # one comparison of every output serves the score and the divergence
+            compared = _compare(batches, self.reference_outputs)
+            score = fidelity(batches, self.reference_outputs, compared)
         else:
             score = self._score(_first_output(batches, session, self.dataset, self.batch_size), name)
-        moved = None if self.reference_outputs is None else divergence(batches, self.reference_outputs, self.class_output)
+        moved = None if self.reference_outputs is None else divergence(batches, self.reference_outputs,
+                                                                         self.class_output, compared)
         seconds = time.perf_counter() - start
         logger.debug("%s: %s %.4f on %d samples in %.3f s", name, self.metric_name, score, len(self.dataset), seconds)
         return EvalResult(score, len(self.dataset), seconds, self.label_free, self.metric_name, moved)
