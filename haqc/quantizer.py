@@ -173,7 +173,8 @@ def keep_better(evaluator: Evaluator, quantized: onnx.ModelProto, accuracy: floa
     result = evaluator.evaluate(tuned, "the fine-tuned model")
     if result.accuracy >= accuracy:
         return tuned, result
-    logger.warning("fine-tuning lowered top-1 (%.4f -> %.4f); keeping the un-tuned weights", accuracy, result.accuracy)
+    logger.warning("fine-tuning lowered %s (%.4f -> %.4f); keeping the un-tuned weights", result.metric_name, accuracy,
+                   result.accuracy)
     return quantized, result
 
 
