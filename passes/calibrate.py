@@ -25,6 +25,11 @@ from haqc.settings import CLIP_METHODS, DEFAULT_CLIP_METHOD, ClipMethod
 logger = logging.getLogger(__name__)
 
 BINS = 2048
+# Values per batch a tensor's histogram takes: enough for a 99.99th percentile from one batch. A clip
+# needs the shape of the distribution, not every value; a stride through a larger tensor keeps it (the
+# exact min and max come from every value). With it, light resnet50's statistics cost 0.027 s of CPU
+# per image instead of 0.11 (benchmarks/RESULTS.md, section 4).
+HIST_VALUES = 1 << 18
 PERCENTILE = 99.99
 # HAQ's reference searches the KL clip only below 5 bits and keeps the max from 5 up; an entropy
 # search at 6-7 bits picked clips of 5-12% of the range on the example's spiky activations.
@@ -57,12 +62,14 @@ class TensorStats:
         return self.minimum < 0
 
     def update(self, x: np.ndarray) -> None:
-        a = np.abs(x.ravel())
-        if a.size == 0:
+        """Fold in one batch: min and max from every value, the histogram from at most
+        ``HIST_VALUES`` of them (an even stride through the tensor)."""
+        flat = x.ravel()
+        if flat.size == 0:
             return
-        self.minimum = min(self.minimum, float(x.min()))
-        self.maximum = max(self.maximum, float(x.max()))
-        top = float(a.max())
+        low, high = float(flat.min()), float(flat.max())
+        self.minimum, self.maximum = min(self.minimum, low), max(self.maximum, high)
+        top = max(-low, high)
         self.absmax = max(self.absmax, top)
         if self.hist_range == 0.0:
             self.hist_range = top if top > 0 else 1.0
@@ -70,7 +77,9 @@ class TensorStats:
             merged = self.hist.reshape(-1, 2).sum(axis=1)
             self.hist = np.concatenate([merged, np.zeros(BINS // 2, np.int64)])
             self.hist_range *= 2
-        self.hist += np.histogram(a, bins=BINS, range=(0.0, self.hist_range))[0]
+        sample = np.abs(flat[:: -(-flat.size // HIST_VALUES)])
+        bins = np.minimum((sample * (BINS / self.hist_range)).astype(np.intp), BINS - 1)
+        self.hist += np.bincount(bins, minlength=BINS)
 
 
 class Calibration:

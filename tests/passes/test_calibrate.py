@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from haqc.passes.calibrate import (BINS, CLIP_METHODS, KL_MAX_BITS, MINMAX_BITS, Calibration, TensorStats,
+from haqc.passes.calibrate import (BINS, CLIP_METHODS, HIST_VALUES, KL_MAX_BITS, MINMAX_BITS, Calibration, TensorStats,
                                    calibrate, choose_clip)
 from haqc.passes.canonicalize import canonicalize
 from haqc.passes.extract import extract_layers
@@ -39,6 +39,21 @@ def test_range_doubling_keeps_the_histogram_of_one_pass():
     assert s.hist_range >= s.absmax and s.hist.sum() == 20_000
     direct = np.histogram(np.abs(np.concatenate([small, large])), bins=BINS, range=(0, s.hist_range))[0]
     assert np.abs(s.hist - direct).max() <= 2  # the same bins, up to float rounding at bin edges
+
+
+def test_a_large_tensor_is_histogrammed_from_a_stride_with_its_exact_extremes():
+    """Beyond HIST_VALUES values a batch's histogram is an even stride through it: the min and max
+    stay exact, and every method's clip is the one the whole histogram gives, within a bin or two."""
+    x = RNG.standard_normal(1_000_003) * np.repeat(RNG.uniform(0.2, 3.0, 1_000_003 // 7 + 1), 7)[:1_000_003]
+    s = _stats(x)
+    assert s.minimum == x.min() and s.maximum == x.max() and s.absmax == np.abs(x).max()
+    assert 0 < s.hist.sum() <= HIST_VALUES
+    full = TensorStats(x.min(), x.max(), s.absmax, s.hist_range,
+                       np.histogram(np.abs(x), bins=BINS, range=(0, s.hist_range))[0])
+    for method in CLIP_METHODS:
+        for bits in (2, 4, 6):
+            sampled, exact = Calibration({"t": s}, method).clip("t", bits), Calibration({"t": full}, method).clip("t", bits)
+            assert sampled == pytest.approx(exact, rel=0.03), (method, bits)
 
 
 def test_non_negative_tensor_is_unsigned():
