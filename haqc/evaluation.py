@@ -178,15 +178,15 @@ def run_batches(session: ort.InferenceSession, dataset: Dataset, batch_size: int
 
 def predictions(session: ort.InferenceSession, dataset: Dataset, batch_size: int | None = None) -> np.ndarray:
     """The session's first output for every sample, concatenated along axis 0."""
-    return _first_output(run_batches(session, dataset, batch_size), session, dataset, batch_size)
+    return _first_output(run_batches(session, dataset, batch_size), dataset, batch_size_for(session, dataset, batch_size))
 
 
-def _first_output(batches: list[list[np.ndarray]], session: ort.InferenceSession, dataset: Dataset,
-                  batch_size: int | None) -> np.ndarray:
-    """The first output of ``run_batches``'s result for every sample; InputError if it is not per sample."""
+def _first_output(batches: list[list[np.ndarray]], dataset: Dataset, batch: int) -> np.ndarray:
+    """The first output of ``run_batches``'s result (``batch`` samples a run) for every sample; InputError
+    if it is not per sample."""
     firsts = [outs[0] for outs in batches]
     if not _per_sample(firsts, len(dataset)):
-        rows = min(len(dataset), batch_size_for(session, dataset, batch_size))
+        rows = min(len(dataset), batch)
         raise InputError(
             f"the model's first output has shape {list(firsts[0].shape)} for a batch of {rows}; top-1 and "
             "--metric score outputs that keep samples on axis 0 (without labels, haqc scores any output "
@@ -353,6 +353,7 @@ class Evaluator:
         self.dataset = dataset
         self.batch_size = batch_size
         self.reference_outputs: list[list[np.ndarray]] | None = None  # the reference's outputs, per batch
+        self._reference = reference  # scored from reference_outputs when evaluated itself: no second run
         self.fidelity_scored = False  # the metric is FIDELITY against reference_outputs
         self.class_output: str | None = None  # "logits" / "probabilities": the first output's class scores
         self.classes = {TOP1: True, FIDELITY: False}.get(metric) if isinstance(metric, str) else None
@@ -384,6 +385,7 @@ class Evaluator:
         session = make_session(reference, "the reference model")
         self.dataset.check_specs(session_specs(session), "the reference model")
         self.reference_outputs = run_batches(session, self.dataset, self.batch_size)
+        self._reference_batch = batch_size_for(session, self.dataset, self.batch_size)
         firsts = [outs[0] for outs in self.reference_outputs]
         return _per_sample(firsts, len(self.dataset)) and all(b.ndim == 2 and b.shape[1] > 1 and b.dtype.kind == "f"
                                                               for b in firsts)
@@ -410,15 +412,19 @@ class Evaluator:
     def evaluate(self, model: ModelSource | ort.InferenceSession, name: str = "the model") -> EvalResult:
         """Score ``model``; ``seconds`` covers session creation, inference and the metric."""
         start = time.perf_counter()
-        session = model if isinstance(model, ort.InferenceSession) else make_session(model, name)
-        self.dataset.check_specs(session_specs(session), name)
-        batches = run_batches(session, self.dataset, self.batch_size)
+        if model is self._reference and self.reference_outputs is not None:
+            batch, batches = self._reference_batch, self.reference_outputs  # the same model and data: cached
+        else:
+            session = model if isinstance(model, ort.InferenceSession) else make_session(model, name)
+            self.dataset.check_specs(session_specs(session), name)
+            batch, batches = batch_size_for(session, self.dataset, self.batch_size), run_batches(session, self.dataset,
+                                                                                                 self.batch_size)
         compared = None
         if self.fidelity_scored:  # one comparison of every output serves the score and the divergence
             compared = _compare(batches, self.reference_outputs)
             score = fidelity(batches, self.reference_outputs, compared)
         else:
-            score = self._score(_first_output(batches, session, self.dataset, self.batch_size), name)
+            score = self._score(_first_output(batches, self.dataset, batch), name)
         moved = None if self.reference_outputs is None else divergence(batches, self.reference_outputs,
                                                                          self.class_output, compared)
         seconds = time.perf_counter() - start
