@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 import pytest
@@ -162,6 +163,16 @@ def test_greedy_meets_the_budget_with_few_evaluations():
     assert greedy.meets_budget
     assert greedy.evaluations <= 2 * (N_LAYERS - 2) + 1  # two probes per unpinned layer (weights, activations), then the result
     assert greedy.accuracy > uniform.accuracy  # it keeps the sensitive layers wide
+
+
+def test_greedy_takes_free_lowerings_when_no_probe_moves_the_score():
+    """Probes that lose nothing (a saturated softmax, as on light resnet50 with random weights) make every
+    lowering free: greedy still meets the budget, with no division-by-zero warning on the terminal."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = search(synthetic_problem(latency_fraction=0.5, evaluate=Evaluator(lambda policy: FP32_ACCURACY)),
+                        "greedy")
+    assert result.meets_budget and result.accuracy == FP32_ACCURACY
 
 
 def test_ddpg_beats_uniform_when_layers_differ_in_sensitivity():

@@ -15,6 +15,8 @@ each layer's loss at each option is measured (ilp's probes).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from haqc.search.budget import violations
@@ -57,8 +59,10 @@ def greedy_choice(env: QuantEnv, loss: np.ndarray, floor: float) -> np.ndarray:
                 before, after = costs.layer_cost(i, now), costs.layer_cost(i, new)
                 saved_share = sum((before[q] - after[q]) / limits[q] for q in over)
                 extra_loss = max(loss[i, new] - loss[i, now], floor)
-                if saved_share / extra_loss > best_ratio:
-                    best, best_ratio = (i, new), saved_share / extra_loss
+                # a lowering that loses nothing (probes that moved no output: a saturated softmax) is free
+                ratio = saved_share / extra_loss if extra_loss > 0 else math.inf if saved_share > 0 else 0.0
+                if ratio > best_ratio:
+                    best, best_ratio = (i, new), ratio
         if best is None:  # nothing saves anything (odd cost tables): leave the rest to budget enforcement
             break
         chosen[best[0]] = best[1]
