@@ -27,8 +27,9 @@ from haqc.passes.load import check_input_shapes, read_model, validate_model
 from haqc.prepared import InputShapes, input_specs
 from haqc.pipeline import (budget_miss, build_report, check_budgets, correct_by_measurement, cost_table,
                            export_and_finetune, inspect_summary, measure_models, pick_finalist, prepare,
-                           search_policy)
+                           search_policy, search_samples)
 from haqc.policy import load_policy, uniform_policy
+from haqc.progress import Stages
 from haqc.precision import parse_option
 from haqc.quantizer import (CandidateScorer, QuantizeResult, Quantizer, Scores, calibrate_model, finetune_export,
                             needs_calibration, keep_better, load_run_data)
@@ -161,32 +162,45 @@ def compress(model: ModelSource, config: CompressConfig | None = None, *, output
     for path in (p for p in (output, report, plot) if p is not None):
         check_output_path(path, _paths(model, config.data, config.calib_data, config.train_data), force)
     _check(config)
+    stages = Stages()
     prepared = prepare(model, config.input_shapes, data=config.shapes_from())
     target = config.target if isinstance(config.target, Target) else load_target(config.target)
+    stages.done("prepare")
     table = cost_table(prepared, target, config.method)
     limits = check_budgets(table, config.budgets, config.method, pin_first=config.pin_first, pin_last=config.pin_last)
     run = load_run_data(prepared, config.data, config.calib_data, config.train_data, config.finetune_epochs,
                         classes=not custom_metric(config.metric))
+    stages.done("costs and data")
     options = config.quantize_options(target)
     offered = (o for row in table.options for o in row)
     quantizer = Quantizer(prepared, calibrate_model(prepared, run.calib, options, needs_calibration(offered)), options)
+    stages.done("calibrate")
     evaluator = Evaluator(run.val, reference=prepared.model, metric=config.metric)
     fp32 = evaluator.evaluate(prepared.model, "the fp32 model")
+    searched_on, search_fp32 = evaluator, fp32.accuracy
+    samples = search_samples(prepared, len(run.val), config.search_samples)
+    if samples < len(run.val):
+        logger.info("the search scores each candidate on %d of the %d validation samples (`search_samples`); "
+                    "the report's scores use all of them", samples, len(run.val))
+        searched_on = Evaluator(run.val.subset(samples, config.seed), reference=prepared.model, metric=config.metric)
+        search_fp32 = searched_on.evaluate(prepared.model, "the fp32 model").accuracy
+    stages.done("reference")
 
     train = config.training_set(run)
-    score = CandidateScorer(quantizer, evaluator, train,
+    score = CandidateScorer(quantizer, searched_on, train,
                             config.finetune(1, config.search_finetune_steps) if config.search_finetune_steps else None)
     start = time.perf_counter()
-    result = search_policy(prepared, table, limits, score, fp32.accuracy, strategy=config.strategy,
+    result = search_policy(prepared, table, limits, score, search_fp32, strategy=config.strategy,
                            episodes=config.episodes, seed=config.seed, pin_first=config.pin_first,
                            pin_last=config.pin_last, reward_lambda=config.reward_lambda, reward=config.reward, strategy_config=config.strategy_config,
                            workdir=config.workdir, resume=config.resume, progress=progress,
                            workers=config.workers, ray_address=config.ray_address,
                            setup=score.setup() if config.workdir is not None else None)
     if config.finalists > 1 and train is not None:
-        tuned = CandidateScorer(quantizer, evaluator, train, config.finetune(1, config.finalist_steps))
+        tuned = CandidateScorer(quantizer, searched_on, train, config.finetune(1, config.finalist_steps))
         result = pick_finalist(table, result, tuned, config.finalists, limits.values, pin_first=config.pin_first,
                                pin_last=config.pin_last)
+    stages.done("search")
     reference = dict(zip(table.layer_names, table.reference(config.method)))
     w8a8_model = quantizer.export(reference)
     measured = measure_models(prepared, target, [prepared.model, w8a8_model])  # None: a modelled target
@@ -196,18 +210,27 @@ def compress(model: ModelSource, config: CompressConfig | None = None, *, output
                                                   measured[1], score, pin_first=config.pin_first,
                                                   pin_last=config.pin_last)
         measured = [*measured, result_s]
+        stages.done("measure")
     w8a8_score = evaluator.evaluate(w8a8_model, "the w8a8 model").accuracy
+    if searched_on is not evaluator:  # the search saw a subset: the result's score on every sample
+        result = dataclasses.replace(result, accuracy=evaluator.evaluate(quantizer.export(result.policy),
+                                                                          "the searched model").accuracy)
+    stages.done("score w8a8 and result")
     exported = export_and_finetune(quantizer, result.policy, result.accuracy, evaluator, train,
                                    config.finetune(run.epochs) if run.epochs else None)
+    stages.done("export and fine-tune" if run.epochs else "export")
     built = build_report(source=_source_name(model), target=target, spec=target.name if config.target is target else config.target,
                          table=table, limits=limits,
                          prepared=prepared, fp32=fp32, w8a8_score=w8a8_score, method=config.method, result=result,
                          exported=exported, seed=config.seed, finetune_epochs=run.epochs,
                          seconds=time.perf_counter() - start, workers=config.workers, measured=measured,
-                         output_format=options.format, reward=config.reward)
+                         output_format=options.format, reward=config.reward,
+                         search_samples=samples if searched_on is not evaluator else None)
     if output is not None:
         save_model(quantizer.written(exported.model, result.policy), output)
         built = dataclasses.replace(built, output=str(output), output_mb=Path(output).stat().st_size / 1e6)
+        stages.done("write model")
+    built = dataclasses.replace(built, stages=stages.seconds)
     if report is not None:
         atomic_write_text(report, built.to_json())
     if plot is not None:
@@ -244,6 +267,8 @@ def _check(config: CompressConfig) -> None:
         raise InputError("compress needs validation data to measure accuracy; pass `data` (an .npz or arrays)")
     if config.search_finetune_steps and config.train_data is None:
         raise InputError("`search_finetune_steps` needs `train_data` (an .npz or arrays)")
+    if config.search_samples is not None and config.search_samples < 1:
+        raise InputError(f"`search_samples` must be at least 1, got {config.search_samples}")
     if config.finalists < 1 or config.finalist_steps < 1:
         raise InputError(f"`finalists` and `finalist_steps` must be at least 1, got {config.finalists} and "
                          f"{config.finalist_steps}")

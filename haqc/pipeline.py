@@ -170,6 +170,26 @@ def check_budgets(table: CostTable, budgets: Mapping[str, str], method: Method, 
     return Limits(dict(budgets), values)
 
 
+# Multiply-accumulates one search evaluation may cost (the model's MACs per sample times the samples
+# scored) before the search scores a subset of the validation data: about 1.5 s of int8 inference on
+# two cores. Sized by the model, not by a clock, so the subset is the same on every machine. The
+# models of the quality benchmarks stay under it (the example: 4 GMACs for 1,000 digits); light
+# resnet50 on 256 images (1 TMAC) is scored on 48 of them, which brought its compress from about
+# 90 minutes to under 15 (benchmarks/RESULTS.md, section 4).
+SEARCH_MACS = 200e9
+MIN_SEARCH_SAMPLES = 32  # fewer would rank candidates by a handful of samples
+
+
+def search_samples(prepared: Prepared, available: int, requested: int | None = None) -> int:
+    """How many validation samples the search scores each candidate on: ``requested`` (at most
+    ``available``), else as many as SEARCH_MACS allows, at least MIN_SEARCH_SAMPLES."""
+    if requested is not None:
+        return min(requested, available)
+    macs = sum(layer.macs for layer in prepared.layers)
+    affordable = int(SEARCH_MACS // macs) if macs > 0 else available
+    return min(available, max(affordable, MIN_SEARCH_SAMPLES))
+
+
 def search_policy(prepared: Prepared, table: CostTable, limits: Limits, score: Callable[[Policy], ScoreLike],
                   fp32_score: float, *, strategy: str, episodes: int, seed: int, pin_first: bool, pin_last: bool,
                   reward_lambda: float, reward: Reward, strategy_config: Any, workdir: str | os.PathLike | None,
@@ -319,7 +339,7 @@ def build_report(*, source: str, target: Target, spec: str, table: CostTable, li
                  fp32: EvalResult, w8a8_score: float, method: Method, result: SearchResult, exported: Exported,
                  seed: int, finetune_epochs: int, seconds: float, workers: int = 1,
                  measured: Sequence[float] | None = None, output_format: str = "qdq",
-                 reward: str = "metric") -> Report:
+                 reward: str = "metric", search_samples: int | None = None) -> Report:
     """Stage 8: the report, every estimated cost read off ``table``; ``measured``: the fp32, w8a8
     and result models' latencies on a measured target, which the result's verdict reads instead of
     its estimated latency."""
@@ -346,7 +366,7 @@ def build_report(*, source: str, target: Target, spec: str, table: CostTable, li
                 for i, (l, o, c) in enumerate(zip(layers, options, columns))],
         search=SearchSummary(result.strategy, result.episodes, result.best_episode, round(result.seconds, 3),
                              result.evaluations, seed, method, finetune_epochs, workers, result.stored, reward,
-                             result.finalists),
+                             result.finalists, search_samples),
         history=result.history,
         evaluated=mark_frontier([{"accuracy": e["accuracy"], "divergence": e["divergence"], "costs": e["costs"]}
                                  for e in result.evaluated], list(limits.values)),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Iterable
 
 from tqdm import tqdm
@@ -20,6 +21,20 @@ FALLBACK_SIZE = (100, 20)
 # A bar appears once its stage has run this long: a stage that ends sooner (a cached cost table,
 # a small calibration set) leaves no line behind.
 DELAY_S = 1.0
+
+
+class Stages:
+    """Wall time of consecutive stages, where a run's time went (the report's ``stages``):
+    ``done(name)`` closes the stage that ran since the previous call."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def done(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = round(self.seconds.get(stage, 0.0) + now - self._last, 3)
+        self._last = now
 
 
 def set_progress(enabled: bool | None) -> None:

@@ -77,6 +77,7 @@ class SearchSummary:
     stored: int = 0  # of ``evaluations``, the scores read from the workdir's score file
     reward: str = "metric"  # what the reward measured (haqc.settings.REWARDS)
     finalists: list[dict] = field(default_factory=list)  # options, accuracy before and after a short fine-tune
+    samples: int | None = None  # validation samples each candidate was scored on; None: all of them
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ class Report:
     output: str | None = None
     output_mb: float | None = None  # the size of the file written
     format: str = "qdq"  # how the output stores the quantization (haqc.quantizer.FORMATS)
+    stages: dict[str, float] = field(default_factory=dict)  # stage -> wall seconds (haqc.progress.Stages)
     schema: int = field(default=REPORT_SCHEMA)
 
     @property
@@ -138,6 +140,7 @@ class Report:
             "seconds": round(self.seconds, 3),
         }
         out["format"] = self.format
+        out["stages"] = dict(self.stages)
         if self.output is not None:
             out["output"] = self.output
             out["output_mb"] = self.output_mb

@@ -196,6 +196,10 @@ class CompressConfig(RunConfig):
     # best after them is exported (1: the search's best, untried). Needs train_data.
     finalists: int = 1
     finalist_steps: int = 60
+    # Validation samples each search candidate is scored on (a seeded subset of ``data``); None: all of
+    # them, or fewer on a model whose evaluation would cost more than haqc.pipeline.SEARCH_MACS. The
+    # fp32, w8a8 and result scores in the report are always measured on every sample.
+    search_samples: int | None = None
     workdir: str | os.PathLike | None = None
     resume: bool = False
     max_accuracy_drop: float | None = None  # percentage points; more raises AccuracyDropError (exit 4)

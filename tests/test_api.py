@@ -16,8 +16,10 @@ from click.testing import CliRunner
 from conftest import EXAMPLE, ROOT, run_ort
 
 import haqc
+import haqc.pipeline
 from haqc.api import CompressConfig, QuantizeConfig
 from haqc.cli import main
+from haqc.cli.compress import format_summary
 from haqc.costs import LayerCost
 from haqc.errors import InputError
 from haqc.hw_targets import Target, weight_bytes
@@ -57,7 +59,7 @@ def test_compress_takes_paths_or_a_model_proto_and_arrays_and_gives_the_same_rep
     second = json.loads(in_memory.to_json())
     assert second["model"] == "<in-memory model>"
     for report in (first, second):
-        report.pop("model"), report.pop("seconds"), report["search"].pop("seconds")
+        report.pop("model"), report.pop("seconds"), report.pop("stages"), report["search"].pop("seconds")
     assert first == second
 
 
@@ -144,6 +146,36 @@ def test_a_workdir_keeps_scores_for_the_next_budget_and_only_for_the_same_setup(
     haqc.compress(str(EXAMPLE), budgets={"latency": "0.6x"}, workdir=tmp_path,
                   **{**common, "data": fewer, "strategy": "uniform"})
     assert len(list(tmp_path.glob("scores-*.json"))) == 2
+
+
+def test_the_search_scores_a_subset_of_the_data_and_the_report_every_sample(monkeypatch):
+    """``search_samples``: each candidate is scored on a seeded subset (the search's cost on a big model),
+    the report's scores on every sample; by default the subset is sized by the model's MACs, so a
+    model whose evaluation is cheap is searched on all of its data."""
+    val = {k: v[:300] for k, v in _arrays("val.npz").items()}
+    common = dict(target="edge", budgets={"latency": "0.5x"}, data=val, calib_data=str(MNIST / "calib.npz"),
+                  strategy="uniform", finetune_epochs=0)
+    full = haqc.compress(str(EXAMPLE), **common)
+    subset = haqc.compress(str(EXAMPLE), search_samples=60, **common)
+    assert full.report.search.samples is None and subset.report.search.samples == 60
+    assert subset.search.policy == full.search.policy  # uniform: the same policy, scored two ways
+    assert subset.report.result.accuracy == full.report.result.accuracy  # on all 300 samples
+    assert subset.report.fp32.accuracy == full.report.fp32.accuracy
+    searched = [h["accuracy"] for h in subset.report.history]
+    assert all(abs(a * 60 - round(a * 60)) < 1e-9 for a in searched)  # scores of 60 samples
+    assert "on 60 samples each" in format_summary(subset.report) and "samples each" not in format_summary(full.report)
+    assert json.loads(subset.to_json())["search"]["samples"] == 60
+    stages = json.loads(subset.to_json())["stages"]  # where the time went, in the order it was spent
+    assert list(stages) == ["prepare", "costs and data", "calibrate", "reference", "search", "score w8a8 and result",
+                            "export"] and all(s >= 0 for s in stages.values())
+
+    macs = sum(layer.macs for layer in prepare(str(EXAMPLE)).layers)
+    monkeypatch.setattr(haqc.pipeline, "SEARCH_MACS", 40 * macs)  # a model 7.5x costlier than it is
+    assert haqc.compress(str(EXAMPLE), **common).report.search.samples == 40
+    monkeypatch.setattr(haqc.pipeline, "SEARCH_MACS", macs)
+    assert haqc.compress(str(EXAMPLE), **common).report.search.samples == haqc.pipeline.MIN_SEARCH_SAMPLES
+    with pytest.raises(InputError, match="`search_samples` must be at least 1"):
+        haqc.compress(str(EXAMPLE), search_samples=0, **common)
 
 
 def test_each_cli_default_is_its_config_field():

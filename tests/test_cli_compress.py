@@ -71,7 +71,7 @@ def test_quantize_fine_tunes_with_learned_clips(tmp_path):
 
 def _strip_timing(report: dict) -> dict:
     report = dict(report)
-    report.pop("seconds")
+    report.pop("seconds"), report.pop("stages")
     report["search"] = {k: v for k, v in report["search"].items() if k != "seconds"}
     return report
 

@@ -52,6 +52,9 @@ DEFAULTS = CompressConfig()
                    "it (HAQ's reward for the candidates that can matter; needs --train-data).")
 @click.option("--finalist-steps", type=click.IntRange(min=1), default=DEFAULTS.finalist_steps, show_default=True,
               help="Fine-tune steps per finalist.")
+@click.option("--search-samples", type=click.IntRange(min=1), default=DEFAULTS.search_samples,
+              help="Score each search candidate on N of the validation samples (a seeded subset) [default: all, "
+                   "or fewer where a model's evaluation would be slow: docs/search.md]; the result is scored on all.")
 @click.option("--search-finetune-steps", type=click.IntRange(min=0), default=DEFAULTS.search_finetune_steps,
               show_default=True, help="Fine-tune each candidate this many steps before measuring it (slow; needs --train-data).")
 @click.option("--strategy-config", "--ddpg", "strategy_overrides", multiple=True, metavar="KEY=VALUE|PRESET",
@@ -206,7 +209,9 @@ def format_summary(report: Report) -> str:
     search = report.search
     stored = f" ({search.stored} read from the workdir)" if search.stored else ""
     lines = [f"{report.model} on {report.target['name']}: {search.strategy}, {search.episodes} episode{'s' * (search.episodes != 1)}, "
-             f"{search.evaluations} evaluations{stored}, {search.seconds:.1f} s"]
+             f"{search.evaluations} evaluations{stored}"
+             + (f" on {search.samples} samples each" if search.samples is not None else "")
+             + f", {search.seconds:.1f} s"]
     total = in_report_units("latency", sum(r.costs["latency"] for r in report.layers)) or 1.0
     lines.append(f"  {'layer':<28} {'kind':<9} {'w':>2} {'a':>2} {'latency ms':>11} {'share':>6}")
     for r in report.layers:
