@@ -187,8 +187,8 @@ def compress(model: ModelSource, config: CompressConfig | None = None, *, output
     stages.done("reference")
 
     train = config.training_set(run)
-    score = CandidateScorer(quantizer, searched_on, train,
-                            config.finetune(1, config.search_finetune_steps) if config.search_finetune_steps else None)
+    score = CandidateScorer(quantizer, searched_on, train, config.finetune(1, config.search_finetune_steps)
+                            if config.search_finetune_steps and train is not None else None)
     start = time.perf_counter()
     result = search_policy(prepared, table, limits, score, search_fp32, strategy=config.strategy,
                            episodes=config.episodes, seed=config.seed, pin_first=config.pin_first,

@@ -552,19 +552,26 @@ class _Env(dict[str, Tensor]):
                          "that haqc's executor does not compute.")
 
 
-def _check_supported(graph: onnx.GraphProto) -> None:
-    """Name every unsupported op (first node of each) in one error, before building anything."""
+def unsupported_ops(graph: onnx.GraphProto) -> str | None:
+    """The ops of ``graph`` the executor cannot run, with the first node of each, as a phrase; None
+    when it runs them all (fine-tuning needs that)."""
     bad: dict[str, list[str]] = {}
     for node in graph.node:
         default = node.domain in ("", "ai.onnx")
         if not default or node.op_type not in HANDLERS:
             op = node.op_type if default else f"{node.domain}.{node.op_type}"
             bad.setdefault(op, []).append(node.name or node.output[0])
-    if bad:
-        listed = ", ".join(f"'{op}' (node '{names[0]}'{f' and {len(names) - 1} more' if len(names) > 1 else ''})"
-                           for op, names in bad.items())
-        raise InputError(f"unsupported ONNX op{'s' if len(bad) > 1 else ''} {listed}; "
-                         f"haqc's executor supports: {', '.join(sorted(HANDLERS))}.")
+    if not bad:
+        return None
+    return f"op{'s' if len(bad) > 1 else ''} " + ", ".join(
+        f"'{op}' (node '{names[0]}'{f' and {len(names) - 1} more' if len(names) > 1 else ''})" for op, names in bad.items())
+
+
+def _check_supported(graph: onnx.GraphProto) -> None:
+    """Name every unsupported op (first node of each) in one error, before building anything."""
+    listed = unsupported_ops(graph)
+    if listed is not None:
+        raise InputError(f"unsupported ONNX {listed}; haqc's executor supports: {', '.join(sorted(HANDLERS))}.")
 
 
 def _parse_attrs(node: onnx.NodeProto, elem_types: dict[str, int]) -> Attrs:

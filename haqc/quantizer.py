@@ -21,6 +21,7 @@ from haqc.capabilities import Capabilities
 from haqc.data import Dataset, fixed_batch, load_dataset
 from haqc.errors import InputError
 from haqc.evaluation import EvalResult, Evaluator, make_session, num_classes, predictions
+from haqc.executor import unsupported_ops
 from haqc.finetune import FinetuneConfig, Tuned, build_simulation, default_epochs, finetune
 from haqc.layers import Layer
 from haqc.passes.calibrate import Calibration, calibrate
@@ -163,6 +164,11 @@ def load_run_data(prepared: Prepared, data: DataSource | None, calib_data: DataS
     epochs = finetune_epochs if finetune_epochs is not None else (default_epochs(len(train)) if train is not None else 0)
     if epochs and train is None:
         raise InputError("`finetune_epochs` needs `train_data` (an .npz or arrays)")
+    untrainable = unsupported_ops(prepared.model.graph) if train is not None else None
+    if untrainable is not None:  # before any work: a search must not end in an error it could not avoid
+        logger.warning("fine-tuning skipped: haqc's PyTorch executor does not run the model's %s, so the "
+                       "quantized weights are written as calibrated", untrainable)
+        train, epochs = None, 0
     return RunData(val, calib, train, epochs)
 
 

@@ -105,3 +105,27 @@ def test_label_free_fine_tuning_of_a_detector_ends_no_worse_than_it_started():
     was, now = errors(before), errors(after)
     assert sum(now) <= sum(was), (was, now)
     assert reference.evaluate(after).accuracy >= reference.evaluate(before).accuracy
+
+
+def test_a_model_the_executor_cannot_run_is_quantized_without_fine_tuning(caplog):
+    """An op ONNX Runtime runs but haqc's PyTorch executor does not (Softsign here; slanet_table's Loop in
+    the corpus) leaves fine-tuning out, said once before any work: compress ran its whole search
+    and then failed on it."""
+    import haqc
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Softsign", ["y"], ["out"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 8])],
+        [numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data = {"x": rng.standard_normal((64, 16)).astype(np.float32)}
+    with caplog.at_level("WARNING"):
+        quantized = haqc.quantize(model, bits="w4a8", calib_data=data, data=data, train_data=data)
+        compressed = haqc.compress(model, budgets={"size": "0.8x"}, strategy="uniform", data=data, train_data=data,
+                                   pin_first=False, pin_last=False)
+    skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fine-tuning skipped")]
+    assert len(skipped) == 2 and "'Softsign' (node" in skipped[0]
+    assert quantized.finetuned is None and quantized.kept is None
+    assert compressed.report.result.accuracy_finetuned is None and compressed.report.result.meets_budget
