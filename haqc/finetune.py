@@ -310,7 +310,6 @@ def finetune(
     inputs: dict[str, np.ndarray],
     labels: np.ndarray | None,
     config: FinetuneConfig,
-    teacher_logits: np.ndarray | None = None,
     weight_quant: Callable[[Layer, np.ndarray, int, int], QuantizedWeight] | None = None,
 ) -> Tuned:
     """Train the weights under fake quantization; return the float model with the best step's
@@ -319,9 +318,9 @@ def finetune(
     ``labels`` (classes of the first output) train that output with cross-entropy; every other
     float output, and the first one without labels, is distilled from the fp32 ``model`` with the
     loss that fits it (``output_losses``), each weighted by its loss at the start so none
-    dominates. ``teacher_logits``: the fp32 first output when the caller has it. A held-out part
-    of ``inputs`` scores every few steps: training stops when it stops improving, or at the step
-    or time budget, and the best scored state is kept. ``weight_quant`` is the quantize pass's
+    dominates (the fp32 outputs are computed here, inside the time budget). A held-out part of
+    ``inputs`` scores every few steps: training stops when it stops improving, or at the step or
+    time budget, and the best scored state is kept. ``weight_quant`` is the quantize pass's
     rule for a layer's weights: between epochs the scales follow the trained weights as the
     pass would choose them.
     """
@@ -330,7 +329,7 @@ def finetune(
     device = torch.device(config.device)
     module = simulation.module.to(device).train()
     torch.manual_seed(config.seed)
-    teachers = _teacher_outputs(model, inputs, teacher_logits)
+    teachers = _teacher_outputs(model, inputs)
     n = len(next(a for a in inputs.values() if a.ndim))
     losses = output_losses(model, teachers, n, labels is not None)
     if not losses:
@@ -488,16 +487,13 @@ def _log_probs(x: Tensor, loss: OutputLoss, temperature: float) -> Tensor:
     return nn.functional.log_softmax(logits / temperature, dim=loss.axis)
 
 
-def _teacher_outputs(model: onnx.ModelProto, inputs: dict[str, np.ndarray],
-                     first: np.ndarray | None) -> list[np.ndarray | None]:
+def _teacher_outputs(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> list[np.ndarray | None]:
     """Every output of the fp32 model on ``inputs`` (None where the batches do not concatenate)."""
     batches = run_batches(make_session(model, "the fp32 model"), Dataset(inputs))
     outputs: list[np.ndarray | None] = []
     for k in range(len(batches[0])):
         parts = [b[k] for b in batches]
         outputs.append(np.concatenate(parts) if all(p.ndim for p in parts) else None)
-    if first is not None:
-        outputs[0] = first
     return outputs
 
 

@@ -20,7 +20,7 @@ from haqc import __version__
 from haqc.capabilities import Capabilities
 from haqc.data import Dataset, fixed_batch, load_dataset
 from haqc.errors import InputError
-from haqc.evaluation import EvalResult, Evaluator, make_session, num_classes, predictions
+from haqc.evaluation import EvalResult, Evaluator, num_classes
 from haqc.executor import unsupported_ops
 from haqc.finetune import FinetuneConfig, Tuned, build_simulation, default_epochs, finetune
 from haqc.layers import Layer
@@ -112,11 +112,10 @@ class Quantizer:
         inputs: dict[str, np.ndarray],
         labels: np.ndarray | None,
         config: FinetuneConfig,
-        teacher_logits: np.ndarray | None = None,
     ) -> onnx.ModelProto:
         """Fine-tune ``policy`` under fake quantization; return the re-quantized export."""
         simulation = self.simulate(policy, config.trainable_clip)
-        tuned = finetune(self.prepared.model, self.layers, simulation, inputs, labels, config, teacher_logits,
+        tuned = finetune(self.prepared.model, self.layers, simulation, inputs, labels, config,
                          weight_quant=self._weight_rule)
         return self.export(policy, tuned)
 
@@ -186,10 +185,7 @@ def keep_better(evaluator: Evaluator, quantized: onnx.ModelProto, accuracy: floa
 
 def finetune_export(quantizer: Quantizer, policy: Policy, train: Dataset, config: FinetuneConfig) -> onnx.ModelProto:
     """Fine-tune ``policy`` on ``train`` (labels, else distillation from the fp32 model) and re-export."""
-    teacher = None
-    if train.labels is None:
-        teacher = predictions(make_session(quantizer.prepared.model), train)
-    return quantizer.finetune(policy, train.inputs, train.labels, config, teacher_logits=teacher)
+    return quantizer.finetune(policy, train.inputs, train.labels, config)
 
 
 @dataclass(frozen=True)

@@ -119,9 +119,8 @@ def test_one_epoch_finetune_recovers_at_least_half_the_w3a3_gap(example, quantiz
 
 def test_label_free_finetune_distills_from_fp32(example, quantizer, evaluator):
     train = example["train"].subset(512, seed=0)
-    teacher = predictions(make_session(example["prepared"].model), train)
     policy = _policy(example, 4, 4)
-    tuned = quantizer.finetune(policy, train.inputs, None, FinetuneConfig(epochs=1), teacher_logits=teacher)
+    tuned = quantizer.finetune(policy, train.inputs, None, FinetuneConfig(epochs=1))
     assert evaluator.evaluate(tuned).accuracy >= evaluator.evaluate(quantizer.export(policy)).accuracy - 0.01
 
 
