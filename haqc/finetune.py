@@ -44,6 +44,11 @@ RANGE_TEST_SHARE = 0.25
 MIN_HOLDOUT = 16
 MAX_HOLDOUT = 512
 EVAL_EVERY = 25
+# Activation memory a training batch may hold, and the bytes autograd keeps per activation element a
+# layer reads or writes (the values, their fake-quantized copies, what backward saves). At the default
+# 64 samples, dnsmos_sig_bak_ovr (83M such elements per 9 s clip) grew past 20 GB and was killed.
+ACTIVATION_BYTES = 4 << 30
+BYTES_PER_ELEMENT = 8
 PATIENCE = 4
 
 
@@ -341,7 +346,7 @@ def finetune(
     targets = {o.index: torch.from_numpy(np.ascontiguousarray(teachers[o.index])) for o in losses if o.kind != "ce"}
     if labels is not None:
         targets[0] = torch.from_numpy(labels.astype(np.int64))
-    batch = _fixed_batch(model) or config.batch_size
+    batch = _fixed_batch(model) or training_batch(layers, config.batch_size)
 
     def feed(idx: Tensor) -> dict[str, Tensor]:
         return {k: (v[idx] if v.ndim else v).to(device) for k, v in tensors.items()}
@@ -495,6 +500,17 @@ def _teacher_outputs(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> l
         parts = [b[k] for b in batches]
         outputs.append(np.concatenate(parts) if all(p.ndim for p in parts) else None)
     return outputs
+
+
+def training_batch(layers: list[Layer], requested: int) -> int:
+    """``requested`` samples a step, fewer where their activations would exceed ACTIVATION_BYTES
+    (sized from the layers' activation elements per sample, so the same on every machine)."""
+    per_sample = BYTES_PER_ELEMENT * sum(layer.input_elems + layer.output_elems for layer in layers)
+    affordable = max(1, ACTIVATION_BYTES // per_sample) if per_sample else requested
+    if affordable < requested:
+        logger.info("fine-tuning %d samples a step, not %d: their activations would take %.1f GB",
+                    affordable, requested, requested * per_sample / 1e9)
+    return min(requested, affordable)
 
 
 def _fixed_batch(model: onnx.ModelProto) -> int | None:

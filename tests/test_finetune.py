@@ -129,3 +129,20 @@ def test_a_model_the_executor_cannot_run_is_quantized_without_fine_tuning(caplog
     assert len(skipped) == 2 and "'Softsign' (node" in skipped[0]
     assert quantized.finetuned is None and quantized.kept is None
     assert compressed.report.result.accuracy_finetuned is None and compressed.report.result.meets_budget
+
+
+
+def test_a_training_batch_holds_at_most_the_activation_budget():
+    """dnsmos_sig_bak_ovr's layers read and write 83M activation elements per 9 s clip: 64 clips a step
+    grew past 20 GB; the batch is cut to what ACTIVATION_BYTES holds, and small models keep theirs."""
+    from dataclasses import replace
+
+    from conftest import EXAMPLE
+    from haqc.finetune import ACTIVATION_BYTES, BYTES_PER_ELEMENT, training_batch
+
+    layers = prepare(str(EXAMPLE)).layers
+    assert training_batch(layers, 64) == 64  # the example: a few thousand elements a digit
+    big = [replace(layer, input_elems=40_000_000, output_elems=43_000_000) for layer in layers[:1]]
+    batch = training_batch(big, 64)
+    assert batch == ACTIVATION_BYTES // (BYTES_PER_ELEMENT * 83_000_000) == 6
+    assert training_batch([replace(big[0], input_elems=10**10)], 64) == 1  # one sample at least
