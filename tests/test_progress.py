@@ -65,3 +65,19 @@ def test_a_terminal_without_a_width_still_gets_a_bar(monkeypatch):
         os.close(leader)
         os.close(follower)
     assert "cost table: 100%" in drawn.decode() and "2/2" in drawn.decode()
+
+
+def test_the_search_bar_stops_at_its_last_episode(monkeypatch):
+    """The search's bar closes when its last episode is reported: left open, it counted the fine-tune's
+    minutes as the search's (a 32 s search shown as 3:39 on shufflenet)."""
+    from haqc.cli.compress import _Progress
+
+    stream = _Terminal()
+    monkeypatch.setattr(sys, "stderr", stream)
+    bar = _Progress(3, {"latency": "0.5x"})
+    for episode in (1, 2):
+        bar.update(episode, -0.5, {"latency": 0.01})
+    assert not bar.bar.disable
+    bar.update(3, -0.1, {"latency": 0.005})
+    assert bar.bar.disable and "3/3" in stream.getvalue()  # closed, drawn complete
+    bar.close()  # the CLI's own close after the run is harmless

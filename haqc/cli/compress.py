@@ -198,6 +198,8 @@ class _Progress:
         cost = " ".join(f"{q} {format_costs(q, costs[q])[0]}" for q in self.quantities if q in costs)
         self.bar.set_postfix_str(f"best reward {best_reward:+.4f}, {cost}", refresh=False)
         self.bar.update(episode - self.bar.n)
+        if self.total is not None and self.bar.n >= self.total:
+            self.bar.close()  # the search is over: its time stops here, not after the fine-tune
 
     def close(self) -> None:
         if self.bar is not None:
