@@ -5,7 +5,8 @@ canonicalizes every model before it fine-tunes one, so the attribute forms of
 older opsets are never seen here. The graph is compiled once into an execution plan (one step per node: handler,
 input names, output names, parsed attributes); ``forward`` walks the plan and
 drops each intermediate tensor after its last consumer. Float initializers are
-``nn.Parameter``s; non-float initializers, Constant outputs and everything
+``nn.Parameter``s (those of one element that no layer reads as its weight or
+bias, an epsilon or a Pow's exponent, are frozen); non-float initializers, Constant outputs and everything
 computable from them alone (weights computed by ConstantOfShape, say) are
 evaluated once at build time and kept as buffers. Fake quantization plugs in
 through ``weight_transforms`` and ``activation_transforms``.
@@ -32,6 +33,7 @@ from onnx import numpy_helper
 from torch import Tensor, nn
 
 from haqc.errors import InputError
+from haqc.ops import LAYER_OPS
 from haqc.passes.base import opset_version
 from haqc.passes.canonicalize import CANONICAL_OPSET
 
@@ -627,12 +629,17 @@ class OnnxModule(nn.Module):
         consts: dict[str, Tensor] = {}
         elem_types = {v.name: v.type.tensor_type.elem_type
                       for v in [*graph.input, *graph.value_info, *graph.output]}
+        layer_operands = {node.input[i] for node in graph.node if node.op_type in LAYER_OPS
+                          for i in (LAYER_OPS[node.op_type].weight, LAYER_OPS[node.op_type].bias)
+                          if i is not None and i < len(node.input)}
         for init in graph.initializer:
             elem_types[init.name] = init.data_type
             t = _to_torch(init)
             if init.data_type in _FLOAT_TYPES:
                 key = _unique_key(init.name, self.params)
-                self.params[key] = nn.Parameter(t)
+                # A scalar is a constant of the arithmetic (an epsilon, a Pow's exponent: its gradient
+                # is NaN wherever the base is not positive), not a weight: it does not train.
+                self.params[key] = nn.Parameter(t, requires_grad=t.numel() > 1 or init.name in layer_operands)
                 self._param_keys[init.name] = key
             else:
                 consts[init.name] = t

@@ -346,14 +346,26 @@ def finetune(
     targets = {o.index: torch.from_numpy(np.ascontiguousarray(teachers[o.index])) for o in losses if o.kind != "ce"}
     if labels is not None:
         targets[0] = torch.from_numpy(labels.astype(np.int64))
-    batch = _fixed_batch(model) or training_batch(layers, config.batch_size)
+    # A model that fixes its batch runs in chunks of it and a step accumulates the chunks: a step of
+    # one sample (hello_deepa_npm, cntk_mnist) follows each sample's noise, not the data's.
+    fixed = _fixed_batch(model) or 0
+    batch = training_batch(layers, config.batch_size)
+    if fixed:
+        batch = max(fixed, batch - batch % fixed)
 
     def feed(idx: Tensor) -> dict[str, Tensor]:
         return {k: (v[idx] if v.ndim else v).to(device) for k, v in tensors.items()}
 
+    def outputs(idx: Tensor) -> tuple[Tensor, ...]:
+        chunks = [idx[j : j + fixed] for j in range(0, len(idx) - fixed + 1, fixed)] if fixed else [idx]
+        outs = [module(**feed(chunk)) for chunk in chunks]
+        outs = [out if isinstance(out, tuple) else (out,) for out in outs]
+        return outs[0] if len(outs) == 1 else tuple(torch.cat(parts) for parts in zip(*outs))
+
     def batch_losses(idx: Tensor) -> Tensor:
-        out = module(**feed(idx))
-        out = out if isinstance(out, tuple) else (out,)
+        if fixed:
+            idx = idx[: max(fixed, len(idx) - len(idx) % fixed)]
+        out = outputs(idx)
         return torch.stack([_output_loss(out[o.index], targets[o.index][idx].to(device), o, config.temperature)
                              for o in losses])
 
@@ -403,7 +415,10 @@ def finetune(
                 loss = weights @ batch_losses(order[i : i + batch])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                optimizer.step()
+                # A step with a non-finite gradient (an overflow, a log of 0 in the graph) would turn
+                # every weight into NaN: it is skipped, as mixed-precision trainers skip them.
+                if math.isfinite(float(nn.utils.clip_grad_norm_(params, math.inf))):
+                    optimizer.step()
                 schedule.step()
                 step += 1
                 if bar is not None:

@@ -434,7 +434,8 @@ def test_mnist_example_matches_onnxruntime_and_trains() -> None:
     module = _module(model)
     _check_parity(model, feeds, module)
     module(*[torch.from_numpy(feeds[n]) for n in module.input_names]).square().mean().backward()
-    assert all(p.grad is not None for p in module.params.values())
+    trained = [p for p in module.params.values() if p.requires_grad]
+    assert len(trained) >= 4 and all(p.grad is not None for p in trained)  # every weight and bias
 
 
 # --- hooks, gradients, write-back, errors ----------------------------------------------------
@@ -596,3 +597,32 @@ def test_runs_on_cuda() -> None:
         assert np.max(np.abs(g.cpu().numpy() - e)) <= 1e-3 * max(1.0, np.max(np.abs(e)))
     y, s, fill = _module(_shape_model()).cuda()(torch.zeros(5, 3, 4, device="cuda"))
     assert y.shape == (5, 12) and s.device == fill.device == y.device and s.tolist() == [5, 3, 4]
+
+
+def test_scalar_constants_of_the_arithmetic_do_not_train() -> None:
+    """A decomposed LayerNorm's exponent and epsilon are initializers too: trained, the exponent's
+    gradient (x^p ln x) is NaN where x <= 0 and one step turned hello_deepa_npm's weights into NaN.
+    A one-element layer bias (one output channel) trains."""
+    rng = np.random.default_rng(0)
+    inits = {"w": rng.standard_normal((4, 6)).astype(np.float32), "b": np.zeros(1, np.float32),
+             "wl": rng.standard_normal((6, 1)).astype(np.float32),
+             "two": np.array(2.0, np.float32), "eps": np.array(1e-5, np.float32),
+             "gamma": np.ones(6, np.float32)}
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("ReduceMean", ["h"], ["mu"], keepdims=1, axes=[-1]),
+             helper.make_node("Sub", ["h", "mu"], ["d"]),
+             helper.make_node("Pow", ["d", "two"], ["d2"]),
+             helper.make_node("ReduceMean", ["d2"], ["var"], keepdims=1, axes=[-1]),
+             helper.make_node("Add", ["var", "eps"], ["ve"]),
+             helper.make_node("Sqrt", ["ve"], ["sd"]),
+             helper.make_node("Div", ["d", "sd"], ["n"]),
+             helper.make_node("Mul", ["n", "gamma"], ["g"]),
+             helper.make_node("Gemm", ["g", "wl", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "ln", [helper.make_tensor_value_info("x", TP.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TP.FLOAT, ["N", 1])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    module = _module(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    trains = {name: module.params[key].requires_grad for name, key in module._param_keys.items()}
+    assert trains == {"w": True, "b": True, "wl": True, "two": False, "eps": False, "gamma": True}
+    module(torch.from_numpy(_rand(8, 4))).sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in module.parameters() if p.requires_grad)
