@@ -25,7 +25,11 @@ cannot be written linearly and is refused.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
+from collections.abc import Iterator
 from typing import Callable
 
 import numpy as np
@@ -112,11 +116,28 @@ def solve(table: CostTable, limits: dict[str, float], space: SearchSpace, drops:
         else:  # the slowest layer sets the model's cost: every layer's chosen option must fit alone
             upper[:choices][costs > limit] = 0
     integrality = np.concatenate([np.ones(choices), np.zeros(len(pairs))])
-    result = milp(objective, constraints=constraints, integrality=integrality, bounds=Bounds(0, upper))
+    with native_stdout_silenced():
+        result = milp(objective, constraints=constraints, integrality=integrality, bounds=Bounds(0, upper))
     if result.x is None:  # check_budget has let the cheapest policy through, so this is HiGHS failing
         raise InputError(f"the integer program found no policy ({result.message}); try another strategy")
     chosen = np.rint(result.x[:choices]).astype(np.int64)
     return np.array([int(np.argmax(chosen[offsets[i]:offsets[i + 1]])) for i in range(n)], dtype=np.int64)
+
+
+@contextlib.contextmanager
+def native_stdout_silenced() -> Iterator[None]:
+    """Discard what native code writes to file descriptor 1 meanwhile: scipy's HiGHS prints debug lines
+    such as "HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();" between the
+    progress bars, with its own output option off."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _products(pairs: list, offsets: np.ndarray, variables: int, limits: dict[str, float]) -> LinearConstraint:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
 
 import numpy as np
@@ -238,3 +239,13 @@ def test_ilp_at_ddpgs_probing_cost_solves_greedys_loss_model():
     cheap = search(synthetic_problem(latency_fraction=0.5), "ilp", config=IlpConfig(probes="modelled"))
     assert cheap.evaluations == 2 * (N_LAYERS - 2) + 1 < full.evaluations == 12 * (N_LAYERS - 2) + 1
     assert cheap.meets_budget and full.meets_budget
+
+
+def test_what_native_code_prints_during_the_integer_program_is_discarded(capfd):
+    """HiGHS printed a debug line between compress's progress bars; the terminal keeps everything else."""
+    from haqc.search.ilp import native_stdout_silenced
+
+    with native_stdout_silenced():
+        os.write(1, b"HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();\n")
+    os.write(1, b"after\n")
+    assert capfd.readouterr().out == "after\n"
