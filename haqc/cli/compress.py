@@ -215,12 +215,15 @@ def format_summary(report: Report) -> str:
              + (f" on {search.samples} samples each" if search.samples is not None else "")
              + f", {search.seconds:.1f} s"]
     total = in_report_units("latency", sum(r.costs["latency"] for r in report.layers)) or 1.0
-    lines.append(f"  {'layer':<28} {'kind':<9} {'w':>2} {'a':>2} {'latency ms':>11} {'share':>6}")
-    for r in report.layers:
+    # Whole names, numbered as `inspect` numbers them: a detector's heads share long prefixes.
+    wide, index = max([5, *(len(r.layer) for r in report.layers)]), len(str(len(report.layers)))
+    lines.append(f"  {'#':>{index}} {'layer':<{wide}} {'kind':<9} {'w':>2} {'a':>2} {'latency ms':>11} {'share':>6}")
+    for i, r in enumerate(report.layers):
         w = "f" if r.w_bits is None else r.w_bits
         a = "f" if r.a_bits is None else r.a_bits
         latency = in_report_units("latency", r.costs["latency"])
-        lines.append(f"  {r.layer[:28]:<28} {r.kind:<9} {w:>2} {a:>2} {latency:>11.4f} {100 * latency / total:>5.1f}%")
+        lines.append(f"  {i:>{index}} {r.layer:<{wide}} {r.kind:<9} {w:>2} {a:>2} {latency:>11.4f} "
+                     f"{100 * latency / total:>5.1f}%")
     lines.append("")
     score = "top-1" if report.signal in (TOP1, TOP1_AGREEMENT) else "score"
     measured = report.result.measured_latency_s is not None
