@@ -248,6 +248,8 @@ class LinearQuantize(Pass[onnx.ModelProto]):
                 qa = activation_quant(self.calibration, layer.input, option.a_bits, self.input_clips.get(layer.name))
             node = nodes[layer.name]
             if qw is not None and qa is not None and len(node.input) > 2 and node.input[2]:
+                bias = numpy_helper.to_array(inits[node.input[2]])
+                qw = fit_bias(qw, qa.scale, bias, numpy_helper.to_array(inits[layer.weight]))
                 step = bias_scale(qa.scale, qw.scale)
             layers[layer.name] = LayerQuant(qw, qa, step)
         requantized = {t: activation_quant(self.calibration, t, REQUANT_BITS)
@@ -346,6 +348,22 @@ def _fake_quant(build: GraphBuilder, qa: ActivationQuant, prefix: str, nodes: li
 def bias_scale(activation_scale: float, weight_scale: np.ndarray) -> np.ndarray:
     """The int32 bias step: activation scale x weight scale, in float32 (as integer kernels use)."""
     return (np.float32(activation_scale) * weight_scale.astype(np.float32)).astype(np.float32)
+
+
+# The largest int32 bias, in steps: half the int32 range, the other half left to the products' sum.
+BIAS_STEPS = 2**30
+
+
+def fit_bias(qw: QuantizedWeight, activation_scale: float, bias: np.ndarray, weights: np.ndarray) -> QuantizedWeight:
+    """``qw`` with each channel's scale widened where the int32 bias would need more than BIAS_STEPS
+    steps of activation scale x weight scale (as ONNX Runtime's quantizer widens it): a dead channel
+    (ppocrv4_det: weights ~1e-16, bias -0.32) wrapped around int32 and wrote a wrong bias."""
+    need = np.abs(bias.astype(np.float64)) / (float(activation_scale) * BIAS_STEPS)
+    scale = qw.scale.astype(np.float64)
+    if np.all(scale >= (need if scale.size > 1 else need.max(initial=0.0))):
+        return qw
+    wider = np.maximum(scale, need if scale.size > 1 else need.max()).astype(np.float32)
+    return quantize_weight(weights, qw.bits, qw.axis, wider, qw.levels)
 
 
 def quantize_bias(bias: np.ndarray, scale: np.ndarray) -> np.ndarray:

@@ -305,3 +305,29 @@ def test_unpacked_export_computes_the_same_as_integer_kernels(example, tmp_path,
     ort.InferenceSession(unpacked.SerializeToString(), options, providers=["CPUExecutionProvider"])
     ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
     assert not {"Conv", "FusedConv", "Gemm"} & set(ops), ops
+
+
+def test_a_dead_channel_keeps_its_bias_within_int32():
+    """ppocrv4_det has channels whose weights are ~1e-16 and whose bias is not: at step activation
+    scale x weight scale that bias needed more than 2^31 steps and wrapped around int32. The channel's
+    weight scale widens (as ONNX Runtime's quantizer does) so the bias is written as it is."""
+    import warnings
+
+    import haqc
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((3, 2, 1, 1)).astype(np.float32)
+    w[1] *= 1e-16
+    bias = np.array([0.1, -0.32, 0.2], np.float32)
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w", "b"], ["y"])], "dead",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4, 4])],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = {"x": rng.standard_normal((8, 2, 4, 4)).astype(np.float32)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        quantized = haqc.quantize(model, bits="w8a8", calib_data=x).model
+    out, ref = run_ort(quantized, x)[0], run_ort(model, x)[0]
+    np.testing.assert_allclose(out[:, 1], ref[:, 1], atol=1e-3)  # the dead channel: its bias, everywhere
+    assert np.max(np.abs(out - ref)) < 0.05 * np.max(np.abs(ref))
