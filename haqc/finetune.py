@@ -22,11 +22,11 @@ from onnx import helper, numpy_helper
 from torch import Tensor, nn
 
 from haqc.data import Dataset
-from haqc.evaluation import make_session, run_batches
+from haqc.evaluation import make_session, run_batches, selection_sources
 from haqc.ops import LAYER_OPS, PASS_THROUGH
 from haqc.executor import OnnxModule
 from haqc.layers import Layer
-from haqc.passes.base import copy_model
+from haqc.passes.base import copy_model, without_initializers
 from haqc.progress import progress_bar
 from haqc.settings import DEFAULT_MIN_STEPS, DEFAULT_SECONDS, LR_CANDIDATES, MAX_EPOCHS, FinetuneConfig
 from haqc.passes.plan import ActivationQuant, DynamicQuant, ExportPlan, HalfFloat, QuantizedWeight
@@ -228,6 +228,30 @@ def isolate_layer_inputs(model: onnx.ModelProto, layers: list[Layer]) -> tuple[o
     return out, private
 
 
+def trained_part(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The part of ``model`` fine-tuning runs and distils: all of it, or, where an output is selected by
+    a TopK / NonMaxSuppression (a YOLO26 export's sorted boxes), the graph up to the tensors it is
+    selected from, which become outputs in its place (what the label-free signal compares); a
+    selection has no gradient to follow, and haqc's executor need not run it."""
+    sources = selection_sources(model)
+    if not sources:
+        return model
+    wanted = [o.name for k, o in enumerate(model.graph.output) if k not in sources]
+    wanted += [name for k in sorted(sources) for name in sources[k] if name not in wanted]
+    producers = {out: node for node in model.graph.node for out in node.output if out}
+    needed, stack = set(), list(wanted)
+    while stack:
+        name = stack.pop()
+        node = producers.get(name)
+        if node is not None and id(node) not in needed:
+            needed.add(id(node))
+            stack.extend(i for i in node.input if i)
+    part = without_initializers(model, ("node", "output"))
+    part.graph.node.extend(node for node in model.graph.node if id(node) in needed)
+    part.graph.output.extend(onnx.ValueInfoProto(name=name) for name in wanted)
+    return part
+
+
 def build_simulation(
     model: onnx.ModelProto,
     layers: list[Layer],
@@ -236,7 +260,11 @@ def build_simulation(
     trainable_clip: bool = False,
 ) -> Simulation:
     """The canonical float model as a torch module applying ``plan``'s numbers, layer by layer,
-    whatever exporter planned them (integer QDQ, blocks, codebooks, dynamic inputs, 16-bit floats)."""
+    whatever exporter planned them (integer QDQ, blocks, codebooks, dynamic inputs, 16-bit floats).
+    It runs ``trained_part(model)``: layers after a selection keep their weights."""
+    model = trained_part(model)
+    present = {node.name for node in model.graph.node}
+    layers = [layer for layer in layers if layer.name in present]
     isolated, private = isolate_layer_inputs(model, layers)
     inits = {t.name: t for t in isolated.graph.initializer}
     weight_q: dict[str, nn.Module] = {}
@@ -266,7 +294,8 @@ def build_simulation(
         if quant.output is not None:
             outputs[node.output[0]] = HalfFakeQuant(quant.output.kind)
     # the 8-bit outputs of integer layers, as the export requantizes them
-    requant = {tensor: ActivationFakeQuant(quant) for tensor, quant in plan.requantized.items()}
+    produced = {out for node in model.graph.node for out in node.output}
+    requant = {tensor: ActivationFakeQuant(quant) for tensor, quant in plan.requantized.items() if tensor in produced}
     module = OnnxModule(
         isolated,
         weight_transforms=transforms,
@@ -334,9 +363,10 @@ def finetune(
     device = torch.device(config.device)
     module = simulation.module.to(device).train()
     torch.manual_seed(config.seed)
-    teachers = _teacher_outputs(model, inputs)
+    part = trained_part(model)
+    teachers = _teacher_outputs(part, inputs)
     n = len(next(a for a in inputs.values() if a.ndim))
-    losses = output_losses(model, teachers, n, labels is not None)
+    losses = output_losses(part, teachers, n, labels is not None)
     if not losses:
         logger.warning("no output of the model can be trained against (none is float with samples on axis 0); "
                        "fine-tuning skipped")

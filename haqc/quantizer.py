@@ -22,7 +22,7 @@ from haqc.data import Dataset, fixed_batch, load_dataset
 from haqc.errors import InputError
 from haqc.evaluation import EvalResult, Evaluator, num_classes
 from haqc.executor import unsupported_ops
-from haqc.finetune import FinetuneConfig, Tuned, build_simulation, default_epochs, finetune
+from haqc.finetune import FinetuneConfig, Tuned, build_simulation, default_epochs, finetune, trained_part
 from haqc.layers import Layer
 from haqc.passes.calibrate import Calibration, calibrate
 from haqc.passes.exporters import Export, ExportContext
@@ -163,7 +163,7 @@ def load_run_data(prepared: Prepared, data: DataSource | None, calib_data: DataS
     epochs = finetune_epochs if finetune_epochs is not None else (default_epochs(len(train)) if train is not None else 0)
     if epochs and train is None:
         raise InputError("`finetune_epochs` needs `train_data` (an .npz or arrays)")
-    untrainable = unsupported_ops(prepared.model.graph) if train is not None else None
+    untrainable = unsupported_ops(trained_part(prepared.model).graph) if train is not None else None
     if untrainable is not None:  # before any work: a search must not end in an error it could not avoid
         logger.warning("fine-tuning skipped: haqc's PyTorch executor does not run the model's %s, so the "
                        "quantized weights are written as calibrated", untrainable)

@@ -174,3 +174,35 @@ def test_a_model_that_fixes_its_batch_trains_whole_batches(monkeypatch):
     assert 0 < len(steps) <= 20 * 3 + 3 * 6  # 80 fitted samples: 3 steps an epoch, not 80; the range test's 3 x 6
     reference = Evaluator(val, reference=prepared.model)
     assert reference.evaluate(after).accuracy > reference.evaluate(before).accuracy
+
+
+def test_a_detector_that_sorts_its_boxes_fine_tunes_the_graph_before_the_selection():
+    """An end-to-end YOLO26 export ends in TopK + GatherElements, which haqc's executor does not run and
+    which have no gradient to follow: fine-tuning skipped it. It now trains and distils the graph up to
+    what the TopK selects from (what the label-free score compares), and the written model keeps its
+    TopK, with the tuned weights."""
+    import haqc
+
+    rng = np.random.default_rng(5)
+    boxes = rng.standard_normal((1, 8, 3)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["scores"]),
+             helper.make_node("TopK", ["scores", "k"], ["top", "index"], axis=1),
+             helper.make_node("Unsqueeze", ["index", "axis"], ["index3"]),
+             helper.make_node("Expand", ["index3", "shape"], ["index_b"]),
+             helper.make_node("Unsqueeze", ["scores", "axis"], ["scores3"]),
+             helper.make_node("Mul", ["scores3", "boxes"], ["weighted"]),
+             helper.make_node("GatherElements", ["weighted", "index_b"], ["detections"], axis=1)]
+    inits = [numpy_helper.from_array(rng.standard_normal((6, 16)).astype(np.float32) / 2, "w1"),
+             numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32) / 4, "w2"),
+             numpy_helper.from_array(np.array([3], np.int64), "k"), numpy_helper.from_array(np.array([2], np.int64), "axis"),
+             numpy_helper.from_array(np.array([1, 1, 3], np.int64), "shape"), numpy_helper.from_array(boxes, "boxes")]
+    graph = helper.make_graph(nodes, "sorted", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+                              [helper.make_tensor_value_info("detections", TensorProto.FLOAT, ["N", 3, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data = {"x": rng.standard_normal((64, 6)).astype(np.float32)}
+    train = {"x": rng.standard_normal((256, 6)).astype(np.float32)}
+    result = haqc.quantize(model, bits="w3a8", calib_data=data, data=data, train_data=train, finetune_epochs=20)
+    assert result.finetuned is not None and result.kept == "finetuned"
+    assert result.finetuned.accuracy > result.quantized.accuracy
+    assert [n.op_type for n in result.model.graph.node].count("TopK") == 1
