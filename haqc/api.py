@@ -212,11 +212,11 @@ def compress(model: ModelSource, config: CompressConfig | None = None, *, output
         measured = [*measured, result_s]
         stages.done("measure")
     w8a8_score = evaluator.evaluate(w8a8_model, "the w8a8 model").accuracy
+    final = quantizer.export(result.policy)
     if searched_on is not evaluator:  # the search saw a subset: the result's score on every sample
-        result = dataclasses.replace(result, accuracy=evaluator.evaluate(quantizer.export(result.policy),
-                                                                          "the searched model").accuracy)
+        result = dataclasses.replace(result, accuracy=evaluator.evaluate(final, "the searched model").accuracy)
     stages.done("score w8a8 and result")
-    exported = export_and_finetune(quantizer, result.policy, result.accuracy, evaluator, train,
+    exported = export_and_finetune(quantizer, result.policy, final, result.accuracy, evaluator, train,
                                    config.finetune(run.epochs) if run.epochs else None)
     stages.done("export and fine-tune" if run.epochs else "export")
     built = build_report(source=_source_name(model), target=target, spec=target.name if config.target is target else config.target,

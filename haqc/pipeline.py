@@ -268,10 +268,10 @@ class Exported:
     finetuned: float | None  # None: no fine-tuning ran
 
 
-def export_and_finetune(quantizer: Quantizer, policy: Policy, searched: float, evaluator: Evaluator,
-                        train: Dataset | None, finetune: FinetuneConfig | None) -> Exported:
-    """Stage 6 (export) and 7 (fine-tune): the fine-tuned weights are kept only if they score no worse."""
-    final = quantizer.export(policy)
+def export_and_finetune(quantizer: Quantizer, policy: Policy, final: onnx.ModelProto, searched: float,
+                        evaluator: Evaluator, train: Dataset | None, finetune: FinetuneConfig | None) -> Exported:
+    """Stage 7 (fine-tune) of ``final``, ``policy``'s export scoring ``searched``: the fine-tuned weights
+    are kept only if they score no worse."""
     if finetune is None or train is None:
         return Exported(final, searched, searched, None)
     tuned = finetune_export(quantizer, policy, train, finetune)
