@@ -40,7 +40,9 @@ logger = logging.getLogger(__name__)
 RANGE_TEST_STEPS = 8
 RANGE_TEST_SHARE = 0.25
 # The held-out part scores the weights every EVAL_EVERY steps (or every epoch, if shorter); training
-# stops after PATIENCE scores without improvement and keeps the best scored step.
+# stops after PATIENCE scores and PATIENCE_STEPS steps without improvement and keeps the best scored
+# step. A small set is checked every epoch, every two steps at 128 samples: four checks were eight
+# steps, too few to get past Adam's first steps, which often raise the loss before it falls.
 MIN_HOLDOUT = 16
 MAX_HOLDOUT = 512
 EVAL_EVERY = 25
@@ -50,6 +52,7 @@ EVAL_EVERY = 25
 ACTIVATION_BYTES = 4 << 30
 BYTES_PER_ELEMENT = 8
 PATIENCE = 4
+PATIENCE_STEPS = 50
 
 
 class WeightFakeQuant(nn.Module):
@@ -380,21 +383,24 @@ def finetune(
     # one sample (hello_deepa_npm, cntk_mnist) follows each sample's noise, not the data's.
     fixed = _fixed_batch(model) or 0
     batch = training_batch(layers, config.batch_size)
-    if fixed:
+    if fixed:  # whole chunks only: the fitted and held-out parts and the batch hold multiples of it
         batch = max(fixed, batch - batch % fixed)
+        fit, held = fit[: len(fit) - len(fit) % fixed], held[: len(held) - len(held) % fixed]
+        if not len(fit) or not len(held):
+            logger.warning("the model fixes its batch at %d, more than the %d training samples allow; "
+                           "fine-tuning skipped", fixed, n)
+            return _tuned(model, layers, simulation)
 
     def feed(idx: Tensor) -> dict[str, Tensor]:
         return {k: (v[idx] if v.ndim else v).to(device) for k, v in tensors.items()}
 
     def outputs(idx: Tensor) -> tuple[Tensor, ...]:
-        chunks = [idx[j : j + fixed] for j in range(0, len(idx) - fixed + 1, fixed)] if fixed else [idx]
+        chunks = [idx[j : j + fixed] for j in range(0, len(idx), fixed)] if fixed else [idx]
         outs = [module(**feed(chunk)) for chunk in chunks]
         outs = [out if isinstance(out, tuple) else (out,) for out in outs]
         return outs[0] if len(outs) == 1 else tuple(torch.cat(parts) for parts in zip(*outs))
 
     def batch_losses(idx: Tensor) -> Tensor:
-        if fixed:
-            idx = idx[: max(fixed, len(idx) - len(idx) % fixed)]
         out = outputs(idx)
         return torch.stack([_output_loss(out[o.index], targets[o.index][idx].to(device), o, config.temperature)
                              for o in losses])
@@ -457,8 +463,8 @@ def finetune(
                 epoch_end = step % steps_per_epoch == 0
                 if step % every == 0 or epoch_end:
                     stale = check()
-                    if stale >= PATIENCE:
-                        steps = step  # no better held-out score for PATIENCE checks: stop
+                    if stale >= PATIENCE and step - best_step >= PATIENCE_STEPS:
+                        steps = step  # no better held-out score for a while: stop
                 if epoch_end and step < steps and weight_quant is not None:
                     _refresh_scales(simulation, layers, weight_quant)  # between epochs, as the export will
                 slowest = max(slowest, time.perf_counter() - began)  # a step and the checks after it
