@@ -407,12 +407,11 @@ class Evaluator:
                 f"{self.dataset.source} has no labels; pass --reference (the fp32 model) to measure "
                 "label-free agreement, or add a 'labels' array to the file"
             )
-        # Fidelity compares these tensors too (selection_sources), in place of the outputs selected from them.
-        self._extras: list[str] = []
-        self._compared: list[int] | None = None  # which of the outputs and extras fidelity compares
         proto = _as_proto(reference) if reference is not None else None  # read once
         sources = selection_sources(proto) if proto is not None else {}
+        # Fidelity compares these tensors too, in place of the outputs selected from them.
         self._extras = list(dict.fromkeys(name for names in sources.values() for name in names))
+        self._compared: list[int] | None = None  # which of the outputs and extras fidelity compares
         rows = self._run_reference(reference) if reference is not None else False
         op = _first_output_op(proto) if proto is not None else None
         self.targets = dataset.labels if not self.label_free else self._reference_targets(reference, rows, op)
@@ -448,8 +447,9 @@ class Evaluator:
         produced = {out for node in proto.graph.node for out in node.output}
         missing = [extra for extra in self._extras if extra not in produced]
         if missing:
-            raise InputError(f"{name} does not compute {missing[0]!r}, a tensor the reference's output is selected "
-                             f"from ({'/'.join(SELECTIONS)}) that the label-free score compares; pass --metric")
+            raise InputError(f"{name} does not compute {missing[0]!r}, a tensor that the reference's output is "
+                             "selected from (by a TopK / NonMaxSuppression) and the label-free score compares; "
+                             "pass --metric")
         extended = onnx.ModelProto()
         extended.CopyFrom(proto)
         extended.graph.output.extend(onnx.ValueInfoProto(name=extra) for extra in self._extras)
