@@ -231,21 +231,43 @@ def isolate_layer_inputs(model: onnx.ModelProto, layers: list[Layer]) -> tuple[o
     return out, private
 
 
+def softmax_logits(model: onnx.ModelProto) -> dict[str, int]:
+    """The logits (a Softmax / LogSoftmax's input) of each output made by one, through shape-only ops,
+    with the axis it normalizes: the tensor fine-tuning distils in the output's place."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    logits = {}
+    for output in model.graph.output:
+        node = producer.get(output.name)
+        while node is not None and node.op_type in PASS_THROUGH:
+            node = producer.get(node.input[0])
+        if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
+            logits[node.input[0]] = next((a.i for a in node.attribute if a.name == "axis"), -1)
+    return logits
+
+
 def trained_part(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The part of ``model`` fine-tuning runs and distils: all of it, or, where an output is selected by
-    a TopK / NonMaxSuppression (a YOLO26 export's sorted boxes), the graph up to the tensors it is
-    selected from, which become outputs in its place (what the label-free signal compares); a
-    selection has no gradient to follow, and haqc's executor need not run it."""
-    sources = selection_sources(model)
-    if not sources:
+    """The part of ``model`` fine-tuning runs and distils: the graph up to its outputs' logits where a
+    Softmax makes them (``softmax_logits``: a float32 softmax saturates, and its gradient with it; the
+    KL of the logits' distributions is the same loss without that), and where an output is selected by
+    a TopK / NonMaxSuppression (a YOLO26 export's sorted boxes), up to the tensors it is selected from
+    (what the label-free signal compares): a selection has no gradient to follow, and haqc's executor
+    need not run it. Outputs keep their order, each replaced by what stands in for it."""
+    sources, logits = selection_sources(model), softmax_logits(model)
+    producer = {out: node for node in model.graph.node for out in node.output if out}
+    wanted: list[str] = []
+    for k, output in enumerate(model.graph.output):
+        name, node = output.name, producer.get(output.name)
+        while node is not None and node.op_type in PASS_THROUGH:
+            name, node = node.input[0], producer.get(node.input[0])
+        stand_ins = sources.get(k) or ([node.input[0]] if node is not None and node.input[0] in logits else
+                                       [output.name])
+        wanted += [name for name in stand_ins if name not in wanted]
+    if wanted == [o.name for o in model.graph.output]:
         return model
-    wanted = [o.name for k, o in enumerate(model.graph.output) if k not in sources]
-    wanted += [name for k in sorted(sources) for name in sources[k] if name not in wanted]
-    producers = {out: node for node in model.graph.node for out in node.output if out}
     needed, stack = set(), list(wanted)
     while stack:
         name = stack.pop()
-        node = producers.get(name)
+        node = producer.get(name)
         if node is not None and id(node) not in needed:
             needed.add(id(node))
             stack.extend(i for i in node.input if i)
@@ -328,15 +350,13 @@ class Tuned:
 
 @dataclass(frozen=True)
 class OutputLoss:
-    """How one graph output is trained: ``kind`` "ce" (labels are its classes), "kl" (class scores,
-    distilled along ``axis``; ``probs`` when the output holds probabilities, whose log is logits up
-    to a constant, as log-probabilities are) or "mse" (a map, boxes, a regression: squared error
+    """How one output of the trained part is trained: ``kind`` "ce" (logits whose classes the labels
+    are), "kl" (logits distilled along ``axis``) or "mse" (a map, boxes, a regression: squared error
     divided by the fp32 output's variance, so its scale does not matter)."""
 
     index: int
     kind: str
     axis: int = -1
-    probs: bool = False
     variance: float = 1.0
 
 
@@ -369,7 +389,7 @@ def finetune(
     part = trained_part(model)
     teachers = _teacher_outputs(part, inputs)
     n = len(next(a for a in inputs.values() if a.ndim))
-    losses = output_losses(part, teachers, n, labels is not None)
+    losses = output_losses(part, teachers, n, labels is not None, softmax_logits(model))
     if not losses:
         logger.warning("no output of the model can be trained against (none is float with samples on axis 0); "
                        "fine-tuning skipped")
@@ -492,25 +512,21 @@ def finetune(
     return _tuned(model, layers, simulation)
 
 
-def output_losses(model: onnx.ModelProto, teachers: list[np.ndarray | None], samples: int,
-                  labelled: bool) -> list[OutputLoss]:
-    """The loss of each trainable output: cross-entropy on the first output when ``labelled`` (its
-    classes); KL on class scores (what a Softmax / LogSoftmax made, as evaluation reads classes);
-    else the normalized squared error (logits without a Softmax are matched as values).
-    Outputs that are not float or do not keep ``samples`` on axis 0 are left out."""
-    producer = {out: node for node in model.graph.node for out in node.output}
+def output_losses(part: onnx.ModelProto, teachers: list[np.ndarray | None], samples: int,
+                  labelled: bool, logits: dict[str, int]) -> list[OutputLoss]:
+    """The loss of each output of ``part`` (``trained_part``'s): cross-entropy on the first when
+    ``labelled`` (its classes); KL on ``logits`` (``softmax_logits``: class scores, as evaluation reads
+    them, by the axis their Softmax normalizes); else the normalized squared error (logits without a
+    Softmax are matched as values). Outputs that are not float or do not keep ``samples`` on axis 0
+    are left out."""
     losses = []
-    for k, (output, teacher) in enumerate(zip(model.graph.output, teachers)):
+    for k, (output, teacher) in enumerate(zip(part.graph.output, teachers)):
         if teacher is None or teacher.dtype.kind != "f" or teacher.ndim == 0 or len(teacher) != samples:
             continue
-        node = producer.get(output.name)
-        while node is not None and node.op_type in PASS_THROUGH:
-            node = producer.get(node.input[0])
         if k == 0 and labelled:
-            losses.append(OutputLoss(k, "ce", probs=node is not None and node.op_type == "Softmax"))
-        elif node is not None and node.op_type in ("Softmax", "LogSoftmax"):
-            axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
-            losses.append(OutputLoss(k, "kl", axis, probs=node.op_type == "Softmax"))
+            losses.append(OutputLoss(k, "ce"))
+        elif output.name in logits:
+            losses.append(OutputLoss(k, "kl", logits[output.name]))
         else:
             variance = float(np.var(teacher, dtype=np.float64))
             losses.append(OutputLoss(k, "mse", variance=variance if variance > 0 else 1.0))
@@ -528,19 +544,13 @@ def split_holdout(samples: int, fraction: float, seed: int) -> tuple[Tensor, Ten
 
 
 def _output_loss(out: Tensor, target: Tensor, loss: OutputLoss, temperature: float) -> Tensor:
-    if loss.kind == "ce":  # cross-entropy wants logits: probabilities' log is logits up to a constant per row
-        return nn.functional.cross_entropy(torch.log(out.clamp_min(1e-12)) if loss.probs else out, target)
+    if loss.kind == "ce":
+        return nn.functional.cross_entropy(out, target)
     if loss.kind == "mse":
         return nn.functional.mse_loss(out, target) / loss.variance
-    student, teacher = (_log_probs(x, loss, temperature) for x in (out, target))
+    student, teacher = (nn.functional.log_softmax(x / temperature, dim=loss.axis) for x in (out, target))
     kl = (teacher.exp() * (teacher - student)).sum(loss.axis)
     return kl.mean() * temperature * temperature
-
-
-def _log_probs(x: Tensor, loss: OutputLoss, temperature: float) -> Tensor:
-    """Log-probabilities at ``temperature`` of class scores stored as logits, probabilities or logs."""
-    logits = torch.log(x.clamp_min(1e-12)) if loss.probs else x
-    return nn.functional.log_softmax(logits / temperature, dim=loss.axis)
 
 
 def _teacher_outputs(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> list[np.ndarray | None]:
