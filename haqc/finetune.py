@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import onnx
@@ -231,18 +231,53 @@ def isolate_layer_inputs(model: onnx.ModelProto, layers: list[Layer]) -> tuple[o
     return out, private
 
 
-def softmax_logits(model: onnx.ModelProto) -> dict[str, int]:
-    """The logits (a Softmax / LogSoftmax's input) of each output made by one, through shape-only ops,
-    with the axis it normalizes: the tensor fine-tuning distils in the output's place."""
+class _Logits(NamedTuple):
+    """An output's logits in its own layout: ``nodes`` (its shape-only ops again, on the Softmax's
+    input) end in ``tensor``, normalized along ``axis``."""
+
+    tensor: str
+    axis: int
+    nodes: list[onnx.NodeProto]
+
+
+def _logits(model: onnx.ModelProto) -> dict[int, _Logits]:
+    """Each output a Softmax / LogSoftmax makes (through shape-only ops) -> its logits (the canonical
+    form of an old-opset softmax is Reshape / Softmax / Reshape: ppocrv4_rec's [N, T, 6625] is
+    normalized on [N * T, 6625]). Left out where the shape-only ops might not keep the normalized axis
+    as the output's last: that output is distilled as values."""
     producer = {out: node for node in model.graph.node for out in node.output}
-    logits = {}
-    for output in model.graph.output:
-        node = producer.get(output.name)
+    dims = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+            for v in (*model.graph.value_info, *model.graph.output)}
+    found = {}
+    for k, output in enumerate(model.graph.output):
+        chain, node = [], producer.get(output.name)
         while node is not None and node.op_type in PASS_THROUGH:
+            chain.insert(0, node)
             node = producer.get(node.input[0])
-        if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
-            logits[node.input[0]] = next((a.i for a in node.attribute if a.name == "axis"), -1)
-    return logits
+        if node is None or node.op_type not in ("Softmax", "LogSoftmax"):
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+        if not chain:
+            found[k] = _Logits(node.input[0], axis, [])
+            continue
+        shape, out = dims.get(node.input[0]), dims.get(output.name)
+        if not shape or not out or axis not in (-1, len(shape) - 1) or shape[-1] is None or shape[-1] != out[-1]:
+            continue
+        nodes, name = [], node.input[0]
+        for step in chain:
+            copy = onnx.NodeProto()
+            copy.CopyFrom(step)
+            copy.name, copy.input[0] = f"{step.name}/logits", name
+            del copy.output[1:]
+            copy.output[0] = name = f"{step.output[0]}/logits"
+            nodes.append(copy)
+        found[k] = _Logits(name, -1, nodes)
+    return found
+
+
+def softmax_logits(model: onnx.ModelProto) -> dict[str, int]:
+    """The logits fine-tuning distils in place of each output a Softmax makes, with the axis it normalizes."""
+    return {logits.tensor: logits.axis for logits in _logits(model).values()}
 
 
 def trained_part(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -252,18 +287,15 @@ def trained_part(model: onnx.ModelProto) -> onnx.ModelProto:
     a TopK / NonMaxSuppression (a YOLO26 export's sorted boxes), up to the tensors it is selected from
     (what the label-free signal compares): a selection has no gradient to follow, and haqc's executor
     need not run it. Outputs keep their order, each replaced by what stands in for it."""
-    sources, logits = selection_sources(model), softmax_logits(model)
-    producer = {out: node for node in model.graph.node for out in node.output if out}
+    sources, logits = selection_sources(model), _logits(model)
     wanted: list[str] = []
     for k, output in enumerate(model.graph.output):
-        name, node = output.name, producer.get(output.name)
-        while node is not None and node.op_type in PASS_THROUGH:
-            name, node = node.input[0], producer.get(node.input[0])
-        stand_ins = sources.get(k) or ([node.input[0]] if node is not None and node.input[0] in logits else
-                                       [output.name])
+        stand_ins = sources.get(k) or ([logits[k].tensor] if k in logits else [output.name])
         wanted += [name for name in stand_ins if name not in wanted]
     if wanted == [o.name for o in model.graph.output]:
         return model
+    added = [node for k in sorted(logits) if k not in sources for node in logits[k].nodes]
+    producer = {out: node for node in (*model.graph.node, *added) for out in node.output if out}
     needed, stack = set(), list(wanted)
     while stack:
         name = stack.pop()
@@ -272,7 +304,7 @@ def trained_part(model: onnx.ModelProto) -> onnx.ModelProto:
             needed.add(id(node))
             stack.extend(i for i in node.input if i)
     part = without_initializers(model, ("node", "output"))
-    part.graph.node.extend(node for node in model.graph.node if id(node) in needed)
+    part.graph.node.extend(node for node in (*model.graph.node, *added) if id(node) in needed)
     part.graph.output.extend(onnx.ValueInfoProto(name=name) for name in wanted)
     return part
 

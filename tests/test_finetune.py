@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
@@ -26,7 +27,7 @@ def _graph(tail: list[str], shape: list[int]):
 @pytest.mark.parametrize(("tail", "shape", "kind", "distilled"), [
     ([], [4, 3], "mse", "x"),  # logits without a Softmax: matched as values (evaluation's rule for classes)
     (["Relu", "Softmax"], [4, 3], "kl", "t0"),  # the Softmax's input: a float32 softmax saturates
-    (["Relu", "Softmax", "Identity", "Flatten"], [4, 3], "kl", "t0"),
+    (["Relu", "Softmax", "Identity", "Flatten"], [4, 3], "kl", "t3/logits"),  # the shape-only ops again
     (["Relu", "LogSoftmax"], [4, 3], "kl", "t0"),
     (["Relu"], [4, 1, 6, 6], "mse", "t0"),  # a map
     (["Relu", "Sigmoid"], [4, 1, 6, 6], "mse", "t1"),  # a heatmap is not a distribution along its rows
@@ -34,13 +35,34 @@ def _graph(tail: list[str], shape: list[int]):
 ])
 def test_each_output_gets_the_loss_that_fits_it(tail, shape, kind, distilled):
     teacher = np.random.default_rng(0).normal(size=shape).astype(np.float32)
-    model = _graph(tail, shape)
+    model = onnx.shape_inference.infer_shapes(_graph(tail, shape))
     part = trained_part(model)
     assert [o.name for o in part.graph.output] == [distilled]
     (loss,) = output_losses(part, [teacher], 4, labelled=False, logits=softmax_logits(model))
     assert loss.kind == kind
     if kind == "mse":
         assert loss.variance == pytest.approx(float(np.var(teacher)))
+
+
+def test_a_softmax_between_reshapes_is_distilled_from_logits_in_the_outputs_layout():
+    """The canonical form of an old-opset softmax over [N, T, C] is a Softmax on [N * T, C] between two
+    reshapes (ppocrv4_rec): its input keeps no samples on axis 0, so fine-tuning found nothing to train.
+    The logits are put back into the output's layout by the same reshapes and distilled along C."""
+    flat, back = (numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (("flat", [-1, 7]), ("back", [-1, 5, 7])))
+    w = np.random.default_rng(1).normal(size=(4, 7)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["r"]), helper.make_node("Reshape", ["r", "flat"], ["f"]),
+         helper.make_node("Softmax", ["f"], ["p"], axis=1), helper.make_node("Reshape", ["p", "back"], ["y"])],
+        "old", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5, 7])], [numpy_helper.from_array(w, "w"), flat, back])
+    model = prepare(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])).model
+    part = trained_part(model)
+    x = np.random.default_rng(0).normal(size=(4, 5, 4)).astype(np.float32)
+    from conftest import run_ort
+    logits, = run_ort(part, {"x": x})
+    np.testing.assert_allclose(logits, x @ w, rtol=1e-5, atol=1e-5)
+    (loss,) = output_losses(part, [logits], 4, labelled=False, logits=softmax_logits(model))
+    assert (loss.kind, loss.axis) == ("kl", -1)
 
 
 def test_labels_train_only_the_first_output_and_odd_outputs_are_left_out():
