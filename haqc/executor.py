@@ -482,6 +482,22 @@ def _selu(a: Attrs, i: list[Tensor | None]) -> Tensor:
     return gamma * torch.where(x > 0, x, alpha * (torch.exp(x) - 1))
 
 
+class _Sqrt(torch.autograd.Function):
+    """sqrt whose gradient stays finite at 0: an STFT front end's magnitude, sqrt(re^2 + im^2), is 0
+    at silent bins, and the infinite gradient there made every step of dnsmos_sig_bak_ovr NaN."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        root = x.sqrt()
+        ctx.save_for_backward(root)
+        return root
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (root,) = ctx.saved_tensors
+        return grad / (2 * root.clamp_min(torch.finfo(root.dtype).eps))
+
+
 def _range(a: Attrs, i: list[Tensor | None]) -> Tensor:
     start = i[0]
     return torch.arange(start.item(), i[1].item(), i[2].item(), dtype=start.dtype, device=start.device)
@@ -512,7 +528,7 @@ HANDLERS: dict[str, Handler] = {
     "Pow": lambda a, i: torch.pow(i[0], i[1]).to(i[0].dtype),
     "Neg": lambda a, i: -i[0], "Abs": lambda a, i: i[0].abs(), "Exp": lambda a, i: i[0].exp(),
     "Log": lambda a, i: i[0].log(), "Reciprocal": lambda a, i: i[0].reciprocal(),
-    "Sqrt": lambda a, i: i[0].sqrt(), "Erf": lambda a, i: torch.erf(i[0]),
+    "Sqrt": lambda a, i: _Sqrt.apply(i[0]), "Erf": lambda a, i: torch.erf(i[0]),
     "Equal": lambda a, i: torch.eq(i[0], i[1]), "Where": lambda a, i: torch.where(i[0], i[1], i[2]),
     "Reshape": _reshape, "Flatten": _flatten,
     "Transpose": lambda a, i: i[0].permute(a.get("perm", list(range(i[0].dim()))[::-1])),

@@ -507,7 +507,7 @@ def finetune(
                 # every weight into NaN: it is skipped, as mixed-precision trainers skip them.
                 if math.isfinite(float(nn.utils.clip_grad_norm_(params, math.inf))):
                     optimizer.step()
-                schedule.step()
+                    schedule.step()
                 step += 1
                 if bar is not None:
                     bar.update(1)

@@ -626,3 +626,17 @@ def test_scalar_constants_of_the_arithmetic_do_not_train() -> None:
     assert trains == {"w": True, "b": True, "wl": True, "two": False, "eps": False, "gamma": True}
     module(torch.from_numpy(_rand(8, 4))).sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in module.parameters() if p.requires_grad)
+
+
+def test_sqrt_has_a_finite_gradient_at_zero() -> None:
+    """An STFT magnitude is sqrt(re^2 + im^2), 0 at silent bins: torch's gradient there is infinite and
+    turned every fine-tuning step of dnsmos_sig_bak_ovr into NaN (each was then skipped). The value is exact."""
+    graph = helper.make_graph([helper.make_node("Sqrt", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TP.FLOAT, [3])],
+                              [helper.make_tensor_value_info("y", TP.FLOAT, [3])])
+    module = _module(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    x = torch.tensor([0.0, 4.0, 9.0], requires_grad=True)
+    y = module(x)
+    y.sum().backward()
+    assert torch.equal(y.detach(), torch.tensor([0.0, 2.0, 3.0]))
+    assert torch.isfinite(x.grad).all() and torch.allclose(x.grad[1:], torch.tensor([0.25, 1 / 6]))
