@@ -463,6 +463,9 @@ def finetune(
         return torch.stack(parts).sum(0) / len(held)
 
     start_losses = held_out()
+    if float(start_losses.max()) == 0:  # no step can score better than the start, which is kept
+        logger.info("the held-out outputs already equal fp32's (loss 0): fine-tuning has nothing to gain, skipped")
+        return _tuned(model, layers, simulation)
     # Each output's loss relative to its own start; an output that starts (nearly) exact gets a
     # floor, so its noise cannot outweigh the rest.
     weights = 1.0 / start_losses.clamp_min(max(1e-3 * float(start_losses.max()), 1e-12))

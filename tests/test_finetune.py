@@ -252,3 +252,24 @@ def test_a_detector_that_sorts_its_boxes_fine_tunes_the_graph_before_the_selecti
     assert result.finetuned is not None and result.kept == "finetuned"
     assert result.finetuned.accuracy > result.quantized.accuracy
     assert [n.op_type for n in result.model.graph.node].count("TopK") == 1
+
+
+def test_nothing_to_gain_is_not_trained(monkeypatch):
+    """Light resnet50's random weights end in a softmax that is one-hot in float32: the held-out KL starts
+    at exactly 0, no step can score better, and the longer patience spent the whole 300 s budget for
+    nothing. Such a fine-tune takes no step."""
+    rng = np.random.default_rng(0)
+    w = np.zeros((4, 5), np.float32)
+    w[:, 0] = 1000 + rng.standard_normal(4).astype(np.float32)  # class 0 wins by thousands on positive inputs
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["z"]), helper.make_node("Softmax", ["z"], ["p"])],
+                              "onehot", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 5])],
+                              [numpy_helper.from_array(w, "w")])
+    prepared = prepare(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    train = Dataset({"x": (np.abs(rng.standard_normal((64, 4))) + 0.5).astype(np.float32)})
+    quantizer = Quantizer.calibrated(prepared, train, QuantizeOptions())
+    steps = []
+    adam_step = torch.optim.Adam.step
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, **k: (steps.append(1), adam_step(self, *a, **k))[1])
+    finetune_export(quantizer, uniform_policy(prepared.layers, Option(8, 8)), train, FinetuneConfig(epochs=5, seed=0))
+    assert steps == []
