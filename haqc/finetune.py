@@ -204,6 +204,7 @@ class Simulation:
     weights: dict[str, nn.Module]
     activations: dict[str, nn.Module]
     input_names: list[str]
+    part: TrainedPart  # the graph the module runs, and what its outputs are distilled as
 
 
 def isolate_layer_inputs(model: onnx.ModelProto, layers: list[Layer]) -> tuple[onnx.ModelProto, dict[str, str]]:
@@ -275,25 +276,29 @@ def _logits(model: onnx.ModelProto) -> dict[int, _Logits]:
     return found
 
 
-def softmax_logits(model: onnx.ModelProto) -> dict[str, int]:
-    """The logits fine-tuning distils in place of each output a Softmax makes, with the axis it normalizes."""
-    return {logits.tensor: logits.axis for logits in _logits(model).values()}
+class TrainedPart(NamedTuple):
+    """The graph fine-tuning runs (``trained_part``) and the outputs of it that are logits, with the axis
+    their Softmax normalizes."""
+
+    model: onnx.ModelProto
+    logits: dict[str, int]
 
 
-def trained_part(model: onnx.ModelProto) -> onnx.ModelProto:
+def trained_part(model: onnx.ModelProto) -> TrainedPart:
     """The part of ``model`` fine-tuning runs and distils: the graph up to its outputs' logits where a
-    Softmax makes them (``softmax_logits``: a float32 softmax saturates, and its gradient with it; the
-    KL of the logits' distributions is the same loss without that), and where an output is selected by
+    Softmax makes them (a float32 softmax saturates, and its gradient with it; the KL of the logits'
+    distributions is the same loss without that), and where an output is selected by
     a TopK / NonMaxSuppression (a YOLO26 export's sorted boxes), up to the tensors it is selected from
     (what the label-free signal compares): a selection has no gradient to follow, and haqc's executor
     need not run it. Outputs keep their order, each replaced by what stands in for it."""
     sources, logits = selection_sources(model), _logits(model)
+    axes = {logits[k].tensor: logits[k].axis for k in logits if k not in sources}
     wanted: list[str] = []
     for k, output in enumerate(model.graph.output):
         stand_ins = sources.get(k) or ([logits[k].tensor] if k in logits else [output.name])
         wanted += [name for name in stand_ins if name not in wanted]
     if wanted == [o.name for o in model.graph.output]:
-        return model
+        return TrainedPart(model, axes)
     added = [node for k in sorted(logits) if k not in sources for node in logits[k].nodes]
     producer = {out: node for node in (*model.graph.node, *added) for out in node.output if out}
     needed, stack = set(), list(wanted)
@@ -306,7 +311,7 @@ def trained_part(model: onnx.ModelProto) -> onnx.ModelProto:
     part = without_initializers(model, ("node", "output"))
     part.graph.node.extend(node for node in (*model.graph.node, *added) if id(node) in needed)
     part.graph.output.extend(onnx.ValueInfoProto(name=name) for name in wanted)
-    return part
+    return TrainedPart(part, axes)
 
 
 def build_simulation(
@@ -319,7 +324,8 @@ def build_simulation(
     """The canonical float model as a torch module applying ``plan``'s numbers, layer by layer,
     whatever exporter planned them (integer QDQ, blocks, codebooks, dynamic inputs, 16-bit floats).
     It runs ``trained_part(model)``: layers after a selection keep their weights."""
-    model = trained_part(model)
+    part = trained_part(model)
+    model = part.model
     present = {node.name for node in model.graph.node}
     layers = [layer for layer in layers if layer.name in present]
     isolated, private = isolate_layer_inputs(model, layers)
@@ -359,7 +365,7 @@ def build_simulation(
         activation_transforms={**requant, **outputs, **{private[n]: m for n, m in act_q.items()}},
     )
     inputs = [i.name for i in isolated.graph.input if i.name not in inits]
-    return Simulation(module, weight_q, act_q, inputs)
+    return Simulation(module, weight_q, act_q, inputs, part)
 
 
 def default_epochs(samples: int, batch_size: int = FinetuneConfig.batch_size) -> int:
@@ -418,10 +424,9 @@ def finetune(
     device = torch.device(config.device)
     module = simulation.module.to(device).train()
     torch.manual_seed(config.seed)
-    part = trained_part(model)
-    teachers = _teacher_outputs(part, inputs)
+    teachers = _teacher_outputs(simulation.part.model, inputs)
     n = len(next(a for a in inputs.values() if a.ndim))
-    losses = output_losses(part, teachers, n, labels is not None, softmax_logits(model))
+    losses = output_losses(simulation.part, teachers, n, labels is not None)
     if not losses:
         logger.warning("no output of the model can be trained against (none is float with samples on axis 0); "
                        "fine-tuning skipped")
@@ -547,15 +552,15 @@ def finetune(
     return _tuned(model, layers, simulation)
 
 
-def output_losses(part: onnx.ModelProto, teachers: list[np.ndarray | None], samples: int,
-                  labelled: bool, logits: dict[str, int]) -> list[OutputLoss]:
-    """The loss of each output of ``part`` (``trained_part``'s): cross-entropy on the first when
-    ``labelled`` (its classes); KL on ``logits`` (``softmax_logits``: class scores, as evaluation reads
-    them, by the axis their Softmax normalizes); else the normalized squared error (logits without a
-    Softmax are matched as values). Outputs that are not float or do not keep ``samples`` on axis 0
-    are left out."""
+def output_losses(part: TrainedPart, teachers: list[np.ndarray | None], samples: int,
+                  labelled: bool) -> list[OutputLoss]:
+    """The loss of each output of ``part``: cross-entropy on the first when ``labelled`` (its
+    classes); KL on its logits (class scores, as evaluation reads them, by the axis their Softmax
+    normalizes); else the normalized squared error (logits without a Softmax are matched as values).
+    Outputs that are not float or do not keep ``samples`` on axis 0 are left out."""
+    logits = part.logits
     losses = []
-    for k, (output, teacher) in enumerate(zip(part.graph.output, teachers)):
+    for k, (output, teacher) in enumerate(zip(part.model.graph.output, teachers)):
         if teacher is None or teacher.dtype.kind != "f" or teacher.ndim == 0 or len(teacher) != samples:
             continue
         if k == 0 and labelled:

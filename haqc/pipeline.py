@@ -174,7 +174,7 @@ def check_budgets(table: CostTable, budgets: Mapping[str, str], method: Method, 
 # scored) before the search scores a subset of the validation data: about 1.5 s of int8 inference on
 # two cores. Sized by the model, not by a clock, so the subset is the same on every machine. The
 # models of the quality benchmarks stay under it (the example: 5 GMACs for 1,000 digits); light
-# resnet50 on 256 images (1 TMAC) is scored on 48 of them: its default compress took 7.5 minutes
+# resnet50 on 256 images (1 TMAC) is scored on 48 of them: its default compress took 4.4 minutes
 # here, where the search alone would take about 21 on every image (benchmarks/RESULTS.md, section 8).
 SEARCH_MACS = 200e9
 MIN_SEARCH_SAMPLES = 32  # fewer would rank candidates by a handful of samples

@@ -163,7 +163,7 @@ def load_run_data(prepared: Prepared, data: DataSource | None, calib_data: DataS
     epochs = finetune_epochs if finetune_epochs is not None else (default_epochs(len(train)) if train is not None else 0)
     if epochs and train is None:
         raise InputError("`finetune_epochs` needs `train_data` (an .npz or arrays)")
-    untrainable = unsupported_ops(trained_part(prepared.model).graph) if train is not None else None
+    untrainable = unsupported_ops(trained_part(prepared.model).model.graph) if train is not None else None
     if untrainable is not None:  # before any work: a search must not end in an error it could not avoid
         logger.warning("fine-tuning skipped: haqc's PyTorch executor does not run the model's %s, so the "
                        "quantized weights are written as calibrated", untrainable)

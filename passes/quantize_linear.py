@@ -240,16 +240,17 @@ class LinearQuantize(Pass[onnx.ModelProto]):
         layers = {}
         for layer in self.layers:
             option = self.policy.get(layer.name, FP32)
-            qw = qa = step = None
+            qw = qa = step = weights = None
             if option.w_bits is not None:
+                weights = numpy_helper.to_array(inits[layer.weight])
                 levels = self.capabilities.of(layer).weight_levels(option.w_bits, option.a_bits)
-                qw = self.weight_quant(layer, numpy_helper.to_array(inits[layer.weight]), option.w_bits, levels)
+                qw = self.weight_quant(layer, weights, option.w_bits, levels)
             if option.a_bits is not None:
                 qa = activation_quant(self.calibration, layer.input, option.a_bits, self.input_clips.get(layer.name))
             node = nodes[layer.name]
             if qw is not None and qa is not None and len(node.input) > 2 and node.input[2]:
                 bias = numpy_helper.to_array(inits[node.input[2]])
-                qw = fit_bias(qw, qa.scale, bias, numpy_helper.to_array(inits[layer.weight]))
+                qw = fit_bias(qw, qa.scale, bias, weights)
                 step = bias_scale(qa.scale, qw.scale)
             layers[layer.name] = LayerQuant(qw, qa, step)
         requantized = {t: activation_quant(self.calibration, t, REQUANT_BITS)
@@ -360,10 +361,11 @@ def fit_bias(qw: QuantizedWeight, activation_scale: float, bias: np.ndarray, wei
     (ppocrv4_det: weights ~1e-16, bias -0.32) wrapped around int32 and wrote a wrong bias."""
     need = np.abs(bias.astype(np.float64)) / (float(activation_scale) * BIAS_STEPS)
     scale = qw.scale.astype(np.float64)
-    if np.all(scale >= (need if scale.size > 1 else need.max(initial=0.0))):
+    if scale.size == 1:  # one scale for the tensor: the channel that needs most
+        need = need.max(initial=0.0)
+    if np.all(scale >= need):
         return qw
-    wider = np.maximum(scale, need if scale.size > 1 else need.max()).astype(np.float32)
-    return quantize_weight(weights, qw.bits, qw.axis, wider, qw.levels)
+    return quantize_weight(weights, qw.bits, qw.axis, np.maximum(scale, need).astype(np.float32), qw.levels)
 
 
 def quantize_bias(bias: np.ndarray, scale: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from haqc.finetune import FinetuneConfig, output_losses, softmax_logits, split_holdout, trained_part
+from haqc.finetune import FinetuneConfig, output_losses, split_holdout, trained_part
 from haqc.evaluation import Evaluator
 from haqc.pipeline import prepare
 from haqc.policy import uniform_policy
@@ -37,8 +37,8 @@ def test_each_output_gets_the_loss_that_fits_it(tail, shape, kind, distilled):
     teacher = np.random.default_rng(0).normal(size=shape).astype(np.float32)
     model = onnx.shape_inference.infer_shapes(_graph(tail, shape))
     part = trained_part(model)
-    assert [o.name for o in part.graph.output] == [distilled]
-    (loss,) = output_losses(part, [teacher], 4, labelled=False, logits=softmax_logits(model))
+    assert [o.name for o in part.model.graph.output] == [distilled]
+    (loss,) = output_losses(part, [teacher], 4, labelled=False)
     assert loss.kind == kind
     if kind == "mse":
         assert loss.variance == pytest.approx(float(np.var(teacher)))
@@ -59,18 +59,18 @@ def test_a_softmax_between_reshapes_is_distilled_from_logits_in_the_outputs_layo
     part = trained_part(model)
     x = np.random.default_rng(0).normal(size=(4, 5, 4)).astype(np.float32)
     from conftest import run_ort
-    logits, = run_ort(part, {"x": x})
+    logits, = run_ort(part.model, {"x": x})
     np.testing.assert_allclose(logits, x @ w, rtol=1e-5, atol=1e-5)
-    (loss,) = output_losses(part, [logits], 4, labelled=False, logits=softmax_logits(model))
+    (loss,) = output_losses(part, [logits], 4, labelled=False)
     assert (loss.kind, loss.axis) == ("kl", -1)
 
 
 def test_labels_train_only_the_first_output_and_odd_outputs_are_left_out():
     model = _graph(["Relu", "Softmax"], [4, 3])
-    part, logits = trained_part(model), softmax_logits(model)
-    assert [l.kind for l in output_losses(part, [np.ones((4, 3), np.float32)], 4, True, logits)] == ["ce"]
-    assert output_losses(part, [np.ones((4, 3), np.int64)], 4, False, logits) == []
-    assert output_losses(part, [np.ones((1, 3), np.float32)], 4, False, logits) == []  # not per sample
+    part = trained_part(model)
+    assert [l.kind for l in output_losses(part, [np.ones((4, 3), np.float32)], 4, True)] == ["ce"]
+    assert output_losses(part, [np.ones((4, 3), np.int64)], 4, False) == []
+    assert output_losses(part, [np.ones((1, 3), np.float32)], 4, False) == []  # not per sample
 
 
 def test_a_saturated_softmax_still_trains():
