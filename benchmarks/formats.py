@@ -8,7 +8,10 @@ per channel) and ``matmul_nbits_quantizer`` (4 and 8 bits, block 32); haqc's ``i
 stores them (int8 beside ``quantize_dynamic`` / ``quantize_static``, float beside the nbits quantizer). Latency
 of one inference on one thread, all models of one export timed interleaved
 (``haqc.runner.timing``: the median of each round's ratio to the first model, so the shared
-machine's drift hits them alike); file size; output SNR against fp32 on 8 seeded sequences.
+machine's drift hits them alike), in ONNX Runtime's default sessions and again with its
+SkipLayerNormalization fusion off in every session (the same graph optimizations for all: that fusion
+turns an Add + LayerNormalization pair into one kernel that is slower on this CPU, and it fuses
+different numbers of pairs in different exports); file size; output SNR against fp32 on 8 seeded sequences.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from common import ROOT, Check, loadavg, log, read_json
 
 TITLE = "## 7. Formats on transformers: haqc's exports vs ONNX Runtime's quantizers"
 SEQ, HIDDEN, LAYERS, SAMPLES = 128, 768, 4, 8
+SAME_FUSIONS = ("SkipLayerNormFusion",)  # disabled in every session of the second timing
 # format -> (haqc's option name, ONNX Runtime's quantizer of the same format, haqc's option for embedding tables:
 # stored as the peer stores them, int8 beside its int8 quantizers (per tensor there), float beside nbits)
 PAIRS = {"int8 dynamic": ("int8-dynamic", "quantize_dynamic", "w8-weight-only"),
@@ -139,13 +143,15 @@ def measure(kind: str, dynamo: bool, tmp: Path, rounds: int) -> dict:
         paths[f"haqc {option}"] = out
     names = list(paths)
     log(f"{kind} ({'dynamo' if dynamo else 'torchscript'}): timing {len(names)} models interleaved, one thread")
-    latency = timing.time_models([p.read_bytes() for p in paths.values()], feeds[0], "CPU", 1,
-                                 timing.Protocol(min_rounds=rounds))
+    models = [p.read_bytes() for p in paths.values()]
+    latency = timing.time_models(models, feeds[0], "CPU", 1, timing.Protocol(min_rounds=rounds))
+    same = timing.time_models(models, feeds[0], "CPU", 1, timing.Protocol(min_rounds=rounds),
+                              disabled_optimizers=SAME_FUSIONS)
     return {"model": kind, "exporter": "dynamo" if dynamo else "torchscript", "load": loadavg(),
             "quantize_s": seconds,
-            "rows": {n: {"latency_ms": 1e3 * t, "size_mb": p.stat().st_size / 1e6,
+            "rows": {n: {"latency_ms": 1e3 * t, "latency_same_fusions_ms": 1e3 * u, "size_mb": p.stat().st_size / 1e6,
                          "snr_db": None if n == "fp32" else _snr(p, reference, feeds)}
-                     for (n, p), t in zip(paths.items(), latency)}}
+                     for (n, p), t, u in zip(paths.items(), latency, same)}}
 
 
 def run(args: argparse.Namespace, results: Path) -> None:
@@ -174,9 +180,13 @@ def render(results: Path) -> tuple[list[str], list[Check]] | None:
             lines += [f"**{name}**: the export failed: `{entry['error']}`", ""]
             continue
         rows = entry["rows"]
-        lines += [f"**{name}**, load {entry['load']}", "", "| model | latency ms | size MB | SNR dB |", "|---|---|---|---|"]
-        lines += [f"| {n} | {r['latency_ms']:.1f} | {r['size_mb']:.1f} | "
-                  f"{'-' if r['snr_db'] is None else format(r['snr_db'], '.1f')} |" for n, r in rows.items()]
+        same = all("latency_same_fusions_ms" in r for r in rows.values())
+        lines += [f"**{name}**, load {entry['load']}", "",
+                  "| model | latency ms | " + ("latency ms, SkipLayerNorm fusion off | " if same else "")
+                  + "size MB | SNR dB |", "|---|---|---|---|" + ("---|" if same else "")]
+        lines += [f"| {n} | {r['latency_ms']:.1f} | " + (f"{r['latency_same_fusions_ms']:.1f} | " if same else "")
+                  + f"{r['size_mb']:.1f} | {'-' if r['snr_db'] is None else format(r['snr_db'], '.1f')} |"
+                  for n, r in rows.items()]
         lines.append("")
         for option, peer, _ in PAIRS.values():
             ours, theirs = rows[f"haqc {option}"], rows[peer]
@@ -190,4 +200,9 @@ def render(results: Path) -> tuple[list[str], list[Check]] | None:
                                 name, met, f"{ours['latency_ms']:.1f} vs {theirs['latency_ms']:.1f} ms, "
                                            f"{ours['size_mb']:.1f} vs {theirs['size_mb']:.1f} MB, "
                                            f"{ours['snr_db']:.1f} vs {theirs['snr_db']:.1f} dB"))
+            if same:
+                fast = ours["latency_same_fusions_ms"] <= theirs["latency_same_fusions_ms"] * 1.03
+                checks.append(Check(f"haqc {option} at least as fast as {peer} with the same fusions (3% noise)",
+                                    name, fast, f"{ours['latency_same_fusions_ms']:.1f} vs "
+                                                f"{theirs['latency_same_fusions_ms']:.1f} ms"))
     return lines, checks

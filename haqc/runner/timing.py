@@ -49,9 +49,11 @@ def providers(provider: str) -> list[str]:
     return [f"{provider}ExecutionProvider"] + (["CPUExecutionProvider"] if provider != "CPU" else [])
 
 
-def session(model: bytes, provider: str, threads: int | None) -> ort.InferenceSession:
+def session(model: bytes, provider: str, threads: int | None,
+            disabled_optimizers: Sequence[str] = ()) -> ort.InferenceSession:
     """A session of ``model`` as it is timed: ``threads`` intra-op threads (None: ONNX Runtime's
-    default), idle threads that do not spin."""
+    default), idle threads that do not spin, ONNX Runtime's graph optimizers but ``disabled_optimizers``
+    (a deployment may turn off a fusion that is slow on its hardware)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     # Sessions that spin their idle threads take each other's cores: on the example at batch 32,
@@ -59,18 +61,20 @@ def session(model: bytes, provider: str, threads: int | None) -> ort.InferenceSe
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(model, options, providers=providers(provider))
+    return ort.InferenceSession(model, options, providers=providers(provider),
+                                disabled_optimizers=list(disabled_optimizers) or None)
 
 
 def time_models(models: Sequence[bytes], feeds: dict[str, np.ndarray], provider: str = "CPU",
                 threads: int | None = 1, protocol: Protocol = Protocol(),
-                run_options: ort.RunOptions | None = None) -> list[float]:
+                run_options: ort.RunOptions | None = None, disabled_optimizers: Sequence[str] = ()) -> list[float]:
     """Seconds per run of each model, in interleaved rounds of warm blocks: each block re-warms
     its model with one untimed run, then times ``protocol.block`` runs in a row (a deployed model
     runs warm). The first model's median time, times each model's median ratio to it within a
     round: a machine's speed drifts by tens of percent within seconds, and a round's ratio sees
-    none of that drift. ``run_options`` lets a caller stop a run that takes too long."""
-    sessions = [session(m, provider, threads) for m in models]
+    none of that drift. ``run_options`` lets a caller stop a run that takes too long; ``disabled_optimizers``
+    go to every session (``session``)."""
+    sessions = [session(m, provider, threads, disabled_optimizers) for m in models]
 
     def run(s: ort.InferenceSession) -> None:
         s.run(None, feeds, run_options)
