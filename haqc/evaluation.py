@@ -182,22 +182,38 @@ def predictions(session: ort.InferenceSession, dataset: Dataset, batch_size: int
 
 
 def _first_output(batches: list[list[np.ndarray]], dataset: Dataset, batch: int) -> np.ndarray:
-    """The first output of ``run_batches``'s result (``batch`` samples a run) for every sample; InputError
-    if it is not per sample."""
+    """The first output of ``run_batches``'s result (``batch`` samples a run) for every sample, samples on
+    axis 0 (``samples_first``); InputError if no axis holds the samples."""
     firsts = [outs[0] for outs in batches]
-    if not _per_sample(firsts, len(dataset)):
+    joined = samples_first(firsts, len(dataset))
+    if joined is None:
         rows = min(len(dataset), batch)
         raise InputError(
-            f"the model's first output has shape {list(firsts[0].shape)} for a batch of {rows}; top-1 and "
-            "--metric score outputs that keep samples on axis 0 (without labels, haqc scores any output "
-            "against --reference)"
+            f"the model's first output has shape {list(firsts[0].shape)} for a batch of {rows}, with no axis "
+            "that holds the samples; top-1 and --metric score outputs per sample (without labels, haqc "
+            "compares every output with the reference model's instead)"
         )
-    return np.concatenate(firsts)
+    return joined
 
 
-def _per_sample(batches: list[np.ndarray], samples: int) -> bool:
-    """Whether one output's per-batch arrays keep samples on axis 0 (their rows add up to the samples)."""
-    return all(b.ndim for b in batches) and sum(len(b) for b in batches) == samples
+def sample_axis(parts: list[np.ndarray], samples: int) -> int | None:
+    """The axis along which one output's per-batch arrays hold the samples: their lengths there add up
+    to ``samples`` and every other dim agrees across batches (a time-major RNN's [steps, batch, classes]
+    gives 1); axis 0 where several would; None where none does (a scalar, a list of detections)."""
+    if not parts or len({p.ndim for p in parts}) != 1 or not parts[0].ndim:
+        return None
+    for axis in range(parts[0].ndim):
+        if (sum(p.shape[axis] for p in parts) == samples
+                and len({p.shape[:axis] + p.shape[axis + 1:] for p in parts}) == 1):
+            return axis
+    return None
+
+
+def samples_first(parts: list[np.ndarray], samples: int) -> np.ndarray | None:
+    """One output's per-batch arrays joined, samples on axis 0 (moved there from ``sample_axis``); None
+    where no axis holds them."""
+    axis = sample_axis(parts, samples)
+    return None if axis is None else np.moveaxis(np.concatenate(parts, axis), axis, 0)
 
 
 def fidelity(outputs: list[list[np.ndarray]], reference: list[list[np.ndarray]],
@@ -463,8 +479,8 @@ class Evaluator:
         self.reference_outputs = run_batches(session, self.dataset, self.batch_size)
         self._reference_batch = batch_size_for(session, self.dataset, self.batch_size)
         firsts = [outs[0] for outs in self.reference_outputs]
-        return _per_sample(firsts, len(self.dataset)) and all(b.ndim == 2 and b.shape[1] > 1 and b.dtype.kind == "f"
-                                                              for b in firsts)
+        return sample_axis(firsts, len(self.dataset)) == 0 and all(
+            b.ndim == 2 and b.shape[1] > 1 and b.dtype.kind == "f" for b in firsts)
 
     def _reference_targets(self, reference: ModelSource | None, rows: bool, op: str | None) -> np.ndarray | None:
         if reference is None:

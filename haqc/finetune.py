@@ -22,7 +22,7 @@ from onnx import helper, numpy_helper
 from torch import Tensor, nn
 
 from haqc.data import Dataset
-from haqc.evaluation import make_session, run_batches, selection_sources
+from haqc.evaluation import make_session, run_batches, sample_axis, samples_first, selection_sources
 from haqc.ops import LAYER_OPS, PASS_THROUGH
 from haqc.executor import OnnxModule
 from haqc.layers import Layer
@@ -394,8 +394,17 @@ class OutputLoss:
 
     index: int
     kind: str
-    axis: int = -1
+    axis: int = -1  # after the samples are moved to axis 0
     variance: float = 1.0
+    samples: int = 0  # the output's axis that holds the samples (1 in a time-major RNN's [steps, batch, ...])
+
+
+class Teacher(NamedTuple):
+    """One output of the fp32 model on the training samples: ``values`` with the samples on axis 0,
+    moved there from the output's ``axis``."""
+
+    values: np.ndarray
+    axis: int = 0
 
 
 def finetune(
@@ -428,12 +437,13 @@ def finetune(
     n = len(next(a for a in inputs.values() if a.ndim))
     losses = output_losses(simulation.part, teachers, n, labels is not None)
     if not losses:
-        logger.warning("no output of the model can be trained against (none is float with samples on axis 0); "
+        logger.warning("no output of the model can be trained against (none is float with an axis of samples); "
                        "fine-tuning skipped")
         return _tuned(model, layers, simulation)
     fit, held = split_holdout(n, config.holdout, config.seed)
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
-    targets = {o.index: torch.from_numpy(np.ascontiguousarray(teachers[o.index])) for o in losses if o.kind != "ce"}
+    targets = {o.index: torch.from_numpy(np.ascontiguousarray(teachers[o.index].values)) for o in losses
+               if o.kind != "ce"}
     if labels is not None:
         targets[0] = torch.from_numpy(labels.astype(np.int64))
     # A model that fixes its batch runs in chunks of it and a step accumulates the chunks: a step of
@@ -459,8 +469,8 @@ def finetune(
 
     def batch_losses(idx: Tensor) -> Tensor:
         out = outputs(idx)
-        return torch.stack([_output_loss(out[o.index], targets[o.index][idx].to(device), o, config.temperature)
-                             for o in losses])
+        return torch.stack([_output_loss(out[o.index].movedim(o.samples, 0), targets[o.index][idx].to(device), o,
+                                         config.temperature) for o in losses])
 
     def held_out() -> Tensor:
         with torch.no_grad():
@@ -552,24 +562,31 @@ def finetune(
     return _tuned(model, layers, simulation)
 
 
-def output_losses(part: TrainedPart, teachers: list[np.ndarray | None], samples: int,
+def output_losses(part: TrainedPart, teachers: list[Teacher | None], samples: int,
                   labelled: bool) -> list[OutputLoss]:
     """The loss of each output of ``part``: cross-entropy on the first when ``labelled`` (its
     classes); KL on its logits (class scores, as evaluation reads them, by the axis their Softmax
     normalizes); else the normalized squared error (logits without a Softmax are matched as values).
-    Outputs that are not float or do not keep ``samples`` on axis 0 are left out."""
+    Outputs that are not float or do not hold ``samples`` on some axis are left out."""
     logits = part.logits
     losses = []
     for k, (output, teacher) in enumerate(zip(part.model.graph.output, teachers)):
-        if teacher is None or teacher.dtype.kind != "f" or teacher.ndim == 0 or len(teacher) != samples:
+        if teacher is None:
             continue
-        if k == 0 and labelled:
+        values, moved = teacher
+        if values.dtype.kind != "f" or values.ndim == 0 or len(values) != samples:
+            continue
+        if k == 0 and labelled and not moved:
             losses.append(OutputLoss(k, "ce"))
         elif output.name in logits:
-            losses.append(OutputLoss(k, "kl", logits[output.name]))
+            axis = logits[output.name]
+            if moved:  # where the class axis is once the samples come first
+                axis %= values.ndim
+                axis = 0 if axis == moved else axis + 1 if axis < moved else axis
+            losses.append(OutputLoss(k, "kl", axis, samples=moved))
         else:
-            variance = float(np.var(teacher, dtype=np.float64))
-            losses.append(OutputLoss(k, "mse", variance=variance if variance > 0 else 1.0))
+            variance = float(np.var(values, dtype=np.float64))
+            losses.append(OutputLoss(k, "mse", variance=variance if variance > 0 else 1.0, samples=moved))
     return losses
 
 
@@ -593,14 +610,16 @@ def _output_loss(out: Tensor, target: Tensor, loss: OutputLoss, temperature: flo
     return kl.mean() * temperature * temperature
 
 
-def _teacher_outputs(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> list[np.ndarray | None]:
-    """Every output of the fp32 model on ``inputs`` (None where the batches do not concatenate)."""
-    batches = run_batches(make_session(model, "the fp32 model"), Dataset(inputs))
-    outputs: list[np.ndarray | None] = []
+def _teacher_outputs(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> list[Teacher | None]:
+    """Every output of the fp32 model on ``inputs``, samples first (None where no axis holds them)."""
+    dataset = Dataset(inputs)
+    batches = run_batches(make_session(model, "the fp32 model"), dataset)
+    teachers: list[Teacher | None] = []
     for k in range(len(batches[0])):
         parts = [b[k] for b in batches]
-        outputs.append(np.concatenate(parts) if all(p.ndim for p in parts) else None)
-    return outputs
+        axis = sample_axis(parts, len(dataset))
+        teachers.append(None if axis is None else Teacher(samples_first(parts, len(dataset)), axis))
+    return teachers
 
 
 def training_batch(layers: list[Layer], requested: int) -> int:

@@ -183,8 +183,30 @@ def test_outputs_need_sample_axis():
         [helper.make_tensor_value_info("s", TensorProto.FLOAT, [])],
     )
     scalar = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    with pytest.raises(InputError, match=r"first output has shape \[\] for a batch of 20; .* samples on axis 0"):
+    with pytest.raises(InputError, match=r"first output has shape \[\] for a batch of 20, with no axis that holds the "
+                                         r"samples; top-1 and --metric score outputs per sample"):
         Evaluator(_data()).evaluate(scalar)
+
+
+def test_a_metric_gets_a_time_major_output_with_its_samples_first():
+    """A CRNN's [steps, batch, classes] output (a CTC head) was refused: the metric now receives it as
+    [batch, steps, classes], every batch's samples in order."""
+    graph = helper.make_graph(
+        [helper.make_node("Unsqueeze", ["x", "axes"], ["u"]), helper.make_node("Tile", ["u", "reps"], ["t"])], "steps",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, [3, "N", 4])],
+        [numpy_helper.from_array(np.array([0], np.int64), "axes"), numpy_helper.from_array(np.array([3, 1, 1], np.int64), "reps")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = np.random.default_rng(0).normal(size=(N, 4)).astype(np.float32)
+    seen = []
+
+    def metric(outputs, labels):
+        seen.append(outputs)
+        return 1.0
+
+    ds = Dataset({"x": x}, np.zeros(N, np.int64), "--data test")
+    Evaluator(ds, metric=metric, batch_size=7).evaluate(model)
+    np.testing.assert_array_equal(seen[0], np.repeat(x[:, None, :], 3, axis=1))
 
 
 def test_top1_needs_one_prediction_per_sample():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from haqc.finetune import FinetuneConfig, output_losses, split_holdout, trained_part
+from haqc.finetune import FinetuneConfig, Teacher, output_losses, split_holdout, trained_part
 from haqc.evaluation import Evaluator
 from haqc.pipeline import prepare
 from haqc.policy import uniform_policy
@@ -38,7 +38,7 @@ def test_each_output_gets_the_loss_that_fits_it(tail, shape, kind, distilled):
     model = onnx.shape_inference.infer_shapes(_graph(tail, shape))
     part = trained_part(model)
     assert [o.name for o in part.model.graph.output] == [distilled]
-    (loss,) = output_losses(part, [teacher], 4, labelled=False)
+    (loss,) = output_losses(part, [Teacher(teacher)], 4, labelled=False)
     assert loss.kind == kind
     if kind == "mse":
         assert loss.variance == pytest.approx(float(np.var(teacher)))
@@ -61,16 +61,16 @@ def test_a_softmax_between_reshapes_is_distilled_from_logits_in_the_outputs_layo
     from conftest import run_ort
     logits, = run_ort(part.model, {"x": x})
     np.testing.assert_allclose(logits, x @ w, rtol=1e-5, atol=1e-5)
-    (loss,) = output_losses(part, [logits], 4, labelled=False)
+    (loss,) = output_losses(part, [Teacher(logits)], 4, labelled=False)
     assert (loss.kind, loss.axis) == ("kl", -1)
 
 
 def test_labels_train_only_the_first_output_and_odd_outputs_are_left_out():
     model = _graph(["Relu", "Softmax"], [4, 3])
     part = trained_part(model)
-    assert [l.kind for l in output_losses(part, [np.ones((4, 3), np.float32)], 4, True)] == ["ce"]
-    assert output_losses(part, [np.ones((4, 3), np.int64)], 4, False) == []
-    assert output_losses(part, [np.ones((1, 3), np.float32)], 4, False) == []  # not per sample
+    assert [l.kind for l in output_losses(part, [Teacher(np.ones((4, 3), np.float32))], 4, True)] == ["ce"]
+    assert output_losses(part, [Teacher(np.ones((4, 3), np.int64))], 4, False) == []
+    assert output_losses(part, [Teacher(np.ones((1, 3), np.float32))], 4, False) == []  # not per sample
 
 
 def test_a_saturated_softmax_still_trains():
@@ -273,3 +273,26 @@ def test_nothing_to_gain_is_not_trained(monkeypatch):
     monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, **k: (steps.append(1), adam_step(self, *a, **k))[1])
     finetune_export(quantizer, uniform_policy(prepared.layers, Option(8, 8)), train, FinetuneConfig(epochs=5, seed=0))
     assert steps == []
+
+
+def test_a_time_major_output_is_trained_with_its_samples_on_axis_1():
+    """A CRNN's output is [steps, batch, classes] (captcha-whisperer's, a CTC head): the fp32 outputs of
+    the training batches, 18 samples then a remainder, did not concatenate on axis 0, and fine-tuning
+    ended in a numpy traceback after the whole search. Each output's samples are found on whichever axis
+    holds them and moved first, so it trains, and its score moves from the quantized model's."""
+    import haqc
+
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["z"]),  # [N, T, C]
+             helper.make_node("Transpose", ["z"], ["logits"], perm=[1, 0, 2])]  # [T, N, C]
+    inits = [numpy_helper.from_array(rng.standard_normal((6, 16)).astype(np.float32) / 2, "w1"),
+             numpy_helper.from_array(rng.standard_normal((16, 5)).astype(np.float32) / 4, "w2")]
+    graph = helper.make_graph(nodes, "time_major", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 7, 6])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [7, "N", 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data = {"x": rng.standard_normal((40, 7, 6)).astype(np.float32)}
+    train = {"x": rng.standard_normal((250, 7, 6)).astype(np.float32)}  # not a multiple of any batch
+    result = haqc.quantize(model, bits="w3a8", calib_data=data, data=data, train_data=train, finetune_epochs=10)
+    assert result.finetuned is not None and result.finetuned.accuracy != result.quantized.accuracy
+    assert result.kept == "finetuned"
