@@ -7,6 +7,7 @@ pass leaves the caller's model intact.
 from __future__ import annotations
 
 import abc
+import hashlib
 from typing import Callable, Generic, TypeVar
 
 import numpy as np
@@ -178,6 +179,49 @@ def with_nodes(model: onnx.ModelProto, out: onnx.ModelProto, nodes: list[onnx.No
     used = {i for n in nodes for i in n.input}
     out.graph.initializer.extend([t for t in model.graph.initializer if t.name in used] + build.initializers)
     return out
+
+
+# Constants at least this large are stored once where several hold the same numbers (smaller ones
+# are scales and zero points: nothing to save).
+SHARED_CONSTANT_BYTES = 1024
+
+
+def store_equal_constants_once(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` (changed in place) with its large constants that hold the same type, shape and bytes
+    stored once, every main-graph reader reading the first. A weight that several layers share (an
+    unrolled LSTM's 20 steps, tied embeddings) is quantized per layer, to the same integers: written
+    per layer, captcha-whisperer's CRNN came out 3.6x the size of its fp32 file. Constants that are
+    graph inputs (a caller may override them) or that a subgraph reads keep their own."""
+    graph = model.graph
+    keep = {value.name for value in graph.input} | _subgraph_reads(graph)
+    first: dict[tuple, str] = {}
+    renamed: dict[str, str] = {}
+    for tensor in graph.initializer:
+        if (tensor.name in keep or len(tensor.raw_data) < SHARED_CONSTANT_BYTES
+                or tensor.data_location == onnx.TensorProto.EXTERNAL):
+            continue
+        key = (tensor.data_type, tuple(tensor.dims), hashlib.blake2b(tensor.raw_data, digest_size=20).digest())
+        if first.setdefault(key, tensor.name) != tensor.name:
+            renamed[tensor.name] = first[key]
+    if renamed:
+        kept = [t for t in graph.initializer if t.name not in renamed]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        for node in graph.node:
+            for i, name in enumerate(node.input):
+                node.input[i] = renamed.get(name, name)
+    return model
+
+
+def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name a node inside a subgraph (If / Loop / Scan bodies, nested) reads."""
+    names: set[str] = set()
+    for node in graph.node:
+        for attribute in node.attribute:
+            for body in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
+                names.update(name for inner in body.node for name in inner.input)
+                names |= _subgraph_reads(body)
+    return names
 
 
 NodeRewrite = Callable[["GraphBuilder", onnx.NodeProto, dict[str, onnx.TensorProto]], list[onnx.NodeProto]]

@@ -24,7 +24,7 @@ import onnx
 from haqc.capabilities import Capabilities
 from haqc.errors import InputError
 from haqc.layers import Layer
-from haqc.passes.base import Pass
+from haqc.passes.base import Pass, store_equal_constants_once
 from haqc.passes.calibrate import Calibration
 from haqc.passes.plan import ExportPlan
 from haqc.policy import Policy
@@ -140,4 +140,4 @@ class Export(Pass[onnx.ModelProto]):
     def call(self, model: onnx.ModelProto) -> onnx.ModelProto:
         for part in self._passes():
             model = part(model)
-        return model
+        return store_equal_constants_once(model) if self.parts else model

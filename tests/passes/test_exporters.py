@@ -233,3 +233,57 @@ def test_embedding_tables_are_gathered_as_int8_rows_then_scaled():
     assert_close_rel(run_ort(exported, {"ids": ids})[0], want, rel=1e-4)
     with pytest.raises(InputError, match="embedding lookup"):
         Export(context, {"embed": Option(8, 8)})
+
+
+def _unrolled(steps: int = 20, width: int = 256) -> tuple[onnx.ModelProto, list]:
+    """x [N, width] through ``steps`` MatMul + Tanh that all read one weight (an RNN cell unrolled over
+    time, as torch exports an LSTM's time steps)."""
+    w = numpy_helper.from_array((RNG.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), "w")
+    nodes, x = [], "x"
+    for t in range(steps):
+        nodes += [helper.make_node("MatMul", [x, "w"], [f"m{t}"], name=f"step{t}"),
+                  helper.make_node("Tanh", [f"m{t}"], [f"h{t}"])]
+        x = f"h{t}"
+    graph = helper.make_graph(nodes, "unrolled", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", width])], [w])
+    model = canonicalize(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    return model, extract_layers(model).layers
+
+
+@pytest.mark.parametrize("option", ["w8a8", "w4a8", "int8-dynamic", "w4-block32", "fp16", "kmeans3"])
+def test_a_weight_that_layers_share_is_stored_once(option, monkeypatch):
+    """captcha-whisperer's CRNN unrolls its LSTM over 20 steps, all reading one weight: each step was
+    quantized to the same integers and stored apart, so w8a8 came out 3.6x the size of the fp32 file.
+    Equal constants are stored once, every step reads them, and the model computes what it did."""
+    import haqc.passes.exporters as exporters_module
+
+    model, layers = _unrolled()
+    x = RNG.standard_normal((4, 256)).astype(np.float32)
+    before = model.SerializeToString()
+    policy = {l.name: parse_option(option) for l in layers}
+    out, _ = _export(model, layers, policy, x)
+    assert model.SerializeToString() == before  # the input is not touched
+    assert len(out.SerializeToString()) < (0.6 if option == "fp16" else 0.35) * len(before)
+    monkeypatch.setattr(exporters_module, "store_equal_constants_once", lambda m: m)
+    apart, _ = _export(model, layers, policy, x)
+    if option != "kmeans3":  # what it wrote before (k-means stored one codebook per weight already)
+        assert len(apart.SerializeToString()) > 2 * len(before)
+    # equal up to float rounding (ONNX Runtime runs a shared float16 weight through another kernel path)
+    np.testing.assert_allclose(run_ort(out, {"x": x})[0], run_ort(apart, {"x": x})[0], rtol=0, atol=1e-5)
+
+
+def test_equal_constants_that_are_graph_inputs_keep_their_names():
+    """An initializer listed as a graph input may be fed by the caller, so it is not merged away."""
+    from haqc.passes.base import store_equal_constants_once
+
+    w = (RNG.standard_normal((32, 32))).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "a"], ["m"]), helper.make_node("MatMul", ["m", "b"], ["y"]),
+         helper.make_node("MatMul", ["y", "c"], ["z"])], "equal",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, [32, 32])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 32])],
+        [numpy_helper.from_array(w, n) for n in ("a", "b", "c")])
+    model = store_equal_constants_once(helper.make_model(graph))
+    assert sorted(t.name for t in model.graph.initializer) == ["a", "b"]
+    assert [n.input[1] for n in model.graph.node] == ["a", "b", "a"]
