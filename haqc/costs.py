@@ -75,6 +75,7 @@ class CostTable:
         combine: Combine = sum_costs,
         transitions: Sequence[Transition] = (),
         kinds: Sequence[str] | None = None,
+        leaders: Sequence[int] | None = None,
     ) -> None:
         self.layer_names = tuple(layer_names)
         self.kinds = tuple(kinds) if kinds is not None else ("conv",) * len(self.layer_names)
@@ -113,6 +114,21 @@ class CostTable:
                                      f"of shape {shape} for a quantity of the table")
         self.transitions = tuple(transitions)
         self._rows = np.arange(n)
+        # A layer follows the layer whose weight it reads where both have the same options; its weights are
+        # stored once, at the leader (a size of 0 here).
+        self.leaders = tuple(int(j) if j < i and self.options[j] == self.options[i] else i
+                             for i, j in enumerate(leaders if leaders is not None else range(n)))
+        if "size" in self.values and self.leaders != tuple(range(n)):
+            self.values["size"] = self.values["size"].copy()
+            for i, j in enumerate(self.leaders):
+                if j != i:
+                    self.values["size"][i, : len(self.options[i])] = 0.0
+
+    def sharing(self, leaders: Sequence[int]) -> CostTable:
+        """This table with ``leaders[i]``, the first layer that reads layer i's weight (``haqc.layers.
+        weight_leaders``), deciding layer i's option where their options agree."""
+        return CostTable(self.layer_names, self.options, dict(self.values), declared=self.declared, combine=self.combine,
+                         transitions=self.transitions, kinds=self.kinds, leaders=leaders)
 
     @property
     def n_layers(self) -> int:
@@ -168,6 +184,8 @@ class CostTable:
         for quantity in sorted(self.values):
             h.update(quantity.encode())
             h.update(np.ascontiguousarray(np.nan_to_num(self.values[quantity], nan=-1.0)).tobytes())
+        if self.leaders != tuple(range(self.n_layers)):
+            h.update(repr(self.leaders).encode())
         for t in self.transitions:
             h.update(repr((t.producer, t.consumer, sorted(t.values))).encode())
             for quantity in sorted(t.values):

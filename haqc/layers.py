@@ -77,3 +77,11 @@ class Layer:
         d["stride"] = list(self.stride)
         d["input_shape"] = list(self.input_shape)
         return d
+
+
+def weight_leaders(layers: list[Layer]) -> tuple[int, ...]:
+    """For each layer, the first layer that reads the same weight the same way (op, channel axis): a
+    weight shared by layers (an LSTM unrolled over time steps, tied embeddings) is stored once, so
+    those layers take one precision together."""
+    first: dict[tuple[str, str, int], int] = {}
+    return tuple(first.setdefault((layer.weight, layer.op, layer.weight_axis), i) for i, layer in enumerate(layers))

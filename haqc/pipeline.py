@@ -23,6 +23,7 @@ from haqc.errors import BudgetMissedError, BudgetUnreachableError, InputError
 from haqc.evaluation import EvalResult, Evaluator
 from haqc.finetune import FinetuneConfig
 from haqc.hw_targets import MeasuredTarget, Target, cost_summary, load_target, parse_budget
+from haqc.layers import weight_leaders
 from haqc.policy import Policy
 from haqc.precision import FP32, Method
 from haqc.quantities import format_costs
@@ -90,7 +91,9 @@ def inspect_summary(prepared: Prepared, targets: Sequence[str | Target] = ()) ->
         "model": str(prepared.path),
         "opset": prepared.source_opset,
         "layers": rows,
-        "totals": {"layers": len(layers), "params": sum(l.params for l in layers), "macs": sum(l.macs for l in layers)},
+        # a weight that layers share (an unrolled LSTM's steps) is one weight
+        "totals": {"layers": len(layers), "params": sum({l.weight: l.params for l in layers}.values()),
+                   "macs": sum(l.macs for l in layers)},
         "kept_float": kept_float_summary(prepared),
     }
     if targets:
@@ -122,11 +125,14 @@ def kept_float_summary(prepared: Prepared) -> dict[str, dict]:
 
 def cost_table(prepared: Prepared, target: Target, method: Method) -> CostTable:
     """Stage 2: every layer at each option the target offers it (plus fp32 and all-8-bit for the report).
-    A measured target times the layers' own subgraphs (cached), built here by a pass."""
+    A measured target times the layers' own subgraphs (cached), built here by a pass. Layers that share
+    a weight take one option together and store it once (``CostTable.sharing``)."""
     if isinstance(target, MeasuredTarget):
         subgraphs = LayerSubgraphs(prepared.model, prepared.layers, prepared.input_shapes)
-        return target.measured_table(prepared.layers, subgraphs, method)
-    return target.cost_table(prepared.layers, method)
+        table = target.measured_table(prepared.layers, subgraphs, method)
+    else:
+        table = target.cost_table(prepared.layers, method)
+    return table.sharing(weight_leaders(prepared.layers))
 
 
 @dataclass(frozen=True)

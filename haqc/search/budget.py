@@ -60,13 +60,13 @@ def enforce_budget(table: CostTable, limits: Mapping[str, float], space: SearchS
     while violations(table.cost(chosen), limits):
         lowered = False
         for i in reversed(range(space.n_layers)):
-            if space.pinned[i]:
+            if not space.free(i):
                 continue
-            layer = space.layers[i]
+            layer, group = space.layers[i], space.group(i)
             steps = layer.enforcement_steps(int(chosen[i])) if layer.w_levels is not None else \
-                _saving_step(table, i, int(chosen[i]), violations(table.cost(chosen), limits), limits)
+                _saving_step(table, group, int(chosen[i]), violations(table.cost(chosen), limits), limits)
             for below in steps:
-                chosen[i], lowered = below, True
+                chosen[group], lowered = below, True
                 if not violations(table.cost(chosen), limits):
                     return chosen
         if not lowered:  # every unpinned layer is at its cheapest: the cheapest policy, still over
@@ -88,11 +88,12 @@ def _all_8_bit(table: CostTable, space: SearchSpace) -> list[np.ndarray]:
     return out
 
 
-def _saving_step(table: CostTable, layer: int, column: int, over: list[str],
+def _saving_step(table: CostTable, group: list[int], column: int, over: list[str],
                  limits: Mapping[str, float]) -> list[int]:
-    """The less precise option of ``layer`` that saves most of the quantities ``over`` their limits
-    (each relative to its limit), or none when no less precise option saves anything."""
-    saving = [sum((table.values[q][layer, j] - table.values[q][layer, column]) / limits[q] for q in over)
+    """The less precise option of the layers of ``group`` (a layer and those that share its weight) that
+    saves most of the quantities ``over`` their limits (each relative to its limit), or none when no less
+    precise option saves anything."""
+    saving = [sum((table.values[q][group, j] - table.values[q][group, column]).sum() / limits[q] for q in over)
               for j in range(column)]
     best = int(np.argmin(saving)) if saving else None
     return [best] if best is not None and saving[best] < 0 else []
@@ -111,7 +112,7 @@ def unreachable_message(table: CostTable, cheapest: Mapping[str, float], limits:
 
 def unpin_remedy(table: CostTable, limits: Mapping[str, float], space: SearchSpace) -> str:
     """"relax the budget", with "or unpin ..." where unpinning the pinned layers would meet ``limits``."""
-    unpinned = SearchSpace(space.layers, (False,) * space.n_layers)
+    unpinned = SearchSpace(space.layers, (False,) * space.n_layers, space.leaders)
     if not any(space.pinned) or violations(table.cost(unpinned.cheapest()), limits):
         return "relax the budget"
     return "relax the budget or unpin the first/last layer (`pin_first`, `pin_last`)"

@@ -1,8 +1,8 @@
 """The ``ilp`` strategy: measured per-layer sensitivities, then the exact integer program (HiGHS).
 
 HAWQ-V3 and ModelOpt's ``auto_quantize`` pick precisions this way. Each
-unpinned layer is probed with only itself lowered, everything else at its most
-precise option: on a grid of widths once per weight width (activations widest)
+free layer (``SearchSpace.free``) is probed with only itself (and the layers
+that share its weight) lowered, everything else at its most precise option: on a grid of widths once per weight width (activations widest)
 and once per activation width (weights widest), and the drop at (w, a) is
 modelled as the sum of the two (one evaluation per probe, n_layers x
 (|W| + |A| - 2) in all); for other option lists every option is probed. A
@@ -53,12 +53,12 @@ def sensitivities(env: QuantEnv, loss: Callable[[list[np.ndarray]], list[float]]
     layers, which keep it). ``loss`` measures the probes (``QuantEnv.losses``), in the order given."""
     space = env.space
     top = space.most_precise()
-    plans = {i: _probe_columns(layer, int(top[i])) for i, layer in enumerate(space.layers) if not space.pinned[i]}
+    plans = {i: _probe_columns(layer, int(top[i])) for i, layer in enumerate(space.layers) if space.free(i)}
     candidates = []
     for i, (w_columns, a_columns) in plans.items():
         for column in (*w_columns, *a_columns):
             candidates.append(top.copy())
-            candidates[-1][i] = column
+            candidates[-1][space.group(i)] = column
     lost = iter([max(value, MIN_DROP) for value in loss(candidates)])
     drops = np.zeros((space.n_layers, max(len(layer.options) for layer in space.layers)))
     for i, (w_columns, a_columns) in plans.items():
@@ -104,6 +104,15 @@ def solve(table: CostTable, limits: dict[str, float], space: SearchSpace, drops:
     for i in range(n):
         one_per_layer[i, offsets[i]:offsets[i + 1]] = 1
     constraints = [LinearConstraint(one_per_layer, 1, 1)]
+    followers = [(i, j) for i, j in enumerate(space.leaders) if j != i]
+    if followers:  # a layer that shares its leader's weight takes the leader's option
+        same = np.zeros((sum(sizes[i] for i, _ in followers), variables))
+        row = 0
+        for i, j in followers:
+            for k in range(sizes[i]):
+                same[row, offsets[i] + k], same[row, offsets[j] + k] = 1, -1
+                row += 1
+        constraints.append(LinearConstraint(same, 0, 0))
     if pairs:
         constraints.append(_products(pairs, offsets, variables, limits))
     for quantity, limit in limits.items():

@@ -151,23 +151,34 @@ class LayerChoices:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """Every layer's choices and which layers are pinned at their most precise option."""
+    """Every layer's choices, which layers are pinned at their most precise option, and which follow
+    another's choice (``leaders[i]``: the layer whose shared weight layer i reads; () for none)."""
 
     layers: tuple[LayerChoices, ...]
     pinned: tuple[bool, ...]
+    leaders: tuple[int, ...] = ()
 
     @classmethod
     def build(cls, table: CostTable, pin_first: bool = True, pin_last: bool = True) -> SearchSpace:
         """The declared options of each layer of ``table``; HAQ pins the first and last compute layer
-        (an embedding lookup before or after them is not the layer the pin protects)."""
+        (an embedding lookup before or after them is not the layer the pin protects), and with it every
+        layer that shares its weight."""
         layers = tuple(LayerChoices.of(opts[:n]) for opts, n in zip(table.options, table.declared))
         pinned = [False] * len(layers)
         compute = [i for i, kind in enumerate(table.kinds) if kind != "embedding"] or list(range(len(layers)))
         if pin_first:
-            pinned[compute[0]] = True
+            pinned[table.leaders[compute[0]]] = True
         if pin_last:
-            pinned[compute[-1]] = True
-        return cls(layers, tuple(pinned))
+            pinned[table.leaders[compute[-1]]] = True
+        return cls(layers, tuple(pinned[j] for j in table.leaders), table.leaders)
+
+    def free(self, i: int) -> bool:
+        """Whether layer i's option is a decision of its own: not pinned, not following another layer."""
+        return not self.pinned[i] and (not self.leaders or self.leaders[i] == i)
+
+    def group(self, i: int) -> list[int]:
+        """Layer i and the layers that follow its choice."""
+        return [k for k, j in enumerate(self.leaders) if j == i] if self.leaders else [i]
 
     @property
     def n_layers(self) -> int:
@@ -184,11 +195,14 @@ class SearchSpace:
         return all(layer.w_levels is not None for layer in self.layers)
 
     def pin(self, columns: np.ndarray) -> np.ndarray:
-        """A copy with the pinned layers at their most precise option."""
+        """A copy with the pinned layers at their most precise option and every layer that follows
+        another at its leader's."""
         out = np.array(columns, dtype=np.int64)
         for i, layer in enumerate(self.layers):
             if self.pinned[i]:
                 out[i] = len(layer.options) - 1
+        if self.leaders:
+            out = out[list(self.leaders)]
         return out
 
     def cheapest(self) -> np.ndarray:

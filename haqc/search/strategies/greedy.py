@@ -1,6 +1,7 @@
 """greedy: a fast non-RL baseline; its probes also warm-start ddpg.
 
-Measure each unpinned layer's sensitivity (two evaluations per layer: its
+Measure each free layer's sensitivity (``SearchSpace.free``: not pinned, not following a layer whose
+weight it shares; lowering it lowers those too) (two evaluations per layer: its
 weights alone, then its activations alone, lowered to the probe width p, the
 widest uniform width that meets the budget: the width the search works at),
 then, starting from the most precise policy, repeatedly take the one-step
@@ -52,12 +53,12 @@ def greedy_choice(env: QuantEnv, loss: np.ndarray, floor: float) -> np.ndarray:
     while over := violations(costs.cost(chosen), limits):
         best, best_ratio = None, 0.0
         for i in reversed(range(space.n_layers)):  # ties go to later layers, as in HAQ's enforcement
-            if space.pinned[i]:
+            if not space.free(i):
                 continue
-            now = int(chosen[i])
+            now, group = int(chosen[i]), space.group(i)
             for new in space.layers[i].lowerings(now):
-                before, after = costs.layer_cost(i, now), costs.layer_cost(i, new)
-                saved_share = sum((before[q] - after[q]) / limits[q] for q in over)
+                saved_share = sum((costs.layer_cost(k, now)[q] - costs.layer_cost(k, new)[q]) / limits[q]
+                                  for q in over for k in group)
                 extra_loss = max(loss[i, new] - loss[i, now], floor)
                 # a lowering that loses nothing (probes that moved no output: a saturated softmax) is free
                 ratio = saved_share / extra_loss if extra_loss > 0 else math.inf if saved_share > 0 else 0.0
@@ -65,7 +66,7 @@ def greedy_choice(env: QuantEnv, loss: np.ndarray, floor: float) -> np.ndarray:
                     best, best_ratio = (i, new), ratio
         if best is None:  # nothing saves anything (odd cost tables): leave the rest to budget enforcement
             break
-        chosen[best[0]] = best[1]
+        chosen[space.group(best[0])] = best[1]
     return chosen
 
 
@@ -78,11 +79,11 @@ def _modelled_loss(run: Run) -> np.ndarray:
     p = _probe_width(env)
     probes, owners = [], []  # (layer, "w" or "a") per probe
     for i, layer in enumerate(space.layers):
-        if space.pinned[i]:
+        if not space.free(i):
             continue
         for side, column in _width_probes(layer, int(top[i]), p).items():
             probes.append(top.copy())
-            probes[-1][i] = column
+            probes[-1][space.group(i)] = column
             owners.append((i, side))
     sensitivity = {owner: loss for owner, loss in zip(owners, run.probe(probes))}
     measured = not probes or env.scores(probes[:1])[0].divergence is not None
