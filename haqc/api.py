@@ -131,8 +131,9 @@ def quantize(model: ModelSource, config: QuantizeConfig | None = None, *, output
     if evaluator is not None:
         scores["fp32"] = Scores.of(evaluator.evaluate(prepared.model, "the fp32 model"))
         scores["quantized"] = Scores.of(evaluator.evaluate(quantized, "the quantized model"))
-    if run.epochs:
-        tuned = finetune_export(quantizer, policy, config.training_set(run), config.finetune(run.epochs))
+    tuned = finetune_export(quantizer, policy, config.training_set(run), config.finetune(run.epochs)) \
+        if run.epochs else None
+    if tuned is not None:
         if evaluator is None:
             quantized = tuned
         else:  # with validation data, keep the fine-tuned weights only if they do not score worse

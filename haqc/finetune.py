@@ -415,9 +415,11 @@ def finetune(
     labels: np.ndarray | None,
     config: FinetuneConfig,
     weight_quant: Callable[[Layer, np.ndarray, int, int], QuantizedWeight] | None = None,
-) -> Tuned:
+) -> Tuned | None:
     """Train the weights under fake quantization; return the float model with the best step's
-    weights written back, and the activation clips and weight scales they trained under.
+    weights written back, and the activation clips and weight scales they trained under; None where
+    nothing can be trained (no output to train against, a fixed batch larger than the data, outputs
+    already equal to fp32's: the log says which), so no caller reports an untrained model as tuned.
 
     ``labels`` (classes of the first output) train that output with cross-entropy; every other
     float output, and the first one without labels, is distilled from the fp32 ``model`` with the
@@ -439,7 +441,7 @@ def finetune(
     if not losses:
         logger.warning("no output of the model can be trained against (none is float with an axis of samples); "
                        "fine-tuning skipped")
-        return _tuned(model, layers, simulation)
+        return None
     fit, held = split_holdout(n, config.holdout, config.seed)
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
     targets = {o.index: torch.from_numpy(np.ascontiguousarray(teachers[o.index].values)) for o in losses
@@ -456,7 +458,7 @@ def finetune(
         if not len(fit) or not len(held):
             logger.warning("the model fixes its batch at %d, more than the %d training samples allow; "
                            "fine-tuning skipped", fixed, n)
-            return _tuned(model, layers, simulation)
+            return None
 
     def feed(idx: Tensor) -> dict[str, Tensor]:
         return {k: (v[idx] if v.ndim else v).to(device) for k, v in tensors.items()}
@@ -480,7 +482,7 @@ def finetune(
     start_losses = held_out()
     if float(start_losses.max()) == 0:  # no step can score better than the start, which is kept
         logger.info("the held-out outputs already equal fp32's (loss 0): fine-tuning has nothing to gain, skipped")
-        return _tuned(model, layers, simulation)
+        return None
     # Each output's loss relative to its own start; an output that starts (nearly) exact gets a
     # floor, so its noise cannot outweigh the rest.
     weights = 1.0 / start_losses.clamp_min(max(1e-3 * float(start_losses.max()), 1e-12))

@@ -281,6 +281,8 @@ def export_and_finetune(quantizer: Quantizer, policy: Policy, final: onnx.ModelP
     if finetune is None or train is None:
         return Exported(final, searched, searched, None)
     tuned = finetune_export(quantizer, policy, train, finetune)
+    if tuned is None:
+        return Exported(final, searched, searched, None)
     kept, tuned_result = keep_better(evaluator, final, searched, tuned)
     return Exported(kept, tuned_result.accuracy if kept is tuned else searched, searched, tuned_result.accuracy)
 

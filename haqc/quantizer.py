@@ -112,12 +112,13 @@ class Quantizer:
         inputs: dict[str, np.ndarray],
         labels: np.ndarray | None,
         config: FinetuneConfig,
-    ) -> onnx.ModelProto:
-        """Fine-tune ``policy`` under fake quantization; return the re-quantized export."""
+    ) -> onnx.ModelProto | None:
+        """Fine-tune ``policy`` under fake quantization; return the re-quantized export (None where
+        nothing could be trained: ``finetune``)."""
         simulation = self.simulate(policy, config.trainable_clip)
         tuned = finetune(self.prepared.model, self.layers, simulation, inputs, labels, config,
                          weight_quant=self._weight_rule)
-        return self.export(policy, tuned)
+        return None if tuned is None else self.export(policy, tuned)
 
     def simulate(self, policy: Policy, trainable_clip: bool = False):
         """The torch fake-quant simulation of ``policy`` (what fine-tuning trains): the quantize
@@ -183,8 +184,10 @@ def keep_better(evaluator: Evaluator, quantized: onnx.ModelProto, accuracy: floa
     return quantized, result
 
 
-def finetune_export(quantizer: Quantizer, policy: Policy, train: Dataset, config: FinetuneConfig) -> onnx.ModelProto:
-    """Fine-tune ``policy`` on ``train`` (labels, else distillation from the fp32 model) and re-export."""
+def finetune_export(quantizer: Quantizer, policy: Policy, train: Dataset,
+                    config: FinetuneConfig) -> onnx.ModelProto | None:
+    """Fine-tune ``policy`` on ``train`` (labels, else distillation from the fp32 model) and re-export
+    (None where nothing could be trained)."""
     return quantizer.finetune(policy, train.inputs, train.labels, config)
 
 
@@ -203,9 +206,10 @@ class CandidateScorer:
     finetune: FinetuneConfig | None = None  # with ``train``: fine-tune each candidate before scoring it
 
     def __call__(self, policy: Policy) -> Score:
+        candidate = None
         if self.finetune is not None:
             candidate = finetune_export(self.quantizer, policy, self.train, self.finetune)
-        else:  # unpacked: the same numbers, run as ONNX Runtime integer kernels
+        if candidate is None:  # unpacked: the same numbers, run as ONNX Runtime integer kernels
             candidate = self.quantizer.export(policy, packed=False)
         result = self.evaluator.evaluate(candidate, "the quantized model")
         return Score(result.accuracy, result.divergence)

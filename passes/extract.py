@@ -59,6 +59,7 @@ class ExtractLayers(Pass[Extraction]):
     def call(self, model: onnx.ModelProto) -> Extraction:
         shapes = _tensor_shapes(model)
         inits = {t.name: t for t in model.graph.initializer}
+        batch = _samples_per_run(model, shapes)
         layers: list[Layer] = []
         skipped: list[str] = []
         kept_float: list[FloatNode] = []
@@ -80,7 +81,7 @@ class ExtractLayers(Pass[Extraction]):
                 skipped.append(node.name)
                 kept_float.append(FloatNode(node.name, node.op_type, _why_not_a_layer(node, weight, inits)))
                 continue
-            layers.append(_make_layer(len(layers), node, tuple(inits[weight].dims), shapes))
+            layers.append(_make_layer(len(layers), node, tuple(inits[weight].dims), shapes, batch))
         if not layers:
             nested = sum(_nested_layers(node) for node in model.graph.node)
             if nested:
@@ -154,7 +155,17 @@ def _make_embedding(index: int, node: onnx.NodeProto, table: tuple[int, ...],
                  input=node.input[facts.activation], input_shape=tuple(int(d) for d in indices))
 
 
-def _make_layer(index: int, node: onnx.NodeProto, w: tuple[int, ...], shapes: dict[str, tuple[int, ...]]) -> Layer:
+def _samples_per_run(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> int | None:
+    """The samples one analysed run holds: the leading dim the model's inputs share (1 where the batch is
+    dynamic, else the fixed batch); None where the inputs disagree (a recurrent state batched elsewhere)."""
+    constant = {t.name for t in model.graph.initializer}
+    leading = {shapes[v.name][0] for v in model.graph.input
+               if v.name not in constant and shapes.get(v.name)}
+    return leading.pop() if len(leading) == 1 else None
+
+
+def _make_layer(index: int, node: onnx.NodeProto, w: tuple[int, ...], shapes: dict[str, tuple[int, ...]],
+                batch: int | None = None) -> Layer:
     x_shape = _shape(node.input[0], shapes, node)
     y_shape = _shape(node.output[0], shapes, node)
     in_elems, out_elems = math.prod(x_shape[1:]), math.prod(y_shape[1:])
@@ -181,6 +192,11 @@ def _make_layer(index: int, node: onnx.NodeProto, w: tuple[int, ...], shapes: di
         kernel, stride, groups = (1, 1), (1, 1), 1
         feature = out_feature = 1
         rows = math.prod(x_shape[1:-1]) if len(x_shape) > 2 else 1
+        if batch and math.prod(x_shape[:-1]) % batch == 0:
+            # the rows of one sample wherever its batch sits: a time-major [steps, batch, features] input, or
+            # tokens flattened to [batch * steps, features], holds steps rows per sample
+            rows = math.prod(x_shape[:-1]) // batch
+            in_elems, out_elems = math.prod(x_shape) // batch, math.prod(y_shape) // batch
         reduction = c_in
         kind = "fc" if node.op_type == "Gemm" else "matmul"
     return Layer(

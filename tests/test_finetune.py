@@ -296,3 +296,21 @@ def test_a_time_major_output_is_trained_with_its_samples_on_axis_1():
     result = haqc.quantize(model, bits="w3a8", calib_data=data, data=data, train_data=train, finetune_epochs=10)
     assert result.finetuned is not None and result.finetuned.accuracy != result.quantized.accuracy
     assert result.kept == "finetuned"
+
+
+def test_a_fine_tune_that_trains_nothing_reports_no_fine_tuned_model(caplog):
+    """captcha-whisperer with 108 training samples: "no output can be trained against ... skipped", and
+    the summary still printed a "finetuned" row, equal to the quantized one and marked written."""
+    import haqc
+
+    rng = np.random.default_rng(4)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["h"]),
+                               helper.make_node("ReduceSum", ["h"], ["total"], keepdims=0)], "scalar",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+                              [helper.make_tensor_value_info("total", TensorProto.FLOAT, [])],
+                              [numpy_helper.from_array(rng.standard_normal((6, 4)).astype(np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data = {"x": rng.standard_normal((16, 6)).astype(np.float32)}
+    result = haqc.quantize(model, bits="w4a8", calib_data=data, data=data, train_data=data, finetune_epochs=2)
+    assert "fine-tuning skipped" in caplog.text
+    assert result.finetuned is None and result.kept is None and result.quantized is not None

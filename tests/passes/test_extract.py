@@ -159,3 +159,20 @@ def test_attention_block_projections_are_layers_the_rest_is_listed_float():
     kept = {f.name: (f.op, f.reason) for f in extraction.kept_float}
     assert set(kept) == {"scores", "softmax", "context", "norm"}
     assert "activations" in kept["scores"][1] and "normalization" in kept["norm"][1]
+
+
+@pytest.mark.parametrize("time_major", [False, True])
+def test_a_matmul_counts_every_row_of_a_sample_wherever_its_batch_is(time_major):
+    """A time-major [steps, batch, features] input (captcha-whisperer's CTC head) was costed as one row."""
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2] if time_major else [0, 1, 2]),
+             helper.make_node("MatMul", ["t", "w"], ["y"], name="head")]
+    (layer,) = _extract(nodes, [_w("w", (200, 37))], [1, 20, 200]).layers
+    assert (layer.rows, layer.macs, layer.input_elems, layer.output_elems) == (20, 20 * 200 * 37, 20 * 200, 20 * 37)
+
+
+def test_a_matmul_over_flattened_tokens_counts_them():
+    """[batch * steps, features] (an old-opset CTC head's canonical form) holds steps rows per sample."""
+    nodes = [helper.make_node("Reshape", ["x", "flat"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["y"], name="head")]
+    flat = numpy_helper.from_array(np.array([-1, 200], np.int64), "flat")
+    (layer,) = _extract(nodes, [_w("w", (200, 37)), flat], [1, 20, 200]).layers
+    assert (layer.rows, layer.macs) == (20, 20 * 200 * 37)
