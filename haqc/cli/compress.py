@@ -112,6 +112,24 @@ def compress_command(model, latency, energy, size, per_tensor, no_pin_first, no_
             if what == "model":  # the model's line says its format and size instead
                 what = f"{result.report.format}, {result.report.output_mb:.4f} MB"
             click.echo(f"  wrote {path} ({what})")
+        if (note := container_note(result.report)) is not None:
+            click.echo(note)
+
+
+# The written file may exceed the target's size by this share before the summary says why.
+CONTAINER_SLACK = 0.1
+
+
+def container_note(report: Report) -> str | None:
+    """Why the written model is larger than the size the target costs, where it is by more than
+    CONTAINER_SLACK: the target stores b-bit weights in b bits, ONNX in its next integer type."""
+    costed = report.result.costs.get("size")
+    odd = sorted({o.w_bits for o in report.policy.values() if o.w_bits not in (None, 2, 4, 8)})
+    if not costed or report.output_mb is None or report.output_mb * 1e6 <= costed * (1 + CONTAINER_SLACK) or not odd:
+        return None
+    widths = "/".join(map(str, odd))
+    return (f"  the file is larger than the target's {costed / 1e6:.4f} MB: the target stores {widths}-bit weights "
+            "in as many bits, ONNX in its next integer type (INT4, INT8), with float biases and the graph")
 
 
 def plot_file(output: str | None, plot: str | None, no_plot: bool) -> str | None:
