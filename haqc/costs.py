@@ -127,8 +127,8 @@ class CostTable:
     def sharing(self, leaders: Sequence[int]) -> CostTable:
         """This table with ``leaders[i]``, the first layer that reads layer i's weight (``haqc.layers.
         weight_leaders``), deciding layer i's option where their options agree."""
-        return CostTable(self.layer_names, self.options, dict(self.values), declared=self.declared, combine=self.combine,
-                         transitions=self.transitions, kinds=self.kinds, leaders=leaders)
+        return CostTable(self.layer_names, self.options, dict(self.values), declared=self.declared,
+                         combine=self.combine, transitions=self.transitions, kinds=self.kinds, leaders=leaders)
 
     @property
     def n_layers(self) -> int:

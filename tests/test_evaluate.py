@@ -195,7 +195,8 @@ def test_a_metric_gets_a_time_major_output_with_its_samples_first():
         [helper.make_node("Unsqueeze", ["x", "axes"], ["u"]), helper.make_node("Tile", ["u", "reps"], ["t"])], "steps",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
         [helper.make_tensor_value_info("t", TensorProto.FLOAT, [3, "N", 4])],
-        [numpy_helper.from_array(np.array([0], np.int64), "axes"), numpy_helper.from_array(np.array([3, 1, 1], np.int64), "reps")])
+        [numpy_helper.from_array(np.array([0], np.int64), "axes"),
+         numpy_helper.from_array(np.array([3, 1, 1], np.int64), "reps")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     x = np.random.default_rng(0).normal(size=(N, 4)).astype(np.float32)
     seen = []

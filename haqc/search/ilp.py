@@ -2,7 +2,8 @@
 
 HAWQ-V3 and ModelOpt's ``auto_quantize`` pick precisions this way. Each
 free layer (``SearchSpace.free``) is probed with only itself (and the layers
-that share its weight) lowered, everything else at its most precise option: on a grid of widths once per weight width (activations widest)
+that share its weight) lowered, everything else at its most precise option:
+on a grid of widths once per weight width (activations widest)
 and once per activation width (weights widest), and the drop at (w, a) is
 modelled as the sum of the two (one evaluation per probe, n_layers x
 (|W| + |A| - 2) in all); for other option lists every option is probed. A

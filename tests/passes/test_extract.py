@@ -172,7 +172,8 @@ def test_a_matmul_counts_every_row_of_a_sample_wherever_its_batch_is(time_major)
 
 def test_a_matmul_over_flattened_tokens_counts_them():
     """[batch * steps, features] (an old-opset CTC head's canonical form) holds steps rows per sample."""
-    nodes = [helper.make_node("Reshape", ["x", "flat"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["y"], name="head")]
+    nodes = [helper.make_node("Reshape", ["x", "flat"], ["f"]),
+             helper.make_node("MatMul", ["f", "w"], ["y"], name="head")]
     flat = numpy_helper.from_array(np.array([-1, 200], np.int64), "flat")
     (layer,) = _extract(nodes, [_w("w", (200, 37)), flat], [1, 20, 200]).layers
     assert (layer.rows, layer.macs) == (20, 20 * 200 * 37)
