@@ -41,8 +41,8 @@ def test_range_doubling_keeps_the_histogram_of_one_pass():
     assert np.abs(s.hist - direct).max() <= 2  # the same bins, up to float rounding at bin edges
 
 
-def test_a_large_tensor_is_histogrammed_from_a_stride_with_its_exact_extremes():
-    """Beyond HIST_VALUES values a batch's histogram is an even stride through it: the min and max
+def test_a_large_tensor_is_histogrammed_from_a_sample_with_its_exact_extremes():
+    """Beyond HIST_VALUES values a batch's histogram is a seeded sample of it: the min and max
     stay exact, and every method's clip is the one the whole histogram gives, within a bin or two."""
     x = RNG.standard_normal(1_000_003) * np.repeat(RNG.uniform(0.2, 3.0, 1_000_003 // 7 + 1), 7)[:1_000_003]
     s = _stats(x)
@@ -54,6 +54,19 @@ def test_a_large_tensor_is_histogrammed_from_a_stride_with_its_exact_extremes():
         for bits in (2, 4, 6):
             sampled, exact = Calibration({"t": s}, method).clip("t", bits), Calibration({"t": full}, method).clip("t", bits)
             assert sampled == pytest.approx(exact, rel=0.03), (method, bits)
+
+
+def test_a_sample_of_a_large_map_reads_every_column():
+    """The even stride through this batch is 16 values, so it read only columns 0, 16, 32 and 48 of
+    every 64-wide map: zeros here, and every clip came out 0. A sample reads the whole map."""
+    x = RNG.standard_normal((64, 16, 64, 64)).astype(np.float32)
+    x[..., ::16] = 0.0
+    s = _stats(x)
+    full = TensorStats(float(x.min()), float(x.max()), s.absmax, s.hist_range,
+                       np.histogram(np.abs(x), bins=BINS, range=(0, s.hist_range))[0])
+    for bits in (2, 4, 6):
+        assert Calibration({"t": s}, "mse").clip("t", bits) == pytest.approx(
+            Calibration({"t": full}, "mse").clip("t", bits), rel=0.03)
 
 
 def test_non_negative_tensor_is_unsigned():
