@@ -233,3 +233,6 @@ def test_a_file_larger_than_the_targets_size_says_why(tmp_path):
     assert container_note(odd.report).startswith("  the file is larger than the target's")
     eight = haqc.compress(str(EXAMPLE), budgets={"size": "1.0x"}, output=str(tmp_path / "eight.onnx"), **common)
     assert container_note(eight.report) is None
+    latency = haqc.compress(str(EXAMPLE), budgets={"latency": "0.8x"}, output=str(tmp_path / "lat.onnx"), **common)
+    assert {o.w_bits for o in latency.report.policy.values()} - {2, 4, 8}  # odd widths, but no size budget
+    assert container_note(latency.report) is None

@@ -121,11 +121,12 @@ CONTAINER_SLACK = 0.1
 
 
 def container_note(report: Report) -> str | None:
-    """Why the written model is larger than the size the target costs, where it is by more than
-    CONTAINER_SLACK: the target stores b-bit weights in b bits, ONNX in its next integer type."""
+    """Under a size budget, why the written model is larger than the size the target costs, where it is
+    by more than CONTAINER_SLACK: the target stores b-bit weights in b bits, ONNX in its next integer type."""
     costed = report.result.costs.get("size")
     odd = sorted({o.w_bits for o in report.policy.values() if o.w_bits not in (None, 2, 4, 8)})
-    if not costed or report.output_mb is None or report.output_mb * 1e6 <= costed * (1 + CONTAINER_SLACK) or not odd:
+    if ("size" not in report.budgets or not costed or report.output_mb is None
+            or report.output_mb * 1e6 <= costed * (1 + CONTAINER_SLACK) or not odd):
         return None
     widths = "/".join(map(str, odd))
     return (f"  the file is larger than the target's {costed / 1e6:.4f} MB: the target stores {widths}-bit weights "
