@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
-from typing import Callable, Generic, TypeVar
+from typing import Callable, Generic, Iterable, TypeVar
 
 import numpy as np
 import onnx
@@ -193,7 +193,7 @@ def store_equal_constants_once(model: onnx.ModelProto) -> onnx.ModelProto:
     per layer, captcha-whisperer's CRNN came out 3.6x the size of its fp32 file. Constants that are
     graph inputs (a caller may override them) or that a subgraph reads keep their own."""
     graph = model.graph
-    keep = {value.name for value in graph.input} | _subgraph_reads(graph)
+    keep = {value.name for value in graph.input} | tensor_reads(_body_nodes(graph.node))
     first: dict[tuple, str] = {}
     renamed: dict[str, str] = {}
     for tensor in graph.initializer:
@@ -213,15 +213,19 @@ def store_equal_constants_once(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
-    """Every tensor name a node inside a subgraph (If / Loop / Scan bodies, nested) reads."""
+def tensor_reads(nodes: Iterable[onnx.NodeProto]) -> set[str]:
+    """Every tensor ``nodes`` read, in their subgraphs (If / Loop / Scan bodies) too."""
     names: set[str] = set()
-    for node in graph.node:
-        for attribute in node.attribute:
-            for body in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
-                names.update(name for inner in body.node for name in inner.input)
-                names |= _subgraph_reads(body)
+    for node in nodes:
+        names.update(node.input)
+        names |= tensor_reads(_body_nodes([node]))
     return names
+
+
+def _body_nodes(nodes: Iterable[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """The nodes of the subgraphs (If / Loop / Scan bodies) ``nodes`` hold, one level down."""
+    return [inner for node in nodes for attr in node.attribute
+            for body in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs) for inner in body.node]
 
 
 NodeRewrite = Callable[["GraphBuilder", onnx.NodeProto, dict[str, onnx.TensorProto]], list[onnx.NodeProto]]

@@ -31,7 +31,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from haqc.errors import InputError
-from haqc.passes.base import GraphBuilder, Pass, copy_model, tensor_producers, tensor_readers, without_initializers
+from haqc.passes.base import (GraphBuilder, Pass, copy_model, tensor_producers, tensor_readers, tensor_reads,
+                              without_initializers)
 from haqc.policy import Policy
 
 logger = logging.getLogger(__name__)
@@ -233,7 +234,7 @@ def _rewrite(model: onnx.ModelProto, quants: list[_Quant]) -> onnx.ModelProto:
         removed.update(position[id(n)] for n in quant.removed)
     out = without_initializers(model)
     nodes = [emitted.get(i, n) for i, n in enumerate(out.graph.node) if i not in removed]
-    gone = {t for i in (*removed, *emitted) for t in graph.node[i].input} - _reads(nodes) - {o.name for o in graph.output}
+    gone = {t for i in (*removed, *emitted) for t in graph.node[i].input} - tensor_reads(nodes) - {o.name for o in graph.output}
     dead = {t for i in removed for t in graph.node[i].output} | gone
     del out.graph.node[:]
     out.graph.node.extend(nodes)
@@ -245,17 +246,6 @@ def _rewrite(model: onnx.ModelProto, quants: list[_Quant]) -> onnx.ModelProto:
         out.opset_import.append(helper.make_opsetid(QONNX_DOMAIN, QONNX_OPSET))
     logger.info("QONNX: %d Quant nodes", len(quants))
     return out
-
-
-def _reads(nodes: list[onnx.NodeProto]) -> set[str]:
-    """Every tensor ``nodes`` read, in their subgraphs (If / Loop / Scan bodies) too."""
-    names = set()
-    for node in nodes:
-        names.update(node.input)
-        for attr in node.attribute:
-            for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
-                names |= _reads(list(g.node))
-    return names
 
 
 def _signed_fit(codes: np.ndarray, bits: int) -> bool | None:
